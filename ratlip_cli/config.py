@@ -1,0 +1,372 @@
+"""The one typed configuration: defaults < preset YAML < --config FILE < --set key=value."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ratlip_cli.errors import RatlipError
+
+
+@dataclass
+class ClipConfig:
+    """The frozen CLIP used by the generator's mapper, the text encoder and the discriminator."""
+
+    arch: str = "ViT-B-32-quickgelu"
+    # A pretrained tag ("openai", downloads when online), a local weights file, or "random".
+    weights: str = "openai"
+    cache_dir: str = ""
+
+
+@dataclass
+class RatConfig:
+    """Recurrent Affine Transformation settings (the paper's swept knob is `hidden`)."""
+
+    hidden: int = 64
+    # recurrent: one LSTM shared across affine layers, state carried per sample (RAT-GAN, correct).
+    # authors: an LSTM per affine layer reading the mini-batch as a sequence (released-code defect).
+    mode: str = "recurrent"
+    # bridge: RAT in the CLIP bridge only (the paper); all: also in the image generator blocks.
+    scope: str = "bridge"
+
+
+@dataclass
+class ModelConfig:
+    """Generator and discriminator sizes; CLIP widths, depth and grid are read from the backbone."""
+
+    z_dim: int = 100
+    ngf: int = 64
+    image_size: int = 224
+    bridge_channels: int = 64
+    bridge_mid_channels: int = 32
+    bridge_blocks: int = 4
+    # 0-based ViT blocks of the generator's CLIP mapper that receive one learned prompt token each
+    # (the number of prompts is the length of this list).
+    prompt_blocks: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5, 6, 7, 8])
+    mapper_scale: float = 0.1
+    sa_groups: int = 8
+    # 0-based ViT blocks whose token grids feed the discriminator: the first starts the D path,
+    # each further one joins one residual D block (so there are len - 1 D blocks).
+    d_feature_blocks: list[int] = field(default_factory=lambda: [1, 4, 8])
+    # clip: the paper's discriminator on frozen CLIP ViT features; cnn: a small learnable CNN
+    # (for tiny datasets trained with random CLIP weights, where CLIP features carry little signal).
+    d_backbone: str = "clip"
+    ndf: int = 64
+    rat: RatConfig = field(default_factory=RatConfig)
+
+
+@dataclass
+class DataConfig:
+    """Where the prepared dataset lives and how training images are augmented."""
+
+    name: str = "cub"
+    root: str = "data/cub"
+    # Size the images are stored at by `ratlip prepare` (shorter side).
+    prepared_size: int = 304
+    load_size: int = 304
+    crop_size: int = 256
+    flip: bool = True
+    num_workers: int = 4
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, precision, logging and checkpointing of `ratlip train`."""
+
+    batch_size: int = 64
+    epochs: int = 1502
+    max_steps: int = 0
+    max_minutes: float = 0.0
+    lr_g: float = 1e-4
+    lr_d: float = 4e-4
+    betas: list[float] = field(default_factory=lambda: [0.0, 0.9])
+    ma_gp_weight: float = 2.0
+    ma_gp_power: float = 6.0
+    clip_sim_weight: float = 4.0
+    precision: str = "fp32"
+    channels_last: bool = True
+    ema_halflife_kimg: float = 10.0
+    ema_rampup: float = 0.05
+    seed: int = 0
+    device: str = "auto"
+    runs_dir: str = "runs"
+    name: str = ""
+    log_every: int = 50
+    sample_every: int = 1000
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    eval_every: int = 0
+    max_nonfinite: int = 20
+
+
+@dataclass
+class EvalConfig:
+    """The evaluation protocol of `ratlip eval` (paper protocol by default)."""
+
+    passes: int = 12
+    num: int = 0
+    batch_size: int = 64
+    fid_mode: str = "clean"
+    # inception: clean-fid's Inception-V3; random-tiny: a random tiny network, for tests only.
+    feature_extractor: str = "inception"
+    inception: str = ""
+    clip_arch: str = "ViT-B-32"
+    clip_weights: str = "openai"
+    r_precision_candidates: int = 100
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    cache_dir: str = ""
+
+
+@dataclass
+class Config:
+    """Everything a run needs; saved next to every run and inside every checkpoint."""
+
+    preset: str = ""
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.rat.mode": ("recurrent", "authors"),
+    "model.rat.scope": ("bridge", "all"),
+    "model.d_backbone": ("clip", "cnn"),
+    "train.precision": ("fp32", "amp_bf16", "amp_fp16"),
+    "eval.fid_mode": ("clean", "legacy_pytorch", "legacy_tensorflow"),
+    "eval.feature_extractor": ("inception", "random-tiny"),
+}
+
+
+def presets_dir() -> Path:
+    """The folder holding the preset YAML files (repo checkout or installed data files)."""
+    for candidate in (
+        Path(__file__).resolve().parents[1] / "presets",
+        Path(sys.prefix) / "share" / "ratlip" / "presets",
+    ):
+        if candidate.is_dir():
+            return candidate
+    raise RatlipError("cannot find the presets folder; reinstall ratlip with `pip install -e .`")
+
+
+def available_presets() -> list[str]:
+    """Names of the shipped presets."""
+    return sorted(p.stem for p in presets_dir().glob("*.yaml"))
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotated type `tp`, converting ints to floats where a float is due."""
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple):
+        (item_tp,) = typing.get_args(tp)[:1]
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool) and item_tp is not str:
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise RatlipError(f"config key '{key}' expects a list of {_type_name(item_tp)}, got {value!r}")
+        return [_coerce(v, item_tp, key) for v in value]
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise RatlipError(f"config key '{key}' expects true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise RatlipError(f"config key '{key}' expects an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "2e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise RatlipError(f"config key '{key}' expects a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise RatlipError(f"config key '{key}' expects a string, got {value!r}")
+    raise RatlipError(f"config key '{key}' has an unsupported type {tp!r}")
+
+
+def _hints(obj: Any) -> dict[str, Any]:
+    return typing.get_type_hints(type(obj))
+
+
+def set_value(cfg: Config, key: str, value: Any) -> None:
+    """Set dotted `key` on `cfg`, checking that the key exists and the value has the right type."""
+    parts = key.split(".")
+    node: Any = cfg
+    path = []
+    for i, part in enumerate(parts):
+        names = [f.name for f in dataclasses.fields(node)]
+        if part not in names:
+            prefix = ".".join(path)
+            valid = ", ".join(f"{prefix + '.' if prefix else ''}{n}" for n in names)
+            raise RatlipError(f"unknown config key '{key}'; valid keys here: {valid}")
+        path.append(part)
+        tp = _hints(node)[part]
+        if i == len(parts) - 1:
+            if dataclasses.is_dataclass(tp):
+                if not isinstance(value, dict):
+                    raise RatlipError(f"config key '{key}' is a section; set one of its keys instead")
+                merge_dict(cfg, value, prefix=key)
+                return
+            value = _coerce(value, tp, key)
+            if key in CHOICES and value not in CHOICES[key]:
+                raise RatlipError(
+                    f"config key '{key}' must be one of {', '.join(CHOICES[key])}, got {value!r}"
+                )
+            setattr(node, part, value)
+            return
+        node = getattr(node, part)
+        if not dataclasses.is_dataclass(node):
+            raise RatlipError(f"config key '{'.'.join(path)}' is not a section, so '{key}' does not exist")
+
+
+def merge_dict(cfg: Config, data: dict[str, Any], prefix: str = "") -> None:
+    """Apply a nested mapping (from YAML) onto `cfg`, strictly."""
+    for name, value in data.items():
+        set_value(cfg, f"{prefix}.{name}" if prefix else str(name), value)
+
+
+def _load_yaml(path: Path, what: str) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RatlipError(f"cannot read {what} {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" (line {line + 1})" if line is not None else ""
+        raise RatlipError(f"{what} {path} is not valid YAML{where}") from None
+    if not isinstance(data, dict):
+        raise RatlipError(f"{what} {path} must be a mapping of config keys")
+    return data
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split `a.b=value` and parse the value as YAML (ints, floats, bools, lists)."""
+    if "=" not in text:
+        raise RatlipError(f"--set expects key=value, got '{text}' (example: --set train.batch_size=8)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise RatlipError(f"--set expects key=value, got '{text}'")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """The mapping stored in presets/<name>.yaml."""
+    path = presets_dir() / f"{name}.yaml"
+    if not path.is_file():
+        raise RatlipError(f"unknown preset '{name}'; choose one of: {', '.join(available_presets())}")
+    return _load_yaml(path, "preset")
+
+
+def resolve_config(
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: list[str] | None = None,
+) -> Config:
+    """Build the config: defaults, then the preset, then a YAML file, then `--set` overrides."""
+    cfg = Config()
+    if preset:
+        data = load_preset(preset)
+        data.pop("preset", None)
+        merge_dict(cfg, data)
+        cfg.preset = preset
+    if config_file:
+        data = _load_yaml(Path(config_file), "config file")
+        merge_dict(cfg, data)
+    for text in overrides or []:
+        key, value = parse_override(text)
+        set_value(cfg, key, value)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that single-key typing cannot express."""
+    positive = {
+        "model.z_dim": cfg.model.z_dim,
+        "model.ngf": cfg.model.ngf,
+        "model.image_size": cfg.model.image_size,
+        "train.batch_size": cfg.train.batch_size,
+        "data.crop_size": cfg.data.crop_size,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise RatlipError(f"config key '{key}' must be positive, got {value}")
+    if cfg.model.rat.hidden < 0:
+        raise RatlipError(f"config key 'model.rat.hidden' must be >= 0, got {cfg.model.rat.hidden}")
+    if cfg.data.crop_size > cfg.data.load_size:
+        raise RatlipError(
+            f"data.crop_size ({cfg.data.crop_size}) must not exceed data.load_size ({cfg.data.load_size})"
+        )
+    if len(cfg.model.d_feature_blocks) < 1:
+        raise RatlipError("config key 'model.d_feature_blocks' needs at least one ViT block index")
+    if sorted(set(cfg.model.prompt_blocks)) != list(cfg.model.prompt_blocks):
+        raise RatlipError(
+            f"config key 'model.prompt_blocks' must be increasing block indices, got {cfg.model.prompt_blocks}"
+        )
+    if len(cfg.train.betas) != 2:
+        raise RatlipError(f"config key 'train.betas' expects two numbers, got {cfg.train.betas}")
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """The config as plain nested dicts (for YAML, JSON and checkpoints)."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a config saved with `to_dict` (strict: unknown keys are errors)."""
+    cfg = Config()
+    data = dict(data)
+    preset = data.pop("preset", "")
+    merge_dict(cfg, data)
+    cfg.preset = preset or ""
+    validate(cfg)
+    return cfg
+
+
+def to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML text."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML, atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(to_yaml(cfg), encoding="utf-8")
+    tmp.replace(path)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a resolved config YAML saved by `save_config`."""
+    return from_dict(_load_yaml(Path(path), "config file"))

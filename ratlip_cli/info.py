@@ -1,0 +1,48 @@
+"""`ratlip info`: versions, devices and weight sources, so users know what will work before they start."""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+from rich.table import Table
+
+from ratlip_cli import __version__
+from ratlip_cli.config import Config
+from ratlip_cli.console import console
+from ratlip_cli.weights import clip_source, inception_source
+
+
+def _version(module: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(module)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def show_info(cfg: Config) -> None:
+    """Print a table of versions, devices and weight availability for the given config."""
+    table = Table(title=f"ratlip {__version__}", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    table.add_row("python", platform.python_version())
+    for pkg in ("torch", "open_clip_torch", "clean-fid", "torchvision"):
+        table.add_row(pkg, _version(pkg))
+    table.add_row("cpu threads", str(torch.get_num_threads()))
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            table.add_row(f"cuda:{i}", f"{props.name}, {props.total_memory / 2**30:.1f} GiB")
+    else:
+        table.add_row("cuda", "not available (CPU only)")
+    ok = "[green]available[/green]"
+    missing = "[red]unavailable[/red]"
+    where, have = clip_source(cfg.clip.arch, cfg.clip.weights, cfg.clip.cache_dir)
+    table.add_row(f"model CLIP ({cfg.clip.arch})", f"{where}: {ok if have else missing}")
+    where, have = clip_source(cfg.eval.clip_arch, cfg.eval.clip_weights, cfg.clip.cache_dir)
+    table.add_row(f"eval CLIP ({cfg.eval.clip_arch})", f"{where}: {ok if have else missing}")
+    where, have = inception_source(cfg.eval.inception)
+    table.add_row("Inception-V3 (FID)", f"{where}: {ok if have else missing}")
+    console.print(table)

@@ -1,0 +1,154 @@
+"""Where pretrained weights come from: hub tags when online, local files when offline, or random."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import torch
+
+from ratlip_cli.errors import RatlipError
+
+MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "models" / "model_configs"
+HUB_HOST = "huggingface.co"
+_registered = False
+
+
+def register_model_configs() -> None:
+    """Make ratlip's own open_clip configs (e.g. the tiny test model `ratlip-tiny`) known to open_clip."""
+    global _registered
+    if not _registered:
+        import open_clip
+
+        open_clip.add_model_config(MODEL_CONFIG_DIR)
+        _registered = True
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """True when the model hub answers; False offline or with HF_HUB_OFFLINE set."""
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        return False
+    try:
+        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def is_file_spec(weights: str) -> bool:
+    """True when a weights spec names a file rather than a pretrained tag."""
+    return (
+        os.sep in weights
+        or weights.startswith(".")
+        or weights.startswith("~")
+        or Path(weights).suffix in (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
+    )
+
+
+def _check_arch(arch: str) -> None:
+    import open_clip
+
+    register_model_configs()
+    if arch not in open_clip.list_models():
+        raise RatlipError(
+            f"unknown CLIP architecture '{arch}' (clip.arch); examples: ViT-B-32-quickgelu, ViT-B-32, "
+            "ratlip-tiny; `python -c \"import open_clip; print(open_clip.list_models())\"` lists all"
+        )
+
+
+def _tag_cached(arch: str, tag: str, cache_dir: str | None) -> bool:
+    """Whether the hub file for (arch, tag) is already in the local cache."""
+    import open_clip
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = open_clip.get_pretrained_cfg(arch, tag) or {}
+    repo = cfg.get("hf_hub", "").rstrip("/")
+    if not repo:
+        return False
+    for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+        found = try_to_load_from_cache(repo, filename, cache_dir=cache_dir or None)
+        if isinstance(found, str):
+            return True
+    return False
+
+
+def clip_source(arch: str, weights: str, cache_dir: str = "") -> tuple[str, bool]:
+    """Describe where CLIP weights would come from and whether they can be had now."""
+    import open_clip
+
+    register_model_configs()
+    if weights == "random":
+        return "random initialisation (no file)", True
+    if is_file_spec(weights):
+        path = Path(weights).expanduser()
+        return f"local file {path}", path.is_file()
+    if weights not in open_clip.list_pretrained_tags_by_model(arch):
+        return f"unknown tag '{weights}' for {arch}", False
+    if _tag_cached(arch, weights, cache_dir):
+        return f"hub tag '{weights}' (in the local cache)", True
+    online = hub_reachable()
+    return f"hub tag '{weights}' ({'downloadable now' if online else 'not cached, hub unreachable'})", online
+
+
+def load_clip(arch: str, weights: str, cache_dir: str = "", device: str | torch.device = "cpu"):
+    """Build an open_clip model with weights from a tag, a local file, or `random`; returns (model, tokenizer)."""
+    import open_clip
+
+    _check_arch(arch)
+    if weights == "random":
+        pretrained = None
+    elif is_file_spec(weights):
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise RatlipError(f"CLIP weights file not found: {path} (set clip.weights to an existing file)")
+        pretrained = str(path)
+    else:
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        if weights not in tags:
+            choices = ", ".join(tags + ["random", "/path/to/weights.safetensors"]) if tags else "random or a local file"
+            raise RatlipError(f"unknown CLIP weights '{weights}' for {arch}; choose one of: {choices}")
+        if not _tag_cached(arch, weights, cache_dir) and not hub_reachable():
+            raise RatlipError(
+                f"cannot download CLIP weights '{weights}' for {arch}: the model hub is unreachable (offline?). "
+                "Copy open_clip_model.safetensors for this model to this machine and pass "
+                "--set clip.weights=/path/to/open_clip_model.safetensors"
+            )
+        pretrained = weights
+    try:
+        model = open_clip.create_model(arch, pretrained=pretrained, cache_dir=cache_dir or None, device=device)
+    except (RuntimeError, AssertionError, KeyError, ValueError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise RatlipError(
+            f"cannot load CLIP weights '{weights}' for {arch}: {reason} (does the file match clip.arch?)"
+        ) from None
+    model.eval().requires_grad_(False)
+    return model, open_clip.get_tokenizer(arch)
+
+
+INCEPTION_FILE = "inception-2015-12-05.pt"
+INCEPTION_HOST = "github.com"
+
+
+def inception_candidates(path: str = "") -> list[Path]:
+    """Places an Inception-V3 (clean-fid TorchScript) file is looked for, in order."""
+    found = []
+    for spec in (path, os.environ.get("RATLIP_INCEPTION", "")):
+        if spec:
+            found.append(Path(spec).expanduser())
+    found.append(Path("/tmp") / INCEPTION_FILE)  # where clean-fid itself downloads it
+    return found
+
+
+def inception_source(path: str = "") -> tuple[str, bool]:
+    """Describe where the Inception weights would come from and whether they are there now."""
+    for candidate in inception_candidates(path):
+        if candidate.is_file():
+            return f"local file {candidate}", True
+    if path or os.environ.get("RATLIP_INCEPTION"):
+        return f"local file {inception_candidates(path)[0]} (missing)", False
+    try:
+        with socket.create_connection((INCEPTION_HOST, 443), timeout=3.0):
+            return "clean-fid download (online)", True
+    except OSError:
+        return "not found; set RATLIP_INCEPTION or --inception to a local inception-2015-12-05.pt", False
