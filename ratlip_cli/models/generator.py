@@ -1,0 +1,178 @@
+"""The RATLIP generator: GALIP's skeleton with a Recurrent Affine Transformation bridge.
+
+    c = concat(z, s)
+    fc(z) -> (bridge_channels, g, g)
+      -> bridge_blocks x RATBlock         conv3x3 -> RAT fusion -> conv3x3 -> shuffle attn -> RAT fusion, + skip
+      -> fused = conv5x5 -> CLIP width W
+      -> mapped = frozen CLIP ViT blocks over `fused`, one prompt token (from fc(c)) per prompt block
+      -> conv5x5(fused + mapper_scale * mapped) -> (C0, g, g)
+      -> GBlocks (nearest upsampling to 8, 16, ..., the last to image_size)
+      -> to_rgb: LeakyReLU(0.2) + conv3x3 -> (3, S, S), not squashed (clamp to [-1, 1] when saving)
+
+g and W come from the CLIP backbone; channels from GALIP's `get_G_in_out_chs` (see `g_channels`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ratlip_cli.config import ModelConfig
+from ratlip_cli.models.attention import ShuffleAttention
+from ratlip_cli.models.clip_backbone import ClipBackbone
+from ratlip_cli.models.rat import AffineFeed, AffineFusion, AffineRecord, ConditionalAffine, RATRecurrence
+
+
+def g_channels(ngf: int, image_size: int) -> list[tuple[int, int]]:
+    """(in, out) channels of the generator blocks, as GALIP's `get_G_in_out_chs`.
+
+    layer_num = log2(next power of two >= image_size) - 1; channel widths ngf * min(2**i, 8),
+    widest first; consecutive pairs. 224 -> 6 blocks (8, 8, 8, 8, 4, 2, 1 x ngf), 64 -> 4, 32 -> 3.
+    """
+    layer_num = max(2, math.ceil(math.log2(image_size)) - 1)
+    widths = [ngf * min(2**i, 8) for i in range(layer_num)][::-1]
+    return list(zip(widths[:-1], widths[1:]))
+
+
+def g_sizes(num_blocks: int, image_size: int) -> list[int]:
+    """Output sizes of the generator blocks: 8, 16, 32, ... doubling, the last one `image_size`."""
+    return [8 * 2**i for i in range(num_blocks - 1)] + [image_size]
+
+
+class RATBlock(nn.Module):
+    """One block of the RAT bridge (RATLIP's "CLIP adapter" block), residual."""
+
+    def __init__(self, in_ch: int, mid_ch: int, out_ch: int, cond_dim: int, state_dim: int, sa_groups: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, mid_ch, 3, 1, 1)
+        self.fuse1 = AffineFusion(cond_dim, mid_ch, state_dim)
+        self.conv2 = nn.Conv2d(mid_ch, out_ch, 3, 1, 1)
+        self.attn = ShuffleAttention(out_ch, sa_groups)
+        self.fuse2 = AffineFusion(cond_dim, out_ch, state_dim)
+        self.shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: torch.Tensor, feed: AffineFeed) -> torch.Tensor:
+        r = self.fuse1(self.conv1(x), feed)
+        r = self.fuse2(self.attn(self.conv2(r)), feed)
+        return self.shortcut(x) + r
+
+
+class GBlock(nn.Module):
+    """A generator block: upsample, then DF fusions and convs, BN + LeakyReLU + shuffle attention; residual."""
+
+    def __init__(
+        self, in_ch: int, out_ch: int, size: int, cond_dim: int, state_dim: int, sa_groups: int
+    ) -> None:
+        super().__init__()
+        self.size = size
+        self.fuse1 = AffineFusion(cond_dim, in_ch, state_dim)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, 1, 1)
+        self.fuse2 = AffineFusion(cond_dim, out_ch, state_dim)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1)
+        self.norm = nn.BatchNorm2d(out_ch)
+        self.attn = ShuffleAttention(out_ch, sa_groups)
+        self.shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: torch.Tensor, feed: AffineFeed) -> torch.Tensor:
+        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="nearest")
+        r = self.conv1(self.fuse1(x, feed))
+        r = self.conv2(self.fuse2(r, feed))
+        r = self.attn(F.leaky_relu(self.norm(r), 0.2))
+        return self.shortcut(x) + r
+
+
+class Generator(nn.Module):
+    """``forward(z (B, z_dim), s (B, E)) -> images (B, 3, S, S)`` (not squashed)."""
+
+    def __init__(self, model_cfg: ModelConfig, backbone: ClipBackbone) -> None:
+        super().__init__()
+        cfg = model_cfg
+        rat = cfg.rat
+        self.backbone = backbone  # shared and frozen; left out of trainable_state_dict
+        self.z_dim = cfg.z_dim
+        self.image_size = cfg.image_size
+        self.grid = backbone.grid
+        self.width = backbone.width
+        self.bridge_channels = cfg.bridge_channels
+        self.prompt_blocks = backbone.check_blocks(cfg.prompt_blocks, "model.prompt_blocks")
+        self.mapper_scale = float(cfg.mapper_scale)
+        cond_dim = cfg.z_dim + backbone.embed_dim
+        self.cond_dim = cond_dim
+        bridge_state = rat.hidden
+        blocks_state = rat.hidden if rat.scope == "all" else 0
+
+        # ---- RAT bridge ----
+        self.fc_code = nn.Linear(cfg.z_dim, cfg.bridge_channels * self.grid * self.grid)
+        self.bridge = nn.ModuleList(
+            RATBlock(cfg.bridge_channels, cfg.bridge_mid_channels, cfg.bridge_channels, cond_dim, bridge_state, cfg.sa_groups)
+            for _ in range(cfg.bridge_blocks)
+        )
+        self.conv_fuse = nn.Conv2d(cfg.bridge_channels, self.width, 5, 1, 2)
+        self.fc_prompt = nn.Linear(cond_dim, self.width * len(self.prompt_blocks)) if self.prompt_blocks else None
+        pairs = g_channels(cfg.ngf, cfg.image_size)
+        self.conv_out = nn.Conv2d(self.width, pairs[0][0], 5, 1, 2)
+
+        # ---- generator blocks ----
+        sizes = g_sizes(len(pairs), cfg.image_size)
+        self.blocks = nn.ModuleList(
+            GBlock(i, o, size, cond_dim, blocks_state, cfg.sa_groups) for (i, o), size in zip(pairs, sizes)
+        )
+        self.to_rgb = nn.Sequential(nn.LeakyReLU(0.2), nn.Conv2d(pairs[-1][1], 3, 3, 1, 1))
+
+        # ---- the recurrence shared by every RAT affine layer, in forward order ----
+        self.affine_layers: list[ConditionalAffine] = []
+        for name, module in self.named_modules():
+            if isinstance(module, ConditionalAffine):
+                module.trace_name = name
+                self.affine_layers.append(module)
+        num_rat = sum(1 for m in self.affine_layers if m.recurrent)
+        self.rat = RATRecurrence(cond_dim, cfg.z_dim, rat.hidden, num_rat, rat.mode)
+
+    def part_modules(self) -> dict[str, list[nn.Module]]:
+        """The trainable parts for parameter accounting: bridge (with the RAT recurrence) and blocks."""
+        bridge = [self.fc_code, self.bridge, self.conv_fuse, self.conv_out, self.rat]
+        if self.fc_prompt is not None:
+            bridge.append(self.fc_prompt)
+        return {"bridge": bridge, "rat": [self.rat], "generator_blocks": [self.blocks, self.to_rgb]}
+
+    def _forward(self, z: torch.Tensor, s: torch.Tensor, trace: list[AffineRecord] | None) -> torch.Tensor:
+        b = z.shape[0]
+        cond = torch.cat([z, s.to(z.dtype)], dim=1)
+        feed = AffineFeed(cond=cond, states=self.rat(z, cond), trace=trace)
+        x = self.fc_code(z).view(b, self.bridge_channels, self.grid, self.grid)
+        for block in self.bridge:
+            x = block(x, feed)
+        fused = self.conv_fuse(x)
+        if self.fc_prompt is not None:
+            prompts = self.fc_prompt(cond).view(b, len(self.prompt_blocks), self.width)
+        else:
+            prompts = fused.new_zeros(b, 0, self.width)
+        mapped = self.backbone.map_with_prompts(fused, prompts, self.prompt_blocks)
+        x = self.conv_out(fused + self.mapper_scale * mapped)
+        for block in self.blocks:
+            x = block(x, feed)
+        feed.check_consumed()
+        return self.to_rgb(x)
+
+    def forward(self, z: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return self._forward(z, s, None)
+
+    def trace_affines(self, z: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, list[AffineRecord]]:
+        """Run a forward and also return every affine layer's (gamma, beta), in forward order."""
+        trace: list[AffineRecord] = []
+        return self._forward(z, s, trace), trace
+
+    @contextlib.contextmanager
+    def reset_rat_state_each_layer(self):
+        """Debugging: restart the LSTM from (h0, c0) at every RAT layer (no carried state) inside the block."""
+        old = self.rat.reset_each_layer
+        self.rat.reset_each_layer = True
+        try:
+            yield self
+        finally:
+            self.rat.reset_each_layer = old

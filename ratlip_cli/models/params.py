@@ -1,0 +1,233 @@
+"""Parameter accounting and the trainable (non-CLIP) weights of a module.
+
+The frozen CLIP backbone is registered inside the generator and the discriminator (so `.to()`
+moves it), but it is never trained or saved with them: every helper here leaves out whatever
+lives under a `ClipBackbone`.
+
+The parameter table of docs/architecture.md is rerun with::
+
+    python -m ratlip_cli.models.params --preset cub --hidden 0,4,8,16,32,64,128
+
+(`clip.weights` defaults to `random` here: counting needs no real weights.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ratlip_cli.errors import RatlipError
+from ratlip_cli.models.clip_backbone import ClipBackbone
+
+PAPER_HIDDENS = (0, 4, 8, 16, 32, 64, 128)
+
+
+def _frozen_prefixes(module: nn.Module) -> list[str]:
+    """State-dict prefixes of every ClipBackbone inside `module` ("" when `module` is one)."""
+    return [
+        (name + ".") if name else ""
+        for name, m in module.named_modules(remove_duplicate=False)
+        if isinstance(m, ClipBackbone)
+    ]
+
+
+def _is_frozen_key(key: str, prefixes: Sequence[str]) -> bool:
+    return any(key.startswith(p) for p in prefixes)
+
+
+def _backbone_param_ids(module: nn.Module) -> set[int]:
+    return {id(p) for m in module.modules() if isinstance(m, ClipBackbone) for p in m.parameters()}
+
+
+def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """The parameters an optimiser should get: all of `module`'s, minus the frozen CLIP ones.
+
+    This does not look at `requires_grad`, so it is stable when a training loop switches a
+    network's gradients off and on (use `set_trainable` for that).
+    """
+    frozen = _backbone_param_ids(module)
+    return [p for p in module.parameters() if id(p) not in frozen]
+
+
+def set_trainable(module: nn.Module, flag: bool) -> nn.Module:
+    """Switch gradients of `module`'s own parameters on or off; the frozen CLIP stays frozen.
+
+    Prefer this to `module.requires_grad_(flag)`, which would also unfreeze the CLIP inside it.
+    """
+    for p in trainable_parameters(module):
+        p.requires_grad_(flag)
+    return module
+
+
+def trainable_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """`module.state_dict()` without the frozen CLIP weights (BatchNorm statistics are kept)."""
+    prefixes = _frozen_prefixes(module)
+    if "" in prefixes:
+        return {}
+    return {k: v for k, v in module.state_dict().items() if not _is_frozen_key(k, prefixes)}
+
+
+def load_trainable_state_dict(module: nn.Module, state: dict[str, torch.Tensor], strict: bool = True) -> None:
+    """Load weights saved by `trainable_state_dict`; the frozen CLIP inside `module` is untouched.
+
+    With `strict`, missing or unexpected keys and shape mismatches raise a `RatlipError` (usually a
+    checkpoint made with another model config, e.g. a different model.rat.hidden).
+    """
+    expected = trainable_state_dict(module)
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    if strict and (missing or unexpected or mismatched):
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+            if keys:
+                more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
+                parts.append(f"{label}: {', '.join(keys[:3])}{more}")
+        raise RatlipError(
+            f"the saved weights do not fit this {type(module).__name__} ({'; '.join(parts)}); "
+            "were they made with another model config (e.g. model.rat.hidden, model.ngf, clip.arch)?"
+        )
+    usable = {k: v for k, v in state.items() if k in expected and k not in mismatched}
+    module.load_state_dict(usable, strict=False)
+
+
+def _count(modules: Iterable[nn.Module], exclude: set[int]) -> int:
+    seen: set[int] = set()
+    total = 0
+    for module in modules:
+        for p in module.parameters():
+            if id(p) not in seen and id(p) not in exclude:
+                seen.add(id(p))
+                total += p.numel()
+    return total
+
+
+def param_counts(models: Any) -> dict[str, dict[str, int]]:
+    """Trainable and frozen parameter counts per part of a `RatlipModels`.
+
+    Keys: bridge (fc, RAT blocks, CLIP-width convs, prompts and the RAT recurrence), rat (the
+    recurrence alone: LSTM(s) and initial-state maps; part of bridge), clip_mapper (the frozen CLIP
+    image tower the generator runs), generator_blocks (with to_rgb), generator, discriminator, head,
+    clip (the whole frozen CLIP model), total. Each maps to {"trainable", "frozen", "total"}.
+    """
+    backbone = models.backbone
+    clip_ids = {id(p) for p in backbone.parameters()}
+    visual = sum(p.numel() for p in backbone.visual.parameters())
+    clip_all = sum(p.numel() for p in backbone.parameters())
+    g = models.generator
+    parts = g.part_modules()
+    d_frozen = visual if models.discriminator.kind == "clip" else 0
+
+    def row(trainable: int, frozen: int) -> dict[str, int]:
+        return {"trainable": trainable, "frozen": frozen, "total": trainable + frozen}
+
+    counts = {
+        "bridge": row(_count(parts["bridge"], clip_ids), 0),
+        "rat": row(_count(parts["rat"], clip_ids), 0),
+        "clip_mapper": row(0, visual),
+        "generator_blocks": row(_count(parts["generator_blocks"], clip_ids), 0),
+        "generator": row(_count([g], clip_ids), visual),
+        "discriminator": row(_count([models.discriminator], clip_ids), d_frozen),
+        "head": row(_count([models.head], clip_ids), 0),
+        "clip": row(0, clip_all),
+    }
+    trainable = _count([g, models.discriminator, models.head], clip_ids)
+    counts["total"] = row(trainable, clip_all)
+    return counts
+
+
+def param_table(cfg: Any, clip_model: nn.Module, hiddens: Sequence[int] = PAPER_HIDDENS) -> list[dict[str, int]]:
+    """One row of parameter counts per RAT hidden size h (the rest of `cfg` unchanged)."""
+    from ratlip_cli.models import build_models
+
+    rows = []
+    for h in hiddens:
+        c = copy.deepcopy(cfg)
+        c.model.rat.hidden = int(h)
+        counts = param_counts(build_models(c, clip_model))
+        rows.append(
+            {
+                "h": int(h),
+                "bridge": counts["bridge"]["trainable"],
+                "rat": counts["rat"]["trainable"],
+                "generator_blocks": counts["generator_blocks"]["trainable"],
+                "generator": counts["generator"]["trainable"],
+                "discriminator": counts["discriminator"]["trainable"],
+                "head": counts["head"]["trainable"],
+                "trainable": counts["total"]["trainable"],
+                "frozen": counts["total"]["frozen"],
+                "total": counts["total"]["total"],
+            }
+        )
+    return rows
+
+
+TABLE_COLUMNS = (
+    ("h", "h"),
+    ("bridge", "G bridge"),
+    ("rat", "of which RAT LSTM"),
+    ("generator_blocks", "G blocks"),
+    ("generator", "G trainable"),
+    ("discriminator", "D"),
+    ("head", "head"),
+    ("trainable", "trainable (G+D+head)"),
+    ("frozen", "frozen CLIP"),
+    ("total", "total"),
+)
+
+
+def format_param_table(rows: Sequence[dict[str, int]]) -> str:
+    """A Markdown table of `param_table` rows (counts with thousands separators)."""
+    header = "| " + " | ".join(title for _, title in TABLE_COLUMNS) + " |"
+    rule = "|" + "|".join("---:" for _ in TABLE_COLUMNS) + "|"
+    lines = [header, rule]
+    for r in rows:
+        lines.append("| " + " | ".join(f"{r[key]:,}" if key != "h" else str(r[key]) for key, _ in TABLE_COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print the parameter table for a preset (see the module docstring)."""
+    from ratlip_cli.config import resolve_config
+    from ratlip_cli.weights import load_clip
+
+    parser = argparse.ArgumentParser(
+        prog="python -m ratlip_cli.models.params",
+        description="Trainable and frozen parameter counts of the RATLIP networks for several RAT hidden sizes.",
+    )
+    parser.add_argument("--preset", default="cub", help="config preset (default: cub, the paper configuration)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable"
+    )
+    parser.add_argument(
+        "--hidden", default=",".join(map(str, PAPER_HIDDENS)), help="comma-separated RAT hidden sizes h (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--clip-weights", default="random", help="clip.weights to build CLIP with (default: random; counts do not depend on it)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        hiddens = [int(h) for h in args.hidden.split(",") if h.strip()]
+        cfg = resolve_config(args.preset, overrides=[f"clip.weights={args.clip_weights}", *args.overrides])
+        clip_model, _ = load_clip(cfg.clip.arch, cfg.clip.weights, cfg.clip.cache_dir)
+        rows = param_table(cfg, clip_model, hiddens)
+    except (RatlipError, ValueError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    m = cfg.model
+    sys.stdout.write(
+        f"preset {args.preset}: clip.arch={cfg.clip.arch}, image_size={m.image_size}, ngf={m.ngf}, "
+        f"rat.mode={m.rat.mode}, rat.scope={m.rat.scope}, d_backbone={m.d_backbone}\n\n"
+    )
+    sys.stdout.write(format_param_table(rows) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
