@@ -1,0 +1,119 @@
+"""`ratlip prepare`: pick the layout scanner, write the prepared dataset, print a summary."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ratlip_cli.data import KINDS
+from ratlip_cli.data.prepared import REPORT, PrepareSummary, write_prepared
+from ratlip_cli.errors import RatlipError
+
+SOURCE_HELP = {
+    "cub": "the folder holding CUB_200_2011/, text/, train/ and test/ (DF-GAN's data/birds)",
+    "oxford": "the folder holding jpg/ and text_c10/",
+    "celeba-tiny": "the folder holding images/ and text/",
+    "coco": "the folder holding images/train2014, images/val2014 and annotations/",
+    "folder": "the folder of images with same-stem .txt caption files",
+}
+
+
+def resolve_defaults(kind: str, preset: str | None, out: str | Path | None, size: int | None) -> tuple[Path, int]:
+    """--out and --size defaults: the preset's data.root and data.prepared_size (preset = the kind's name)."""
+    from ratlip_cli.config import DataConfig, available_presets, resolve_config
+
+    name = preset or (kind if kind in available_presets() else None)
+    data = resolve_config(name).data if name else DataConfig(root=f"data/{kind}")
+    return Path(out) if out else Path(data.root), int(size) if size else data.prepared_size
+
+
+def prepare_dataset(
+    kind: str,
+    src: str | Path | None = None,
+    out: str | Path | None = None,
+    size: int | None = None,
+    *,
+    preset: str | None = None,
+    split_file: str | Path | None = None,
+    workers: int = 0,
+    overwrite: bool = False,
+    seed: int = 0,
+) -> PrepareSummary:
+    """Prepare dataset `kind` (one of KINDS) from `src` into `out`; resumable and idempotent."""
+    if kind not in KINDS:
+        raise RatlipError(f"unknown dataset kind '{kind}'; choose one of: {', '.join(KINDS)}")
+    out_path, size = resolve_defaults(kind, preset, out, size)
+    if size < 8:
+        raise RatlipError(f"--size must be at least 8, got {size}")
+    if split_file is not None and kind != "folder":
+        raise RatlipError("--split-file applies to `ratlip prepare folder` only")
+    if split_file is not None and not Path(split_file).is_file():
+        raise RatlipError(f"split file {split_file} does not exist")
+    if kind == "shapes":
+        if src is not None:
+            raise RatlipError("`ratlip prepare shapes` generates its images; it takes no --src")
+        from ratlip_cli.data.shapes import generate_shapes
+
+        return generate_shapes(out_path, size, seed, workers=max(workers, 1), overwrite=overwrite)
+    if src is None:
+        raise RatlipError(f"`ratlip prepare {kind}` needs --src DIR: {SOURCE_HELP[kind]}")
+    src = Path(src).expanduser()
+    workers = workers if workers > 0 else min(8, os.cpu_count() or 1)
+    if kind == "cub":
+        from ratlip_cli.data.cub import scan
+    elif kind == "oxford":
+        from ratlip_cli.data.oxford import scan
+    elif kind == "celeba-tiny":
+        from ratlip_cli.data.celeba import scan
+    elif kind == "coco":
+        from ratlip_cli.data.coco import scan
+    else:
+        from ratlip_cli.data.folder import scan as scan_folder
+
+        def scan(path: Path):
+            return scan_folder(path, split_file=Path(split_file) if split_file else None, exclude=out_path)
+
+    from ratlip_cli.console import console
+
+    with console.status(f"scanning {src} ({kind} layout)"):
+        result = scan(src)
+    if not result.items:
+        raise RatlipError(f"found no captioned images in {src} ({kind} layout: {SOURCE_HELP[kind]})")
+    return write_prepared(out_path, kind, src, result, size, workers=workers, overwrite=overwrite)
+
+
+def print_summary(summary: PrepareSummary) -> None:
+    """A table of images and captions per split, what was skipped, and warnings (with counts)."""
+    from rich.table import Table
+
+    from ratlip_cli.console import console, warn
+
+    console.print(f"prepared [bold]{summary.layout}[/bold] in {summary.root}", highlight=False)
+    table = Table()
+    table.add_column("split")
+    table.add_column("images", justify="right")
+    table.add_column("captions", justify="right")
+    for split, c in summary.counts.items():
+        table.add_row(split, str(c["images"]), str(c["captions"]))
+    console.print(table)
+    console.print(
+        f"{summary.processed - summary.skipped['unreadable_images']} images written, "
+        f"{summary.reused} already done, in {summary.seconds:.1f} s",
+        highlight=False,
+    )
+    report = summary.root / REPORT
+    for name, count in summary.skipped.items():
+        if count:
+            warn(f"{count} {name.replace('_', ' ')} skipped (listed in {report})")
+    if summary.warnings.get("non_utf8_caption_files"):
+        warn(
+            f"{summary.warnings['non_utf8_caption_files']} caption files were not UTF-8 and were decoded "
+            f"with replacement characters (listed in {report})"
+        )
+    if summary.warnings.get("decoder_warnings"):
+        warn(f"{summary.warnings['decoder_warnings']} image decoder warnings (listed in {report})")
+    if summary.warnings.get("upscaled_images"):
+        warn(f"{summary.warnings['upscaled_images']} images were smaller than the target size and were upscaled")
+    if summary.converted:
+        modes = ", ".join(f"{n} {mode}" for mode, n in summary.converted.items())
+        console.print(f"converted to RGB: {modes}", highlight=False)
