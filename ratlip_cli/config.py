@@ -117,7 +117,7 @@ class EvalConfig:
     # inception: clean-fid's Inception-V3; random-tiny: a random tiny network, for tests only.
     feature_extractor: str = "inception"
     inception: str = ""
-    clip_arch: str = "ViT-B-32"
+    clip_arch: str = "ViT-B-32-quickgelu"
     clip_weights: str = "openai"
     r_precision_candidates: int = 100
     kid_subsets: int = 100
