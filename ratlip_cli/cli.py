@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
@@ -96,50 +96,443 @@ def info(
 
 @app.command()
 @friendly
-def prepare() -> None:
-    """Turn a raw dataset (CUB, Oxford-102, CelebA-tiny, COCO, a captioned folder) or `shapes` into ratlip's format."""
-    raise RatlipError("`ratlip prepare` is not implemented yet")
+def prepare(
+    kind: Annotated[
+        Literal["cub", "oxford", "celeba-tiny", "coco", "folder", "shapes"],
+        typer.Argument(
+            help="Raw layout to read: cub, oxford, celeba-tiny (Multi-Modal CelebA-HQ), coco (2014), "
+            "folder (images + same-stem .txt captions), or shapes (built-in synthetic dataset, no --src).",
+            show_default=False,
+        ),
+    ],
+    src: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--src",
+            help="Folder holding the raw dataset. cub: CUB_200_2011/, text/, train/, test/; oxford: jpg/, "
+            "text_c10/; celeba-tiny: images/, text/; coco: images/train2014, images/val2014, annotations/; "
+            "folder: the images. Not used by shapes.",
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option("--out", help="Where to write the prepared dataset \\[default: the preset's data.root, e.g. data/cub]."),
+    ] = None,
+    size: Annotated[
+        Optional[int],
+        typer.Option(
+            "--size",
+            min=8,
+            help="Shorter side of the stored images in pixels, aspect kept (shapes: the square side) "
+            "\\[default: the preset's data.prepared_size: 304, shapes 64].",
+        ),
+    ] = None,
+    preset: Annotated[
+        Optional[str],
+        typer.Option("--preset", help="Take the --out and --size defaults from this preset instead of the one named like KIND (e.g. tiny)."),
+    ] = None,
+    split_file: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--split-file",
+            help="folder only: a text file of '<image path> <train|test|val>' lines; without it 10% of "
+            "images (by a hash of the name) go to test.",
+        ),
+    ] = None,
+    workers: Annotated[
+        int,
+        typer.Option("--workers", min=0, help="Processes decoding and resizing images; 0 = one per CPU core (at most 8)."),
+    ] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="shapes only: the random seed of the generated dataset.")] = 0,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="Delete a dataset previously prepared in --out with other settings, then prepare."),
+    ] = False,
+) -> None:
+    """Turn a raw dataset (CUB, Oxford-102, CelebA-tiny, COCO, a captioned folder) or `shapes` into ratlip's format.
+
+    Resumable: re-run the same command after an interruption; finished images are kept.
+
+    Format and layouts: docs/data.md. Skipped files are listed in OUT/report.txt.
+    """
+    from ratlip_cli.data.prepare import prepare_dataset, print_summary
+
+    summary = prepare_dataset(
+        kind, src, out, size, preset=preset, split_file=split_file, workers=workers, overwrite=overwrite, seed=seed
+    )
+    print_summary(summary)
 
 
 @app.command()
 @friendly
 def train(
-    preset: PresetArg = "shapes",
+    preset: Annotated[
+        Optional[str],
+        typer.Argument(
+            help="Preset (dataset) name: cub, oxford, celeba-tiny, coco, shapes or tiny (default: shapes; "
+            "with --resume: the run's own)."
+        ),
+    ] = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
+    resume: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--resume",
+            help="Continue the run in this directory (runs/NAME) from its newest valid checkpoint, with its own "
+            "config; --set may change budget keys (train.max_steps, train.epochs, train.max_minutes, ...) "
+            "but not model.* or clip.*.",
+        ),
+    ] = None,
+    device: DeviceOpt = None,
+    precision: Annotated[
+        Optional[str],
+        typer.Option(
+            "--precision",
+            help="fp32, amp_bf16 or amp_fp16 (autocast; fp16 adds a GradScaler); default: train.precision (fp32).",
+        ),
+    ] = None,
+    gpus: Annotated[
+        Optional[int],
+        typer.Option(
+            "--gpus",
+            help="Train on N GPUs of this machine: relaunches itself through torchrun (one process per GPU, "
+            "batch_size per process). With --device cpu, N CPU processes (gloo). Multi-node: run "
+            "`torchrun ... -m ratlip_cli train` yourself.",
+        ),
+    ] = None,
     print_config: Annotated[
         bool, typer.Option("--print-config", help="Print the resolved config as YAML and exit.")
     ] = False,
 ) -> None:
-    """Train a RATLIP model on a prepared dataset (default preset: the built-in `shapes`)."""
-    cfg = _resolve(preset, config, sets)
-    if print_config:
-        from ratlip_cli.config import to_yaml
+    """Train a RATLIP model on a prepared dataset (default preset: the built-in `shapes`).
 
-        console.print(to_yaml(cfg), end="", highlight=False, markup=False)
-        return
-    raise RatlipError("`ratlip train` is not implemented yet")
+    Writes runs/NAME/ (config.yaml, metrics.csv, samples/, checkpoints/, export/).
+
+    Ctrl-C or SIGTERM checkpoints at the next step and stops; `ratlip train --resume runs/NAME` continues exactly.
+    """
+    from ratlip_cli.train.command import run_train_command
+
+    code = run_train_command(preset, config, sets, resume, device, precision, gpus, print_config)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()
 @friendly
-def sample() -> None:
-    """Generate captioned image grids from prompts with a trained run's EMA generator."""
-    raise RatlipError("`ratlip sample` is not implemented yet")
+def sample(
+    prompts: Annotated[
+        Optional[list[str]],
+        typer.Argument(metavar="PROMPT", help="One or more prompts; each becomes a row of the grid.", show_default=False),
+    ] = None,
+    run: Annotated[
+        Optional[Path],
+        typer.Option("--run", help="A run directory (runs/NAME) whose export/generator.safetensors to use."),
+    ] = None,
+    weights: Annotated[
+        Optional[Path],
+        typer.Option("--weights", help="An exported generator .safetensors file (its .json config beside it)."),
+    ] = None,
+    runs_dir: Annotated[
+        Path,
+        typer.Option("--runs-dir", help="Where to look for the most recent run when neither --run nor --weights is given."),
+    ] = Path("runs"),
+    n: Annotated[int, typer.Option("--n", help="Images per prompt (columns of the grid).")] = 8,
+    seed: Annotated[
+        int,
+        typer.Option("--seed", help="Base seed; with the same prompt and weights it gives the same pixels."),
+    ] = 0,
+    out: Annotated[
+        Path, typer.Option("--out", help="Grid image to write; .png, .jpg/.jpeg or .webp by extension.")
+    ] = Path("grid.png"),
+    prompts_file: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--prompts-file",
+            help="A UTF-8 text file of prompts, one per line (blank lines and # comments skipped), after any PROMPTs.",
+        ),
+    ] = None,
+    save_individual: Annotated[
+        Optional[Path],
+        typer.Option("--save-individual", help="Also write every image as its own PNG, plus seeds.csv, into this folder."),
+    ] = None,
+    device: DeviceOpt = None,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Images per generator call; does not change the images.")
+    ] = 16,
+    interpolate: Annotated[
+        Optional[tuple[str, str]],
+        typer.Option(
+            "--interpolate",
+            metavar="A B",
+            help="Instead of PROMPTs: one row walking linearly from prompt A's sentence embedding to B's.",
+        ),
+    ] = None,
+    steps: Annotated[int, typer.Option("--steps", help="Images in the --interpolate row (at least 2).")] = 8,
+    vary_noise: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--vary-noise/--fixed-noise",
+            help="Prompt rows: --vary-noise (default) gives every image its own noise from (seed, prompt, column); "
+            "--fixed-noise gives column j the same noise in every row, to compare prompts. "
+            "--interpolate: one fixed noise across the row by default; --vary-noise gives each step its own.",
+            show_default=False,
+        ),
+    ] = None,
+    precision: Annotated[
+        str,
+        typer.Option(
+            "--precision",
+            help="fp64: pixels independent of --batch-size and of the other prompts; "
+            "fp32: faster (about 3x on CPU), but batch sizes may move a few pixels by one level.",
+        ),
+    ] = "fp64",
+) -> None:
+    """Generate captioned image grids from prompts with a trained run's EMA generator.
+
+    Example: ratlip sample "a big red circle on a blue background" "a small green square on a gray background" --n 8
+    """
+    from ratlip_cli.sample import SampleOptions, run_sample
+
+    run_sample(
+        SampleOptions(
+            prompts=list(prompts or []),
+            prompts_file=prompts_file,
+            run=run,
+            weights=weights,
+            runs_dir=runs_dir,
+            n=n,
+            seed=seed,
+            out=out,
+            save_individual=save_individual,
+            device=device,
+            batch_size=batch_size,
+            interpolate=tuple(interpolate) if interpolate else None,
+            steps=steps,
+            vary_noise=vary_noise,
+            precision=precision,
+        )
+    )
 
 
 @app.command(name="eval")
 @friendly
-def eval_() -> None:
-    """Compute FID, KID, CLIP score and CLIP R-precision for a run or a folder of images."""
-    raise RatlipError("`ratlip eval` is not implemented yet")
+def eval_(
+    run: Annotated[
+        Optional[Path],
+        typer.Option("--run", help="Run mode: a run folder (runs/NAME); images come from its exported EMA generator."),
+    ] = None,
+    images: Annotated[
+        Optional[Path], typer.Option("--images", help="Folder mode: a folder of images made by any system.")
+    ] = None,
+    captions: Annotated[
+        Optional[Path],
+        typer.Option("--captions", help="Folder mode: a CSV with header `file,caption` (file relative to --images)."),
+    ] = None,
+    dataset: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--dataset",
+            help="Prepared dataset whose split is the reference (run mode default: the run's data.root).",
+        ),
+    ] = None,
+    split: Annotated[str, typer.Option("--split", help="Reference split of --dataset.")] = "test",
+    num: Annotated[
+        Optional[int], typer.Option("--num", help="Quick run: this many images instead of full passes (eval.num).")
+    ] = None,
+    passes: Annotated[
+        Optional[int],
+        typer.Option("--passes", help="Passes over the split's images, one caption each (eval.passes; paper: 12)."),
+    ] = None,
+    batch_size: Annotated[
+        Optional[int], typer.Option("--batch-size", help="Images per generator / feature batch (eval.batch_size).")
+    ] = None,
+    device: DeviceOpt = None,
+    inception: Annotated[
+        Optional[str],
+        typer.Option(
+            "--inception",
+            help="Local clean-fid Inception file inception-2015-12-05.pt (eval.inception; else $RATLIP_INCEPTION, "
+            "/tmp, or clean-fid's download when online).",
+        ),
+    ] = None,
+    feature_extractor: Annotated[
+        Optional[str],
+        typer.Option(
+            "--feature-extractor",
+            help="inception (FID) or random-tiny (tests only: its numbers are NOT FID) (eval.feature_extractor).",
+        ),
+    ] = None,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of captions, noise, KID subsets and R-precision candidates.")
+    ] = 0,
+    ref_size: Annotated[
+        int,
+        typer.Option("--ref-size", help="Side the reference images are resized to; 0: the evaluated images' size."),
+    ] = 0,
+    save_images: Annotated[
+        Optional[Path],
+        typer.Option("--save-images", help="Run mode: also write the generated images and captions.csv here."),
+    ] = None,
+    out_csv: Annotated[
+        Optional[Path],
+        typer.Option("--out-csv", help="Append the result row to this CSV (run mode default: runs/NAME/eval.csv)."),
+    ] = None,
+    preset: Annotated[
+        Optional[str], typer.Option("--preset", help="Folder mode: preset whose eval settings to use.")
+    ] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """Compute FID, KID, CLIP score and CLIP R-precision for a run or a folder of images.
+
+    Examples: ratlip eval --run runs/cub --inception ~/inception-2015-12-05.pt;
+    ratlip eval --images out/ --captions out/captions.csv --dataset data/cub --out-csv scores.csv
+    """
+    from ratlip_cli.config import parse_override
+    from ratlip_cli.evaluate import EvalOptions, run_eval_command
+
+    settings: dict = {}
+    if run is not None and (preset or config):
+        raise RatlipError("--preset/--config are for folder mode; run mode reads runs/NAME/config.yaml (use --set)")
+    for text in sets or []:
+        key, value = parse_override(text)
+        settings[key] = value
+    explicit = {
+        "eval.num": num,
+        "eval.passes": passes,
+        "eval.batch_size": batch_size,
+        "eval.inception": inception,
+        "eval.feature_extractor": feature_extractor,
+    }
+    settings.update({k: v for k, v in explicit.items() if v is not None})
+    run_eval_command(
+        run,
+        images,
+        captions,
+        settings,
+        EvalOptions(
+            dataset=str(dataset) if dataset else None,
+            split=split,
+            device=device,
+            seed=seed,
+            ref_size=ref_size,
+            save_images=save_images,
+            out_csv=out_csv,
+            progress=not quiet,
+        ),
+        base_cfg=_resolve(preset, config, None) if run is None else None,
+        as_json=as_json,
+    )
 
 
 @app.command()
 @friendly
-def ablate() -> None:
-    """Sweep the RAT hidden size h (the paper's Table II) as one resumable command."""
-    raise RatlipError("`ratlip ablate` is not implemented yet")
+def ablate(
+    targets: Annotated[
+        Optional[list[str]],
+        typer.Argument(
+            metavar="PRESET",
+            help="Preset to sweep: cub, oxford, celeba-tiny, coco, shapes or tiny (default: shapes); "
+            "with --merge: the ablation folders to join.",
+            show_default=False,
+        ),
+    ] = None,
+    hidden: Annotated[
+        str,
+        typer.Option("--hidden", help="Comma-separated RAT hidden sizes h to sweep; 0 is GALIP (no recurrence)."),
+    ] = "0,4,8,16,32,64,128",
+    seeds: Annotated[
+        str,
+        typer.Option("--seeds", help="Comma-separated training seeds: one run per (h, seed); the table shows mean ± std."),
+    ] = "0",
+    steps: Annotated[
+        Optional[int], typer.Option("--steps", help="Budget: train every run for N steps (train.max_steps).")
+    ] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Budget: N epochs per run (train.epochs).")] = None,
+    minutes: Annotated[
+        Optional[float],
+        typer.Option("--minutes", help="Budget: M minutes of training per run (train.max_minutes; not reproducible)."),
+    ] = None,
+    metrics: Annotated[
+        Optional[str],
+        typer.Option(
+            "--metrics",
+            help="Comma-separated: cs (CLIP score), fid, kid, rp (CLIP R-precision), shapes (the shapes "
+            "checker's match rates; shapes dataset only) \\[default: cs,fid,kid,rp].",
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--out",
+            help="Ablation folder (sweep.yaml, ablation.csv, ablation.png, one run folder per h and seed) "
+            "\\[default: runs/ablate-PRESET, runs/ablate-PRESET-shard-I-of-N with --shard].",
+            show_default=False,
+        ),
+    ] = None,
+    shard: Annotated[
+        Optional[str],
+        typer.Option("--shard", help="i/n: run every n-th (h, seed) cell starting at the i-th, to share a sweep across n machines."),
+    ] = None,
+    params_only: Annotated[
+        bool,
+        typer.Option("--params-only", help="Print the parameter counts per h (Table II's parameter column) and exit; no training."),
+    ] = False,
+    merge: Annotated[
+        bool,
+        typer.Option("--merge", help="Join the ablation folders given as arguments (shards of one sweep) into --out."),
+    ] = False,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    eval_num: Annotated[
+        Optional[int], typer.Option("--eval-num", help="Evaluate every run on N images (eval.num) instead of full passes.")
+    ] = None,
+    device: DeviceOpt = None,
+    feature_extractor: Annotated[
+        Optional[str],
+        typer.Option(
+            "--feature-extractor",
+            help="inception (FID) or random-tiny (tests only: its numbers are NOT FID) (eval.feature_extractor).",
+        ),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No evaluation progress bars.")] = False,
+) -> None:
+    """Sweep the RAT hidden size h (the paper's Table II) as one resumable command.
+
+    Trains one model per (h, seed) with everything else equal, evaluates it with `ratlip eval`'s code, and writes OUT/ablation.csv, OUT/ablation.png and a Rich table. Re-run the same command to resume; other settings are refused. Guide: docs/ablation.md.
+
+    Examples: ratlip ablate shapes --hidden 0,16,64 --steps 600 --metrics shapes;  ratlip ablate cub --params-only;  ratlip ablate --merge runs/ablate-cub-shard-1-of-2 runs/ablate-cub-shard-2-of-2
+    """
+    from ratlip_cli.ablate import AblateOptions, run_ablate_command
+
+    targets = list(targets or [])
+    if not merge and len(targets) > 1:
+        raise RatlipError(f"give one preset, not {len(targets)} ({' '.join(targets)}); to join ablation folders add --merge")
+    opts = AblateOptions(
+        preset=None if merge or not targets else targets[0],
+        config=config,
+        sets=list(sets or []),
+        hiddens=hidden,
+        seeds=seeds,
+        steps=steps,
+        epochs=epochs,
+        minutes=minutes,
+        metrics=metrics,
+        out=out,
+        shard=shard,
+        eval_num=eval_num,
+        device=device,
+        feature_extractor=feature_extractor,
+        progress=not quiet,
+    )
+    code = run_ablate_command(opts, merge=[Path(t) for t in targets] if merge else None, only_params=params_only)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()

@@ -43,6 +43,40 @@ def g_sizes(num_blocks: int, image_size: int) -> list[int]:
     return [8 * 2**i for i in range(num_blocks - 1)] + [image_size]
 
 
+def _phase_taps(w: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum the 3 taps of a 3x3 kernel along `dim` into 2 taps, for output phases 0 and 1 of a 2x upsampling.
+
+    Output row 2i reads input rows (i - 1, i, i) through taps (0, 1, 2); row 2i + 1 reads (i, i, i + 1).
+    """
+    k0, k1, k2 = w.unbind(dim)
+    return torch.stack([k0, k1 + k2], dim), torch.stack([k0 + k1, k2], dim)
+
+
+def upsample2x_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``conv2d(interpolate(x, scale 2, nearest), weight, bias, padding=1)`` at 4/9 of the FLOPs.
+
+    Each of the four output phases (2i + a, 2j + b) of a 3x3 conv over a nearest-2x upsampled map
+    is a 2x2 conv over the input with summed kernel taps; the four run as one conv with 4x the
+    output channels, whose results are interleaved. Same result up to float rounding; differentiable.
+    """
+    b, _, h, w = x.shape
+    out_ch = weight.shape[0]
+    kernels = [k for rows in _phase_taps(weight, 2) for k in _phase_taps(rows, 3)]  # phases (0,0) (0,1) (1,0) (1,1)
+    w4 = torch.cat(kernels, dim=0)  # (4 * O, I, 2, 2)
+    b4 = bias.repeat(4) if bias is not None else None
+    y = F.conv2d(x, w4, b4, padding=1)  # (B, 4 * O, h + 1, w + 1); phase (a, b) sits at offset (a, b)
+    channels_last = y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+    y = y.unflatten(1, (2, 2, out_ch))
+    if channels_last:
+        out = y.new_empty(b, h, 2, w, 2, out_ch).permute(0, 5, 1, 2, 3, 4)
+    else:
+        out = y.new_empty(b, out_ch, h, 2, w, 2)
+    for pa in range(2):
+        for pb in range(2):
+            out[:, :, :, pa, :, pb] = y[:, pa, pb, :, pa : pa + h, pb : pb + w]
+    return out.reshape(b, out_ch, 2 * h, 2 * w)
+
+
 class RATBlock(nn.Module):
     """One block of the RAT bridge (RATLIP's "CLIP adapter" block), residual."""
 
@@ -62,7 +96,14 @@ class RATBlock(nn.Module):
 
 
 class GBlock(nn.Module):
-    """A generator block: upsample, then DF fusions and convs, BN + LeakyReLU + shuffle attention; residual."""
+    """A generator block: upsample, then DF fusions and convs, BN + LeakyReLU + shuffle attention; residual.
+
+    Computes ``shortcut(up(x)) + SA(LReLU(BN(conv2(fuse2(conv1(fuse1(up(x))))))))`` with nearest
+    upsampling ``up``. For speed (same result up to float rounding) the per-pixel layers before
+    conv1 (fuse1) and the 1x1 shortcut run at the input size, before upsampling (nearest upsampling
+    commutes with per-pixel maps); a 2x upsampling folds into conv1 (`upsample2x_conv3x3`); in eval
+    mode BatchNorm folds into conv2; the shuffle of SA is folded into the residual addition.
+    """
 
     def __init__(
         self, in_ch: int, out_ch: int, size: int, cond_dim: int, state_dim: int, sa_groups: int
@@ -77,13 +118,32 @@ class GBlock(nn.Module):
         self.attn = ShuffleAttention(out_ch, sa_groups)
         self.shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
+    def _conv2_norm(self, r: torch.Tensor) -> torch.Tensor:
+        norm = self.norm
+        if norm.training or norm.running_var is None:
+            return norm(self.conv2(r))
+        # Eval mode: BN is a per-channel affine map with fixed statistics; fold it into conv2.
+        scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+        weight = self.conv2.weight * scale.view(-1, 1, 1, 1)
+        bias = (self.conv2.bias - norm.running_mean) * scale + norm.bias
+        return F.conv2d(r, weight, bias, padding=1)
+
     def forward(self, x: torch.Tensor, feed: AffineFeed) -> torch.Tensor:
-        if x.shape[-1] != self.size or x.shape[-2] != self.size:
-            x = F.interpolate(x, size=(self.size, self.size), mode="nearest")
-        r = self.conv1(self.fuse1(x, feed))
-        r = self.conv2(self.fuse2(r, feed))
-        r = self.attn(F.leaky_relu(self.norm(r), 0.2))
-        return self.shortcut(x) + r
+        s = self.size
+        in_size = tuple(x.shape[-2:])
+        f = self.fuse1(x, feed)
+        if in_size == (s, s):
+            r = self.conv1(f)
+        elif in_size == (s // 2, s // 2) and s % 2 == 0:
+            r = upsample2x_conv3x3(f, self.conv1.weight, self.conv1.bias)
+        else:
+            r = self.conv1(F.interpolate(f, size=(s, s), mode="nearest"))
+        r = self._conv2_norm(self.fuse2(r, feed))
+        r = F.leaky_relu(r, 0.2, inplace=True)
+        skip = self.shortcut(x)
+        if in_size != (s, s):
+            skip = F.interpolate(skip, size=(s, s), mode="nearest")
+        return self.attn(r, residual=skip)
 
 
 class Generator(nn.Module):
@@ -122,7 +182,7 @@ class Generator(nn.Module):
         self.blocks = nn.ModuleList(
             GBlock(i, o, size, cond_dim, blocks_state, cfg.sa_groups) for (i, o), size in zip(pairs, sizes)
         )
-        self.to_rgb = nn.Sequential(nn.LeakyReLU(0.2), nn.Conv2d(pairs[-1][1], 3, 3, 1, 1))
+        self.to_rgb = nn.Sequential(nn.LeakyReLU(0.2, inplace=True), nn.Conv2d(pairs[-1][1], 3, 3, 1, 1))
 
         # ---- the recurrence shared by every RAT affine layer, in forward order ----
         self.affine_layers: list[ConditionalAffine] = []
@@ -132,6 +192,9 @@ class Generator(nn.Module):
                 self.affine_layers.append(module)
         num_rat = sum(1 for m in self.affine_layers if m.recurrent)
         self.rat = RATRecurrence(cond_dim, cfg.z_dim, rat.hidden, num_rat, rat.mode)
+        # Speed only (not a config key, no effect on results beyond float rounding): the image
+        # blocks run on channels_last (NHWC) activations, which oneDNN and cuDNN convolve faster.
+        self.channels_last = True
 
     def part_modules(self) -> dict[str, list[nn.Module]]:
         """The trainable parts for parameter accounting: bridge (with the RAT recurrence) and blocks."""
@@ -154,10 +217,12 @@ class Generator(nn.Module):
             prompts = fused.new_zeros(b, 0, self.width)
         mapped = self.backbone.map_with_prompts(fused, prompts, self.prompt_blocks)
         x = self.conv_out(fused + self.mapper_scale * mapped)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         for block in self.blocks:
             x = block(x, feed)
         feed.check_consumed()
-        return self.to_rgb(x)
+        return self.to_rgb(x).contiguous()
 
     def forward(self, z: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         return self._forward(z, s, None)

@@ -97,7 +97,8 @@ class ConditionalAffine(nn.Module):
         beta = self.fc_beta(inp)
         if feed.trace is not None:
             feed.trace.append(AffineRecord(self.trace_name, gamma.detach(), beta.detach(), self.recurrent))
-        return x * gamma[:, :, None, None] + beta[:, :, None, None]
+        # beta + x * gamma in one pass over x (no intermediate product tensor).
+        return torch.addcmul(beta[:, :, None, None], x, gamma[:, :, None, None])
 
 
 class AffineFusion(nn.Module):
@@ -109,8 +110,9 @@ class AffineFusion(nn.Module):
         self.affine1 = ConditionalAffine(cond_dim, channels, state_dim)
 
     def forward(self, x: torch.Tensor, feed: AffineFeed) -> torch.Tensor:
-        x = F.leaky_relu(self.affine0(x, feed), 0.2)
-        return F.leaky_relu(self.affine1(x, feed), 0.2)
+        # In place: each affine returns a fresh tensor that its backward does not need.
+        x = F.leaky_relu(self.affine0(x, feed), 0.2, inplace=True)
+        return F.leaky_relu(self.affine1(x, feed), 0.2, inplace=True)
 
 
 class RATRecurrence(nn.Module):

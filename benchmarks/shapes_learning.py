@@ -1,0 +1,122 @@
+"""Does `ratlip train shapes` learn on a CPU? Train, snapshot after 5 and 15 minutes, score held-out captions.
+
+Two sub-commands (rerunnable; nothing here is a test):
+
+    # train the shapes preset for 5 minutes, snapshot the export, resume to 15 minutes, score both
+    python benchmarks/shapes_learning.py run --name shapes-bench [--set KEY=VALUE ...] [--minutes 5,15]
+
+    # score any export (a run directory, an export folder or a generator.safetensors)
+    python benchmarks/shapes_learning.py score runs/shapes-bench [--num 0] [--seed 0]
+
+Scoring: the EMA generator draws one image per test-split image (its caption's phrasing rotating,
+each with its own fixed noise); the data module's shapes checker decides whether the image's main
+colour, shape and background match the caption. Reported for all test captions and for the 6
+(colour, shape, background) combinations never seen in training ("novel"), with chance levels.
+Training minutes are the run's own training-loop time (metrics.csv `elapsed_s`), which includes
+sample grids and checkpoints but not process start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def score(path: str | Path, num: int = 0, seed: int = 0, device: str = "cpu") -> dict:
+    """Match rates of an export's EMA generator on the test split (all captions and novel combos only)."""
+    from ratlip_cli.data import load_prepared
+    from ratlip_cli.export import load_generator
+    from ratlip_cli.train.shapes_eval import score_generator_on_shapes, shapes_eval_captions
+
+    loaded = load_generator(path, device)
+    prepared = load_prepared(loaded.cfg.data.root)
+    out = {"export": str(path), "step": loaded.step, "images_seen": loaded.images_seen}
+    for label, novel in (("all", False), ("novel", True)):
+        caps = shapes_eval_captions(prepared, "test", num, novel_only=novel)
+        res = score_generator_on_shapes(
+            loaded.generator, loaded.backbone, loaded.tokenizer, caps, loaded.cfg.model.z_dim,
+            device=device, seed=seed, batch_size=64, distributed=False,
+        )
+        out[label] = {k: round(res[k], 4) for k in ("colour", "shape", "background", "size", "all")} | {"n": res["n"]}
+        out["chance"] = {k: round(v, 4) for k, v in res["chance"].items()}
+    return out
+
+
+def _last_row(run: Path) -> dict:
+    from ratlip_cli.train.run import read_metrics
+
+    rows = read_metrics(run / "metrics.csv")
+    return rows[-1] if rows else {}
+
+
+def _mean_rate(run: Path) -> float:
+    """Mean images/s over the run's logged intervals (training steps and data loading only)."""
+    from ratlip_cli.train.run import read_metrics
+
+    rates = [float(r["images_per_s"]) for r in read_metrics(run / "metrics.csv") if r.get("images_per_s")]
+    return sum(rates) / len(rates) if rates else 0.0
+
+
+def run(args: argparse.Namespace) -> int:
+    minutes = [float(m) for m in args.minutes.split(",")]
+    runs_dir = Path(args.runs_dir)
+    run_dir = runs_dir / args.name
+    base = [sys.executable, "-m", "ratlip_cli", "train"]
+    sets = [f"train.runs_dir={runs_dir}", f"train.name={args.name}", *args.set]
+    report = {"name": args.name, "sets": args.set, "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "snapshots": []}
+    for i, m in enumerate(minutes):
+        if i == 0:
+            cmd = base + ["shapes"] + [x for s in sets + [f"train.max_minutes={m}"] for x in ("--set", s)]
+        else:
+            cmd = base + ["--resume", str(run_dir), "--set", f"train.max_minutes={m}"]
+        print("$", " ".join(cmd), flush=True)
+        t0 = time.time()
+        proc = subprocess.run(cmd)
+        if proc.returncode != 0:
+            return proc.returncode
+        snap = run_dir / "bench" / f"export-{m:g}min"
+        if snap.exists():
+            shutil.rmtree(snap)
+        shutil.copytree(run_dir / "export", snap)
+        row = _last_row(run_dir)
+        result = score(snap, args.num, args.seed)
+        result.update(minutes=m, wall_s=round(time.time() - t0, 1), elapsed_s=row.get("elapsed_s"),
+                      step=int(row.get("step", 0) or 0), mean_images_per_s=round(_mean_rate(run_dir), 1))
+        report["snapshots"].append(result)
+        print(json.dumps(result, indent=2), flush=True)
+    (run_dir / "bench" / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"report: {run_dir / 'bench' / 'report.json'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_run = sub.add_parser("run", help="train the shapes preset with snapshots and score them")
+    p_run.add_argument("--name", default="shapes-bench")
+    p_run.add_argument("--runs-dir", default="runs")
+    p_run.add_argument("--minutes", default="5,15", help="training-time snapshots, comma-separated (default 5,15)")
+    p_run.add_argument("--set", action="append", default=[], help="extra config override for the run (repeatable)")
+    p_run.add_argument("--num", type=int, default=0, help="captions to score (0: one per test image)")
+    p_run.add_argument("--seed", type=int, default=0)
+    p_score = sub.add_parser("score", help="score an export")
+    p_score.add_argument("path")
+    p_score.add_argument("--num", type=int, default=0)
+    p_score.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.cmd == "run":
+        return run(args)
+    print(json.dumps(score(args.path, args.num, args.seed), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,874 @@
+"""`ratlip ablate`: the RAT hidden-size sweep (the paper's Table II) as one resumable command.
+
+For every (h, seed) of the grid ``--hidden`` x ``--seeds`` one model is trained with the project's
+Trainer, everything else equal (same config, data order, CLIP, noise and budget for a given seed),
+then evaluated with `ratlip eval`'s code (`evaluate.evaluate_run`) and, on the shapes dataset, with
+the shapes checker. The ablation folder holds::
+
+    <out>/
+      sweep.yaml       the sweep spec: every setting that makes rows comparable, and its hash
+      ablation.csv     one row per (h, seed), rewritten atomically as each row arrives
+      ablation.png     CS / FID / shapes match rate against h (log2 axis, h = 0 = GALIP), params on a 2nd axis
+      h64-s0/ ...      the runs (a normal run directory each: config, checkpoints, export, eval.csv)
+
+Re-running the same command skips rows already in the CSV and resumes an interrupted training
+from its newest checkpoint; a different setting (preset, --config, --set, budget, metrics, eval
+protocol) is refused, because its rows would not be comparable. Only the sweep list (--hidden,
+--seeds), --shard and settings that cannot change a number (paths, device, logging cadence) may
+change. ``--shard i/n`` takes every n-th cell of the grid (round robin), and ``--merge DIR...``
+joins the CSVs of shards of one sweep.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import datetime as _dt
+import gc
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import yaml
+from rich.markup import escape
+from rich.table import Table
+
+from ratlip_cli import __version__
+from ratlip_cli.config import Config, parse_override, resolve_config, to_dict
+from ratlip_cli.console import console, warn
+from ratlip_cli.errors import RatlipError
+from ratlip_cli.models.params import PAPER_HIDDENS, TABLE_COLUMNS
+
+SWEEP_FORMAT = "ratlip-ablate"
+SWEEP_VERSION = 1
+SWEEP_FILE = "sweep.yaml"
+CSV_FILE = "ablation.csv"
+PLOT_FILE = "ablation.png"
+DEFAULT_PRESET = "shapes"
+# Captions, noise, KID subsets and R-precision candidates of every evaluation (same for every row).
+EVAL_SEED = 0
+
+METRIC_NAMES = ("cs", "fid", "kid", "rp", "shapes")
+DEFAULT_METRICS = ("cs", "fid", "kid", "rp")
+# Swept by the ablation itself.
+SWEPT_KEYS = ("model.rat.hidden", "train.seed")
+# Settings that cannot change a row's numbers: paths, device, logging cadence, batching of eval.
+NEUTRAL_KEYS = frozenset(
+    {
+        "train.runs_dir",
+        "train.name",
+        "train.device",
+        "train.log_every",
+        "train.sample_every",
+        "train.checkpoint_every",
+        "train.keep_checkpoints",
+        "data.num_workers",
+        "clip.cache_dir",
+        "eval.cache_dir",
+        "eval.inception",
+        "eval.batch_size",
+    }
+)
+
+KEY_COLUMNS = ["h", "seed"]
+PARAM_COLUMNS = [
+    "bridge_params",
+    "rat_params",
+    "generator_trainable",
+    "generator_total",
+    "discriminator_trainable",
+    "discriminator_total",
+    "head_params",
+    "trainable_params",
+    "total_params",
+]
+METRIC_COLUMNS = {
+    "cs": ["clip_score"],
+    "fid": ["fid"],
+    "kid": ["kid_x1e3", "kid_std_x1e3"],
+    "rp": ["r_precision"],
+    "shapes": ["shapes_all", "shapes_colour", "shapes_shape", "shapes_background", "shapes_size"],
+}
+PROTOCOL_COLUMNS = ["feature_extractor", "eval_clip", "eval_images", "steps", "images", "device", "run", "sweep"]
+# Columns that depend on wall-clock time or on when the row was made (left out when comparing rows).
+TIMING_COLUMNS = ["train_s", "train_img_per_s", "eval_s", "wall_s", "time"]
+SCORE_COLUMNS = [c for m in METRIC_NAMES for c in METRIC_COLUMNS[m]]
+COLUMNS = KEY_COLUMNS + PARAM_COLUMNS + SCORE_COLUMNS + PROTOCOL_COLUMNS + TIMING_COLUMNS
+
+NOT_FID_MARK = "random-tiny (NOT FID)"
+_SHARD_SUFFIX = re.compile(r"-shard-\d+-of-\d+$")
+
+
+# ----------------------------------------------------------------------------- options and parsing
+
+
+@dataclass
+class AblateOptions:
+    """What `ratlip ablate` was asked for (the CLI only parses; everything is checked here)."""
+
+    preset: str | None = None
+    config: Path | None = None
+    sets: list[str] = field(default_factory=list)
+    hiddens: str = ",".join(map(str, PAPER_HIDDENS))
+    seeds: str = "0"
+    steps: int | None = None
+    epochs: int | None = None
+    minutes: float | None = None
+    metrics: str | None = None
+    out: Path | None = None
+    shard: str | None = None
+    eval_num: int | None = None
+    device: str | None = None
+    feature_extractor: str | None = None
+    progress: bool = True
+
+
+def parse_int_list(text: str, option: str) -> list[int]:
+    """'0,4,8' -> [0, 4, 8]: non-negative integers, no duplicates."""
+    values: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            value = int(part)
+        except ValueError:
+            raise RatlipError(f"{option} expects comma-separated integers (e.g. 0,4,8), got '{text}'") from None
+        if value < 0:
+            raise RatlipError(f"{option} values must be >= 0, got {value}")
+        if value in values:
+            raise RatlipError(f"{option} lists {value} twice")
+        values.append(value)
+    if not values:
+        raise RatlipError(f"{option} needs at least one value")
+    return values
+
+
+def parse_metrics(text: str | None) -> list[str]:
+    """'cs,fid' -> ['cs', 'fid'] in canonical order; unknown names are an error."""
+    if text is None:
+        return list(DEFAULT_METRICS)
+    names = [p.strip().lower() for p in str(text).split(",") if p.strip()]
+    unknown = [n for n in names if n not in METRIC_NAMES]
+    if unknown:
+        raise RatlipError(f"unknown metric '{unknown[0]}' in --metrics; choose from {', '.join(METRIC_NAMES)}")
+    if not names:
+        raise RatlipError(f"--metrics needs at least one of {', '.join(METRIC_NAMES)}")
+    return [m for m in METRIC_NAMES if m in names]
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """'2/4' -> (2, 4): shard 2 of 4 (1-based)."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not m:
+        raise RatlipError(f"--shard expects i/n (e.g. 1/2), got '{text}'")
+    i, n = int(m.group(1)), int(m.group(2))
+    if n < 1 or not 1 <= i <= n:
+        raise RatlipError(f"--shard {text}: i must be between 1 and n")
+    return i, n
+
+
+def grid(hiddens: Sequence[int], seeds: Sequence[int]) -> list[tuple[int, int]]:
+    """Every (h, seed) of the sweep, h-major in the order given."""
+    return [(h, s) for h in hiddens for s in seeds]
+
+
+def shard_cells(cells: Sequence[tuple[int, int]], shard: tuple[int, int] | None) -> list[tuple[int, int]]:
+    """Shard i of n takes cells i-1, i-1+n, i-1+2n, ... of the grid (round robin: balanced across h)."""
+    if shard is None:
+        return list(cells)
+    i, n = shard
+    return [c for k, c in enumerate(cells) if k % n == i - 1]
+
+
+def run_name(h: int, seed: int) -> str:
+    """The run folder of one cell inside the ablation folder."""
+    return f"h{h}-s{seed}"
+
+
+# ----------------------------------------------------------------------------- the sweep spec
+
+
+def sweep_config(opts: AblateOptions) -> Config:
+    """The config shared by every row: preset < --config < --set < budget and eval options."""
+    sets = list(opts.sets or [])
+    for text in sets:
+        key, _ = parse_override(text)
+        if key in SWEPT_KEYS:
+            option = "--hidden" if key == "model.rat.hidden" else "--seeds"
+            raise RatlipError(f"--set {key} is what the ablation sweeps; use {option} instead")
+    given = (("--steps", opts.steps), ("--epochs", opts.epochs), ("--minutes", opts.minutes))
+    budgets = [(n, v) for n, v in given if v is not None]
+    if len(budgets) > 1:
+        raise RatlipError(f"give one budget: {' or '.join(n for n, _ in budgets)}, not several")
+    extra: list[str] = []
+    if opts.steps is not None:
+        if opts.steps < 1:
+            raise RatlipError("--steps must be >= 1")
+        extra += [f"train.max_steps={opts.steps}", "train.epochs=0", "train.max_minutes=0"]
+    if opts.epochs is not None:
+        if opts.epochs < 1:
+            raise RatlipError("--epochs must be >= 1")
+        extra += ["train.max_steps=0", f"train.epochs={opts.epochs}", "train.max_minutes=0"]
+    if opts.minutes is not None:
+        if not opts.minutes > 0:
+            raise RatlipError("--minutes must be > 0")
+        extra += ["train.max_steps=0", "train.epochs=0", f"train.max_minutes={opts.minutes}"]
+    if opts.eval_num is not None:
+        if opts.eval_num < 1:
+            raise RatlipError("--eval-num must be >= 1")
+        extra.append(f"eval.num={opts.eval_num}")
+    if opts.feature_extractor is not None:
+        extra.append(f"eval.feature_extractor={opts.feature_extractor}")
+    if opts.device is not None:
+        extra.append(f"train.device={opts.device}")
+    cfg = resolve_config(opts.preset or DEFAULT_PRESET, opts.config, sets + extra)
+    tc = cfg.train
+    if tc.max_steps <= 0 and tc.epochs <= 0 and tc.max_minutes <= 0:
+        raise RatlipError("the sweep has no training budget; give --steps N, --epochs N or --minutes M")
+    return cfg
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            out.update(_flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def sweep_spec(cfg: Config, metrics: Sequence[str]) -> dict[str, Any]:
+    """Everything that makes two rows comparable: the config (minus swept and neutral keys), metrics
+    and the evaluation seed, as flat dotted keys."""
+    flat = _flatten(to_dict(cfg))
+    settings = {k: v for k, v in sorted(flat.items()) if k not in NEUTRAL_KEYS and k not in SWEPT_KEYS}
+    return {"metrics": list(metrics), "eval_seed": EVAL_SEED, "config": settings}
+
+
+def spec_hash(spec: dict[str, Any]) -> str:
+    """A stable short hash of a sweep spec."""
+    text = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def spec_differences(old: dict[str, Any], new: dict[str, Any], limit: int = 3) -> str:
+    """'train.max_steps: 2 -> 3, metrics: [cs] -> [cs, fid]' (at most `limit` entries)."""
+    a = {**_flatten(old.get("config", {})), "metrics": old.get("metrics"), "eval_seed": old.get("eval_seed")}
+    b = {**_flatten(new.get("config", {})), "metrics": new.get("metrics"), "eval_seed": new.get("eval_seed")}
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    parts = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:limit]]
+    if len(keys) > limit:
+        parts.append(f"+{len(keys) - limit} more")
+    return ", ".join(parts) or "format"
+
+
+def read_sweep(folder: Path) -> dict[str, Any] | None:
+    """The parsed `sweep.yaml` of an ablation folder (None when there is none)."""
+    path = folder / SWEEP_FILE
+    if not path.is_file():
+        return None
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        raise RatlipError(f"{path} is not readable YAML; delete it only if the folder holds no results") from None
+    if not isinstance(doc, dict) or doc.get("format") != SWEEP_FORMAT or "spec_hash" not in doc:
+        raise RatlipError(f"{path} is not a ratlip ablation spec")
+    if int(doc.get("version", 0)) > SWEEP_VERSION:
+        raise RatlipError(f"{path} was written by a newer ratlip (version {doc.get('version')}); upgrade ratlip")
+    return doc
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_sweep(folder: Path, spec: dict[str, Any], info: dict[str, Any]) -> None:
+    """Write `sweep.yaml`: format, hash, informational fields (sweep lists, shard), then the spec."""
+    doc = {"format": SWEEP_FORMAT, "version": SWEEP_VERSION, "spec_hash": spec_hash(spec), **info, "spec": spec}
+    _write_text_atomic(folder / SWEEP_FILE, yaml.safe_dump(doc, sort_keys=False))
+
+
+# ----------------------------------------------------------------------------- rows (CSV)
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """Rows of an ablation.csv (strings), or [] when there is none."""
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [dict(r) for r in csv.DictReader(fh)]
+
+
+def _sorted_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(rows, key=lambda r: (int(r["h"]), int(r["seed"])))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ""
+        return f"{value:.6g}" if abs(value) < 1e6 else str(round(value))
+    return str(value)
+
+
+def write_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Rewrite ablation.csv atomically, rows sorted by (h, seed), with the fixed columns."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, restval="", extrasaction="ignore")
+    writer.writeheader()
+    for row in _sorted_rows(rows):
+        writer.writerow({k: _cell(row.get(k)) for k in COLUMNS})
+    _write_text_atomic(path, buf.getvalue())
+
+
+def _num(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(x) else x
+
+
+# ----------------------------------------------------------------------------- one row
+
+
+@dataclass
+class TrainedRun:
+    """What training one cell produced (parameter counts of the exact trained models)."""
+
+    run_dir: Path
+    stopped_by: str
+    steps: int
+    images: int
+    seconds: float
+    params: dict[str, int]
+    device: str
+
+
+def _param_columns(counts: dict[str, dict[str, int]]) -> dict[str, int]:
+    return {
+        "bridge_params": counts["bridge"]["trainable"],
+        "rat_params": counts["rat"]["trainable"],
+        "generator_trainable": counts["generator"]["trainable"],
+        "generator_total": counts["generator"]["total"],
+        "discriminator_trainable": counts["discriminator"]["trainable"],
+        "discriminator_total": counts["discriminator"]["total"],
+        "head_params": counts["head"]["trainable"],
+        "trainable_params": counts["total"]["trainable"],
+        "total_params": counts["total"]["total"],
+    }
+
+
+def train_run(cfg: Config, run_dir: Path) -> TrainedRun:
+    """Train one cell into `run_dir` with the project's Trainer, resuming from its newest checkpoint.
+
+    A finished run is not trained again (the Trainer reports "nothing to do" and re-exports); a run
+    that died before its first checkpoint is started afresh.
+    """
+    from ratlip_cli import dist
+    from ratlip_cli.models.params import param_counts
+    from ratlip_cli.train import loop
+    from ratlip_cli.train.checkpoint import list_checkpoints
+
+    resume = run_dir if list_checkpoints(run_dir / "checkpoints") else None
+    if resume is None and run_dir.exists():
+        shutil.rmtree(run_dir)  # an interrupted start with nothing to resume from
+    trainer = loop.Trainer(cfg, resume=resume)
+    try:
+        trainer.setup()
+        result = trainer.run()
+        params = _param_columns(param_counts(trainer.models))
+        done = TrainedRun(
+            run_dir=Path(result.run_dir),
+            stopped_by=result.stopped_by,
+            steps=int(result.step),
+            images=int(result.images),
+            seconds=float(trainer.elapsed),
+            params=params,
+            device=str(trainer.device),
+        )
+    finally:
+        dist.destroy()
+    del trainer
+    gc.collect()
+    return done
+
+
+def _shapes_scores(run_dir: Path, cfg: Config, device: str | None) -> dict[str, Any]:
+    """The shapes checker's match rates of the run's exported EMA generator on test captions."""
+    from ratlip_cli.data import load_prepared
+    from ratlip_cli.evaluate import resolve_device
+    from ratlip_cli.export import load_generator
+    from ratlip_cli.train.shapes_eval import score_generator_on_shapes, shapes_eval_captions
+
+    dev = resolve_device(device)
+    loaded = load_generator(run_dir, dev)
+    captions = shapes_eval_captions(load_prepared(cfg.data.root), "test", cfg.eval.num)
+    res = score_generator_on_shapes(
+        loaded.generator, loaded.backbone, loaded.tokenizer, captions, cfg.model.z_dim,
+        device=dev, seed=EVAL_SEED, batch_size=max(1, cfg.eval.batch_size), distributed=False,
+    )
+    scores = {f"shapes_{k}": res[k] for k in ("all", "colour", "shape", "background", "size")}
+    return {**scores, "shapes_n": res["n"]}
+
+
+def evaluate_cell(
+    run_dir: Path, cfg: Config, metrics: Sequence[str], device: str | None, progress: bool
+) -> dict[str, Any]:
+    """The metric columns of one trained run: `ratlip eval`'s numbers and/or the shapes checker's."""
+    out: dict[str, Any] = {}
+    started = time.time()
+    if set(metrics) & {"cs", "fid", "kid", "rp"}:
+        from ratlip_cli.evaluate import EvalOptions, evaluate_run
+
+        row = evaluate_run(run_dir, {}, EvalOptions(device=device, seed=EVAL_SEED, progress=progress))
+        picked = {
+            "cs": {"clip_score": row["clip_score"]},
+            "fid": {"fid": row["fid"]},
+            "kid": {"kid_x1e3": row["kid_x1e3"], "kid_std_x1e3": row["kid_std_x1e3"]},
+            "rp": {"r_precision": row["r_precision"]},
+        }
+        for m in metrics:
+            out.update(picked.get(m, {}))
+        if set(metrics) & {"fid", "kid"}:
+            out["feature_extractor"] = row["feature_extractor"]
+        out["eval_clip"] = row["eval_clip"] if set(metrics) & {"cs", "rp"} else ""
+        out["eval_images"] = row["num_images"]
+    if "shapes" in metrics:
+        scores = _shapes_scores(run_dir, cfg, device)
+        out.update({k: v for k, v in scores.items() if k != "shapes_n"})
+        out.setdefault("eval_images", scores["shapes_n"])
+    out["eval_s"] = round(time.time() - started, 1)
+    return out
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def cell_config(cfg: Config, out: Path, h: int, seed: int) -> Config:
+    """The config of one cell: the sweep's, with h, seed and the run folder set."""
+    c = copy.deepcopy(cfg)
+    c.model.rat.hidden = int(h)
+    c.train.seed = int(seed)
+    c.train.runs_dir = str(out)
+    c.train.name = run_name(h, seed)
+    return c
+
+
+# ----------------------------------------------------------------------------- summary, table, plot
+
+
+def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per h: seeds, and (mean, std) of every numeric column across seeds (std None for one seed)."""
+    import numpy as np
+
+    by_h: dict[int, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_h.setdefault(int(r["h"]), []).append(r)
+    out = []
+    for h in sorted(by_h):
+        group = by_h[h]
+        entry: dict[str, Any] = {"h": h, "seeds": sorted(int(r["seed"]) for r in group)}
+        for col in PARAM_COLUMNS + SCORE_COLUMNS + ["train_img_per_s", "train_s", "steps"]:
+            vals = [v for v in (_num(r.get(col)) for r in group) if v is not None]
+            if not vals:
+                entry[col] = (None, None)
+                continue
+            arr = np.asarray(vals, dtype=np.float64)
+            entry[col] = (float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else None)
+        marks = {str(r.get("feature_extractor", "")) for r in group}
+        entry["not_fid"] = NOT_FID_MARK in marks
+        out.append(entry)
+    return out
+
+
+def _fmt(pair: tuple[float | None, float | None], spec: str) -> str:
+    mean, std = pair
+    if mean is None:
+        return "-"
+    text = format(mean, spec)
+    return f"{text} ± {format(std, spec)}" if std is not None else text
+
+
+def _h_label(h: int) -> str:
+    return "0 (GALIP)" if h == 0 else str(h)
+
+
+def metrics_in(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The metrics that have values in any row."""
+    return [m for m in METRIC_NAMES if any(_num(r.get(METRIC_COLUMNS[m][0])) is not None for r in rows)]
+
+
+def results_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str], title: str) -> Table:
+    """The Rich table of an ablation: one line per h, mean ± std across seeds."""
+    summary = summarize(rows)
+    not_fid = any(e["not_fid"] for e in summary)
+    table = Table(title=escape(title), show_header=True)
+    cols: list[tuple[str, str, str]] = [
+        ("rat_params", "RAT LSTM", ",.0f"),
+        ("generator_trainable", "G trainable", ",.0f"),
+        ("trainable_params", "trainable (G+D+head)", ",.0f"),
+        ("total_params", "total (with CLIP)", ",.0f"),
+    ]
+    if "cs" in metrics:
+        cols.append(("clip_score", "CS", ".2f"))
+    if "fid" in metrics:
+        cols.append(("fid", "FID [red](random-tiny, NOT FID)[/red]" if not_fid else "FID", ".3f"))
+    if "kid" in metrics:
+        cols.append(("kid_x1e3", "KID x1e3 [red](NOT KID)[/red]" if not_fid else "KID x1e3", ".3f"))
+    if "rp" in metrics:
+        cols.append(("r_precision", "R-prec %", ".2f"))
+    if "shapes" in metrics:
+        cols += [
+            ("shapes_all", "shapes all", ".3f"),
+            ("shapes_colour", "colour", ".3f"),
+            ("shapes_shape", "shape", ".3f"),
+            ("shapes_background", "bg", ".3f"),
+        ]
+    cols += [("steps", "steps", ".0f"), ("train_img_per_s", "img/s", ".1f"), ("train_s", "train s", ".0f")]
+    table.add_column("h", justify="right", style="bold")
+    table.add_column("seeds", justify="right")
+    for _, title_, _ in cols:
+        table.add_column(title_, justify="right")
+    for e in summary:
+        seeds = ",".join(map(str, e["seeds"]))
+        table.add_row(_h_label(e["h"]), seeds, *(_fmt(e[k], spec) for k, _, spec in cols))
+    return table
+
+
+def _x_positions(hs: Sequence[int]) -> dict[int, float]:
+    """log2(h) for h > 0; h = 0 (GALIP) one and a half octaves left of the smallest h."""
+    positive = [h for h in hs if h > 0]
+    left = (math.log2(min(positive)) - 1.5) if positive else 0.0
+    return {h: (math.log2(h) if h > 0 else left) for h in hs}
+
+
+def plot_ablation(rows: Sequence[dict[str, Any]], metrics: Sequence[str], path: Path, title: str = "") -> None:
+    """ablation.png: one panel per plotted metric (CS, FID, shapes all-match) against h on a log2 axis,
+    h = 0 marked as GALIP, trainable parameters (dashed) on a second axis. Written atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    summary = summarize(rows)
+    if not summary:
+        return
+    not_fid = any(e["not_fid"] for e in summary)
+    panels = []
+    if "cs" in metrics:
+        panels.append(("clip_score", "CLIP score (x100), higher is better"))
+    if "fid" in metrics:
+        panels.append(("fid", "random-tiny features: NOT FID" if not_fid else "FID (clean-fid), lower is better"))
+    if "shapes" in metrics:
+        panels.append(("shapes_all", "shapes: all-match rate, higher is better"))
+    if not panels:
+        panels.append((None, "parameters"))
+    hs = [e["h"] for e in summary]
+    xs = _x_positions(hs)
+    fig = Figure(figsize=(7.5, 3.0 * len(panels) + 0.6), dpi=110)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    params = [e["trainable_params"][0] for e in summary]
+    for ax, (col, label) in zip(axes, panels):
+        if col is not None:
+            # RAT (h > 0) as a line on the log2 axis; GALIP (h = 0) as a separate star left of the break.
+            pts = [(xs[e["h"]], e[col][0], e[col][1] or 0.0) for e in summary if e["h"] > 0 and e[col][0] is not None]
+            if pts:
+                x, y, err = zip(*pts)
+                ax.errorbar(x, y, yerr=err, marker="o", color="tab:blue", capsize=3)
+            galip = [(e[col][0], e[col][1] or 0.0) for e in summary if e["h"] == 0 and e[col][0] is not None]
+            if galip:
+                ax.errorbar([xs[0]], [galip[0][0]], yerr=[galip[0][1]], marker="*", markersize=14, color="tab:red",
+                            capsize=3, linestyle="none")
+            ax.set_ylabel(label.split(",")[0], color="tab:blue")
+            ax.set_title(label, fontsize=9)
+            ax.grid(True, alpha=0.3)
+        if all(p is not None for p in params):
+            twin = ax.twinx() if col is not None else ax
+            rat = [(xs[h], p) for h, p in zip(hs, params) if h > 0]
+            if rat:
+                twin.plot(*zip(*rat), linestyle="--", marker=".", color="gray")
+            if 0 in xs:
+                twin.plot([xs[0]], [params[hs.index(0)]], marker="D", markersize=4, color="gray", linestyle="none")
+            twin.set_ylabel("trainable parameters", color="gray")
+            twin.ticklabel_format(axis="y", style="plain", useOffset=False)
+        if 0 in xs and len(xs) > 1:
+            ax.axvline(xs[0] + 0.75, color="black", linewidth=0.6, linestyle=":")
+    from matplotlib.lines import Line2D
+
+    handles = [
+        Line2D([], [], color="tab:blue", marker="o", label="RAT, mean ± std over seeds"),
+        Line2D([], [], color="tab:red", marker="*", markersize=10, linestyle="none", label="GALIP (h=0)"),
+        Line2D([], [], color="gray", marker=".", linestyle="--", label="trainable parameters (right axis)"),
+    ]
+    axes[0].legend(handles=handles if panels[0][0] is not None else handles[2:], fontsize=7, loc="best")
+    axes[-1].set_xticks([xs[h] for h in hs])
+    axes[-1].set_xticklabels(["GALIP\n(h=0)" if h == 0 else str(h) for h in hs])
+    axes[-1].set_xlabel("RAT hidden size h (log2 axis)")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, path)
+
+
+def print_table(table: Table) -> None:
+    """Print a wide table without cutting numbers: into a file or pipe at its natural width."""
+    from rich.measure import Measurement
+
+    width = console.width
+    if not console.is_terminal:
+        width = max(width, Measurement.get(console, console.options.update(width=10_000), table).maximum)
+    for column in table.columns:
+        column.overflow = "fold"
+    before = console.width
+    console.width = width  # Console.print(width=...) cannot exceed the console's own width
+    try:
+        console.print(table)
+    finally:
+        console.width = before
+
+
+def _publish(out: Path, rows: Sequence[dict[str, Any]], metrics: Sequence[str], title: str) -> None:
+    write_rows(out / CSV_FILE, rows)
+    plot_ablation(rows, metrics, out / PLOT_FILE, title)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def _default_out(cfg: Config, shard: tuple[int, int] | None) -> Path:
+    name = f"ablate-{cfg.preset or 'custom'}"
+    if shard is not None and shard[1] > 1:
+        name += f"-shard-{shard[0]}-of-{shard[1]}"
+    return Path(cfg.train.runs_dir) / name
+
+
+def _check_dataset_metrics(cfg: Config, metrics: Sequence[str]) -> None:
+    if "shapes" in metrics and cfg.data.name != "shapes":
+        raise RatlipError(f"--metrics shapes needs the shapes dataset (data.name is '{cfg.data.name}')")
+
+
+def run_ablation(opts: AblateOptions) -> int:
+    """`ratlip ablate PRESET ...`: train and evaluate every cell of this shard not yet in the CSV.
+
+    Returns the exit code (0, or 128 + signal number when a training was stopped by a signal).
+    """
+    hiddens = parse_int_list(opts.hiddens, "--hidden")
+    seeds = parse_int_list(opts.seeds, "--seeds")
+    metrics = parse_metrics(opts.metrics)
+    shard = parse_shard(opts.shard)
+    cfg = sweep_config(opts)
+    _check_dataset_metrics(cfg, metrics)
+    out = Path(opts.out) if opts.out else _default_out(cfg, shard)
+    spec = sweep_spec(cfg, metrics)
+    digest = spec_hash(spec)
+
+    old = read_sweep(out)
+    if old is not None and old["spec_hash"] != digest:
+        raise RatlipError(
+            f"{out} holds a sweep made with other settings ({spec_differences(old.get('spec', {}), spec)}); "
+            "re-run with the original settings or choose another --out"
+        )
+    rows = read_rows(out / CSV_FILE)
+    foreign = {r.get("sweep") for r in rows} - {digest}
+    if foreign:
+        other = ", ".join(sorted(map(str, foreign)))
+        raise RatlipError(f"{out / CSV_FILE} holds rows of another sweep ({other}); choose another --out")
+    info = {
+        "hidden": sorted(set(hiddens) | set(old.get("hidden", []) if old else [])),
+        "seeds": sorted(set(seeds) | set(old.get("seeds", []) if old else [])),
+        "shard": f"{shard[0]}/{shard[1]}" if shard else None,
+        "preset": cfg.preset,
+        "ratlip": __version__,
+    }
+    write_sweep(out, spec, info)
+
+    done = {(int(r["h"]), int(r["seed"])) for r in rows}
+    cells = shard_cells(grid(hiddens, seeds), shard)
+    todo = [c for c in cells if c not in done]
+    where = f", shard {shard[0]}/{shard[1]}" if shard else ""
+    console.print(
+        f"ablation {out}: {len(hiddens)} h x {len(seeds)} seeds = {len(hiddens) * len(seeds)} runs{where}: "
+        f"{len(cells)} here, {len(cells) - len(todo)} done, {len(todo)} to train",
+        highlight=False,
+        soft_wrap=True,
+    )
+    title = f"ratlip ablate {cfg.preset or ''} ({out.name})".strip()
+    code = 0
+    for k, (h, seed) in enumerate(todo, start=1):
+        started = time.time()
+        c = cell_config(cfg, out, h, seed)
+        console.rule(f"[{k}/{len(todo)}] h={h} seed={seed}", style="dim")
+        trained = train_run(c, out / run_name(h, seed))
+        if trained.stopped_by in ("SIGINT", "SIGTERM"):
+            import signal
+
+            console.print(
+                f"interrupted; re-run the same command to resume h={h} seed={seed} from its checkpoint", highlight=False
+            )
+            code = 128 + int(getattr(signal, trained.stopped_by))
+            break
+        scores = evaluate_cell(trained.run_dir, c, metrics, opts.device, opts.progress)
+        row: dict[str, Any] = {
+            "h": h,
+            "seed": seed,
+            **trained.params,
+            **scores,
+            "steps": trained.steps,
+            "images": trained.images,
+            "device": trained.device,
+            "run": run_name(h, seed),
+            "sweep": digest,
+            "train_s": round(trained.seconds, 1),
+            "train_img_per_s": round(trained.images / trained.seconds, 2) if trained.seconds > 0 else "",
+            "wall_s": round(time.time() - started, 1),
+            "time": _now(),
+        }
+        rows = [r for r in rows if (int(r["h"]), int(r["seed"])) != (h, seed)] + [row]
+        _publish(out, rows, metrics, title)
+    if rows:
+        if not todo:
+            plot_ablation(rows, metrics, out / PLOT_FILE, title)
+        print_table(results_table(rows, metrics, title))
+        console.print(f"wrote {out / CSV_FILE} and {out / PLOT_FILE}", highlight=False)
+    return code
+
+
+def merge_ablations(dirs: Sequence[Path], out: Path | None = None) -> Path:
+    """`ratlip ablate --merge DIR...`: join the CSVs of shards of one sweep into `out`."""
+    if not dirs:
+        raise RatlipError("--merge needs the ablation folders to join, e.g. ratlip ablate --merge runs/a-1 runs/a-2")
+    docs = []
+    for d in dirs:
+        doc = read_sweep(Path(d))
+        if doc is None:
+            raise RatlipError(f"{d} is not an ablation folder (no {SWEEP_FILE})")
+        docs.append(doc)
+    first = docs[0]
+    for d, doc in zip(dirs[1:], docs[1:]):
+        if doc["spec_hash"] != first["spec_hash"]:
+            raise RatlipError(
+                f"cannot merge {d} with {dirs[0]}: their sweeps differ "
+                f"({spec_differences(first.get('spec', {}), doc.get('spec', {}))})"
+            )
+    if out is None:
+        base = Path(dirs[0])
+        name = _SHARD_SUFFIX.sub("", base.name)
+        if name in {Path(d).name for d in dirs}:
+            name += "-merged"
+        out = base.parent / name
+    existing = read_sweep(Path(out))
+    if existing is not None and existing["spec_hash"] != first["spec_hash"]:
+        raise RatlipError(f"{out} holds another sweep; choose another --out")
+    merged: dict[tuple[int, int], dict[str, str]] = {}
+    for d in dirs:
+        for r in read_rows(Path(d) / CSV_FILE):
+            if r.get("sweep") != first["spec_hash"]:
+                raise RatlipError(f"{Path(d) / CSV_FILE} holds rows of another sweep ({r.get('sweep')})")
+            key = (int(r["h"]), int(r["seed"]))
+            if key in merged:
+                warn(f"h={key[0]} seed={key[1]} is in several folders; keeping the first ({merged[key].get('run')})")
+                continue
+            merged[key] = r
+    rows = _sorted_rows(merged.values())
+    for col in ("feature_extractor", "eval_clip"):
+        values = {r.get(col, "") for r in rows} - {""}
+        if len(values) > 1:
+            raise RatlipError(f"cannot merge: rows were scored with different {col} ({', '.join(sorted(values))})")
+    spec = first.get("spec", {})
+    metrics = list(spec.get("metrics") or metrics_in(rows))
+    info = {
+        "hidden": sorted({h for doc in docs for h in doc.get("hidden", [])}),
+        "seeds": sorted({s for doc in docs for s in doc.get("seeds", [])}),
+        "shard": None,
+        "preset": first.get("preset"),
+        "merged_from": [str(d) for d in dirs],
+        "ratlip": __version__,
+    }
+    Path(out).mkdir(parents=True, exist_ok=True)
+    write_sweep(Path(out), spec, info)
+    title = f"ratlip ablate {first.get('preset') or ''} ({Path(out).name}, merged)".replace("  ", " ")
+    _publish(Path(out), rows, metrics, title)
+    print_table(results_table(rows, metrics, title))
+    console.print(
+        f"merged {len(rows)} rows from {len(dirs)} folders into {Path(out) / CSV_FILE} and {Path(out) / PLOT_FILE}",
+        highlight=False,
+    )
+    return Path(out)
+
+
+def params_only(opts: AblateOptions) -> list[dict[str, int]]:
+    """`ratlip ablate PRESET --params-only`: the parameter column of Table II, no training, no data.
+
+    CLIP is built with random weights: the counts do not depend on them.
+    """
+    from ratlip_cli.models.params import param_table
+    from ratlip_cli.weights import load_clip
+
+    hiddens = parse_int_list(opts.hiddens, "--hidden")
+    for text in opts.sets or []:
+        key, _ = parse_override(text)
+        if key == "model.rat.hidden":
+            raise RatlipError("--set model.rat.hidden is what the ablation sweeps; use --hidden instead")
+    cfg = resolve_config(opts.preset or DEFAULT_PRESET, opts.config, [*(opts.sets or []), "clip.weights=random"])
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # open_clip's "no pretrained weights loaded": random weights are intended
+    try:
+        clip_model, _ = load_clip(cfg.clip.arch, "random", cfg.clip.cache_dir)
+    finally:
+        logging.disable(previous)
+    rows = param_table(cfg, clip_model, hiddens)
+    m = cfg.model
+    table = Table(
+        title=f"parameters of preset {cfg.preset or 'custom'} (clip.arch={cfg.clip.arch}, {m.image_size} px, "
+        f"ngf {m.ngf}, rat.mode={m.rat.mode}, rat.scope={m.rat.scope}, D {m.d_backbone})",
+        show_header=True,
+    )
+    for key, title in TABLE_COLUMNS:
+        table.add_column(title, justify="right", style="bold" if key == "h" else None)
+    for r in rows:
+        table.add_row(*(_h_label(r[key]) if key == "h" else f"{r[key]:,}" for key, _ in TABLE_COLUMNS))
+    print_table(table)
+    console.print(
+        "trainable = generator + discriminator + head (CLIP frozen); CLIP weights do not change the counts",
+        style="dim",
+        highlight=False,
+    )
+    return rows
+
+
+def run_ablate_command(opts: AblateOptions, merge: Sequence[Path] | None = None, only_params: bool = False) -> int:
+    """What `ratlip ablate` does with its options; returns the exit code."""
+    if merge is not None:
+        if only_params:
+            raise RatlipError("--params-only and --merge do not go together")
+        merge_ablations(list(merge), opts.out)
+        return 0
+    if only_params:
+        params_only(opts)
+        return 0
+    return run_ablation(opts)

@@ -1,0 +1,204 @@
+"""The exported EMA generator: `export/generator.safetensors` + `export/generator.json` (no pickle).
+
+- ``generator.safetensors``: the EMA generator's own weights and BatchNorm statistics
+  (`trainable_state_dict`: the frozen CLIP is left out).
+- ``generator.json``: ``format``, ``format_version``, ``ratlip_version``, ``step``, ``images_seen``,
+  the resolved ``config`` (which rebuilds the generator) and ``clip`` (arch, weights spec, and
+  ``file``: the run's ``clip.safetensors`` relative to the JSON when the run used random CLIP
+  weights, so the exact frozen CLIP is rebuilt).
+
+`load_generator(path, device)` takes a run directory, an export folder, or the ``.safetensors``
+(or ``.json``) file and returns a `LoadedGenerator` in eval mode.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ratlip_cli import __version__
+from ratlip_cli.config import Config, from_dict, to_dict
+from ratlip_cli.errors import RatlipError
+
+FORMAT = "ratlip-generator"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "generator.safetensors"
+CONFIG_FILE = "generator.json"
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_clip_weights(clip_model: nn.Module, path: str | Path) -> None:
+    """Save a (random) open_clip model's state as safetensors so `load_clip` can rebuild it exactly."""
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in clip_model.state_dict().items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_bytes(path, save(state, metadata={"format": "open_clip state_dict", "saved_by": f"ratlip {__version__}"}))
+
+
+def export_generator(
+    generator: nn.Module,
+    cfg: Config,
+    out_dir: str | Path,
+    *,
+    clip_file: str | Path | None = None,
+    step: int = 0,
+    images_seen: int = 0,
+) -> Path:
+    """Write ``out_dir/generator.safetensors`` and ``out_dir/generator.json``; returns the weights path.
+
+    ``generator`` is the EMA generator; ``clip_file`` the run's saved random CLIP (None when the
+    config names pretrained weights).
+    """
+    from safetensors.torch import save
+
+    from ratlip_cli.models import trainable_state_dict
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in trainable_state_dict(generator).items()}
+    meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "step": str(int(step))}
+    clip_info: dict[str, Any] = {"arch": cfg.clip.arch, "weights": cfg.clip.weights, "file": None}
+    if clip_file is not None:
+        clip_info["file"] = os.path.relpath(Path(clip_file).resolve(), out_dir.resolve())
+    doc = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "ratlip_version": __version__,
+        "step": int(step),
+        "images_seen": int(images_seen),
+        "clip": clip_info,
+        "config": to_dict(cfg),
+    }
+    weights = out_dir / WEIGHTS_FILE
+    _atomic_write_bytes(weights, save(state, metadata=meta))
+    _atomic_write_bytes(out_dir / CONFIG_FILE, (json.dumps(doc, indent=2) + "\n").encode("utf-8"))
+    return weights
+
+
+@dataclass
+class LoadedGenerator:
+    """An exported generator rebuilt for inference: the generator (eval mode), its CLIP, tokenizer and config."""
+
+    generator: nn.Module
+    backbone: nn.Module
+    tokenizer: Any
+    cfg: Config
+    step: int = 0
+    images_seen: int = 0
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.generator.parameters()).device
+
+    @torch.no_grad()
+    def embed(self, captions: Sequence[str]) -> torch.Tensor:
+        """CLIP sentence embeddings (B, E) of ``captions`` (fp32, on the generator's device)."""
+        tokens = self.tokenizer(list(captions)).to(self.device)
+        return self.backbone.encode_text(tokens)[0].float()
+
+    @torch.no_grad()
+    def generate(self, captions: Sequence[str], z: torch.Tensor | None = None, seed: int = 0) -> torch.Tensor:
+        """Images (B, 3, S, S) clamped to [-1, 1] for ``captions`` (noise from ``seed`` unless ``z`` is given)."""
+        if z is None:
+            gen = torch.Generator().manual_seed(int(seed))
+            z = torch.randn(len(captions), self.cfg.model.z_dim, generator=gen)
+        s = self.embed(captions)
+        return self.generator(z.to(self.device, torch.float32), s).float().clamp(-1, 1)
+
+
+def resolve_export_paths(path: str | Path) -> tuple[Path, Path]:
+    """(weights, json) for a run directory, an export folder, or a .safetensors / .json file."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        folder = path / "export" if (path / "export").is_dir() else path
+        weights, doc = folder / WEIGHTS_FILE, folder / CONFIG_FILE
+        if not weights.is_file():
+            raise RatlipError(
+                f"no exported generator in {path} (expected {weights}); train first or pass the .safetensors file"
+            )
+    elif path.suffix == ".json":
+        doc, weights = path, path.with_suffix(".safetensors")
+    else:
+        weights, doc = path, path.with_suffix(".json")
+    if not weights.is_file():
+        raise RatlipError(f"exported generator not found: {weights}")
+    if not doc.is_file():
+        raise RatlipError(f"{weights} has no config beside it (expected {doc}); keep the .safetensors and .json together")
+    return weights, doc
+
+
+def read_export_config(path: str | Path) -> dict[str, Any]:
+    """The parsed ``generator.json`` of an export (validated format)."""
+    _weights, doc_path = resolve_export_paths(path)
+    try:
+        doc = json.loads(doc_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise RatlipError(f"{doc_path} is not readable JSON") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or "config" not in doc:
+        raise RatlipError(f"{doc_path} is not a ratlip generator export")
+    if int(doc.get("format_version", 0)) > FORMAT_VERSION:
+        raise RatlipError(f"{doc_path} was written by a newer ratlip (format {doc.get('format_version')}); upgrade ratlip")
+    return doc
+
+
+def clip_weights_for(doc: dict[str, Any], doc_path: Path) -> str:
+    """The `clip.weights` spec that rebuilds an export's frozen CLIP (the saved file for random CLIP)."""
+    clip = doc.get("clip") or {}
+    weights = clip.get("weights") or doc["config"]["clip"]["weights"]
+    if clip.get("file"):
+        file = (doc_path.parent / clip["file"]).resolve()
+        if not file.is_file():
+            raise RatlipError(
+                f"{doc_path} needs the run's frozen CLIP weights {file}, which are missing; "
+                "keep the export folder inside its run directory"
+            )
+        return str(file)
+    if weights == "random":
+        raise RatlipError(f"{doc_path} used random CLIP weights but names no saved CLIP file; it cannot be rebuilt")
+    return weights
+
+
+def load_generator(path: str | Path, device: str | torch.device = "cpu") -> LoadedGenerator:
+    """Rebuild an exported EMA generator (with its frozen CLIP and tokenizer) in eval mode on ``device``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from ratlip_cli.models import ClipBackbone, Generator, load_trainable_state_dict
+    from ratlip_cli.weights import load_clip
+
+    weights, doc_path = resolve_export_paths(path)
+    doc = read_export_config(doc_path)
+    try:
+        cfg = from_dict(doc["config"])
+    except RatlipError as exc:
+        raise RatlipError(f"{doc_path} holds an invalid config: {exc}") from None
+    clip_spec = clip_weights_for(doc, doc_path)
+    clip_model, tokenizer = load_clip(cfg.clip.arch, clip_spec, cfg.clip.cache_dir, device="cpu")
+    backbone = ClipBackbone(clip_model)
+    generator = Generator(cfg.model, backbone)
+    try:
+        state = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise RatlipError(f"{weights} is not a readable safetensors file ({type(exc).__name__})") from None
+    try:
+        load_trainable_state_dict(generator, state)
+    except RatlipError as exc:
+        raise RatlipError(f"{weights} does not match the architecture in {doc_path.name}: {exc}") from None
+    generator.to(device).eval().requires_grad_(False)
+    return LoadedGenerator(generator, backbone, tokenizer, cfg, int(doc.get("step", 0)), int(doc.get("images_seen", 0)))

@@ -1,0 +1,688 @@
+"""Sampling: prompts in, reproducible images and captioned grids out.
+
+The pure parts (noise seeds, prompt checks, generation, grid layout and rendering) are importable
+without the CLI; `run_sample` is what `ratlip sample` calls.
+
+Reproducibility: every image's noise vector comes from its own `torch.Generator`, seeded with a
+stable hash of (seed, noise key, column). The noise key is the prompt text (or "" when noise is
+shared across rows), and each prompt is encoded on its own, so an image's inputs depend only on its
+prompt, the seed, its column and the weights. Batched float32 kernels still round differently for
+different batch shapes (1e-7, enough to move a few pixels by one level in a large grid), so
+sampling computes in float64 by default (`prepare_generator`): there the differences are ~1e-16 and
+no pixel changes with the batch size or with the other prompts in the call.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from rich.markup import escape
+
+from ratlip_cli.console import console, err_console, warn
+from ratlip_cli.errors import RatlipError
+
+PRECISIONS = {"fp64": torch.float64, "fp32": torch.float32}
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+EXPORT_FILE = Path("export") / "generator.safetensors"
+LABEL_MAX_LINES = 3
+LABEL_BACKGROUND = (255, 255, 255)
+LABEL_COLOUR = (20, 20, 20)
+
+# --------------------------------------------------------------------------------------- noise
+
+
+def noise_seed(seed: int, key: str, column: int) -> int:
+    """The 63-bit seed of one image's noise: a stable hash (not Python's salted `hash`) of its inputs."""
+    digest = hashlib.sha256(f"ratlip-noise\x1f{seed}\x1f{key}\x1f{column}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def make_noise(seeds: Sequence[int], z_dim: int) -> torch.Tensor:
+    """Noise vectors (len(seeds), z_dim), each drawn on the CPU from its own seeded generator."""
+    rows = []
+    for s in seeds:
+        gen = torch.Generator(device="cpu").manual_seed(int(s))
+        rows.append(torch.randn(z_dim, generator=gen, dtype=torch.float32))
+    return torch.stack(rows) if rows else torch.empty(0, z_dim)
+
+
+def row_seeds(seed: int, prompt: str, n: int, vary_noise: bool = True) -> list[int]:
+    """Noise seeds of one prompt row: keyed by the prompt, or shared by all rows with `vary_noise=False`."""
+    key = prompt if vary_noise else ""
+    return [noise_seed(seed, key, j) for j in range(n)]
+
+
+def interpolation_seeds(seed: int, steps: int, vary_noise: bool = False) -> list[int]:
+    """Noise seeds of an interpolation row: one fixed noise for every step, or one per step."""
+    return [noise_seed(seed, "", j if vary_noise else 0) for j in range(steps)]
+
+
+# ------------------------------------------------------------------------------------- prompts
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A checked prompt: `text` as given (stripped), `kept` what the text tower actually reads."""
+
+    text: str
+    kept: str
+    truncated: bool = False
+
+
+def clean_prompts(prompts: Sequence[str]) -> list[str]:
+    """Strip prompts; an empty or whitespace-only prompt is an error naming its position."""
+    cleaned = []
+    for i, text in enumerate(prompts, 1):
+        stripped = " ".join(str(text).split())
+        if not stripped:
+            raise RatlipError(f"prompt {i} is empty; give some text, e.g. ratlip sample \"a red circle\"")
+        cleaned.append(stripped)
+    return cleaned
+
+
+def read_prompts_file(path: str | Path) -> list[str]:
+    """Prompts from a UTF-8 text file, one per line; blank lines and lines starting with # are skipped."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise RatlipError(f"cannot read prompts file {path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise RatlipError(f"cannot read prompts file {path}: {exc.strerror or exc}") from None
+    prompts = [line.strip() for line in text.splitlines()]
+    prompts = [p for p in prompts if p and not p.startswith("#")]
+    if not prompts:
+        raise RatlipError(f"prompts file {path} holds no prompts (one per line; # starts a comment)")
+    return prompts
+
+
+def context_length(loaded) -> int:
+    """The text tower's context length, read from the backbone (or the tokenizer as a fallback)."""
+    ctx = getattr(loaded.backbone, "context_length", None) or getattr(loaded.tokenizer, "context_length", None)
+    if not ctx:
+        raise RatlipError("cannot tell the text tower's context length from the loaded weights")
+    return int(ctx)
+
+
+def check_prompt(text: str, tokenizer, ctx: int) -> Prompt:
+    """Compare the untruncated token count with the context; report what truncation keeps."""
+    encode = getattr(tokenizer, "encode", None)
+    decode = getattr(tokenizer, "decode", None)
+    if encode is None or decode is None:  # tokenizers without encode/decode truncate on their own
+        return Prompt(text, text)
+    ids = list(encode(text))
+    room = ctx - 2  # start and end tokens
+    if len(ids) <= room:
+        return Prompt(text, text)
+    kept = decode(ids[:room]).strip()
+    return Prompt(text, kept, truncated=True)
+
+
+def check_prompts(prompts: Sequence[str], tokenizer, ctx: int, announce: bool = True) -> list[Prompt]:
+    """Check every prompt; with `announce`, warn once per truncated prompt showing what was kept."""
+    checked = []
+    for i, text in enumerate(prompts, 1):
+        p = check_prompt(text, tokenizer, ctx)
+        if p.truncated and announce:
+            kept = escape(p.kept)
+            warn(f"prompt {i} is longer than the text tower's {ctx}-token context; truncated, kept: \"{kept}\"")
+        checked.append(p)
+    return checked
+
+
+# ---------------------------------------------------------------------------------- generation
+
+
+def prepare_generator(loaded, precision: str = "fp64", device: str | torch.device | None = None):
+    """Eval mode and the sampling precision (fp64: batch-size-independent pixels; fp32: faster)."""
+    if precision not in PRECISIONS:
+        raise RatlipError(f"unknown precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
+    dtype = PRECISIONS[precision]
+    for module in (loaded.generator, loaded.backbone):
+        module.to(device=device, dtype=dtype).eval()
+    return loaded
+
+
+def _param_dtype(module: torch.nn.Module) -> torch.dtype:
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
+
+
+def _param_device(module: torch.nn.Module) -> torch.device:
+    return next((p.device for p in module.parameters()), torch.device("cpu"))
+
+
+@torch.no_grad()
+def encode_prompts(loaded, prompts: Sequence[str]) -> torch.Tensor:
+    """Sentence embeddings (P, E) on the CPU, one prompt at a time so no prompt depends on the others."""
+    ctx = context_length(loaded)
+    device = _param_device(loaded.backbone)
+    out = []
+    for text in prompts:
+        tokens = loaded.tokenizer([text], context_length=ctx).to(device)
+        sentence = loaded.backbone.encode_text(tokens)[0]
+        out.append(sentence[0].cpu())
+    return torch.stack(out).to(_param_dtype(loaded.generator))
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Unbounded generator output -> clamp to [-1, 1] -> uint8 in [0, 255] on the CPU."""
+    x = images.detach()
+    x = (x if x.dtype == torch.float64 else x.float()).clamp(-1.0, 1.0)
+    return ((x + 1.0) * 127.5).round().to(torch.uint8).cpu()
+
+
+@torch.no_grad()
+def generate_from_embeddings(
+    loaded,
+    sentences: torch.Tensor,
+    seeds: Sequence[int],
+    batch_size: int = 16,
+    on_batch: Optional[Callable[[int], None]] = None,
+) -> torch.Tensor:
+    """Images (N, 3, S, S) uint8 on the CPU for N (sentence embedding, noise seed) pairs, in batches.
+
+    Runs on the generator's device and in its dtype (see `prepare_generator`).
+    """
+    if len(sentences) != len(seeds):
+        raise ValueError(f"{len(sentences)} embeddings but {len(seeds)} seeds")
+    if batch_size < 1:
+        raise RatlipError(f"--batch-size must be at least 1, got {batch_size}")
+    generator = loaded.generator.eval()
+    dtype, device = _param_dtype(generator), _param_device(generator)
+    z_all = make_noise(seeds, loaded.cfg.model.z_dim).to(dtype)
+    out = []
+    for start in range(0, len(seeds), batch_size):
+        z = z_all[start : start + batch_size].to(device)
+        s = sentences[start : start + batch_size].to(device=device, dtype=dtype)
+        out.append(to_uint8(generator(z, s)))
+        if on_batch is not None:
+            on_batch(len(z))
+    return torch.cat(out)
+
+
+def generate(
+    loaded,
+    prompts: Sequence[str],
+    n: int,
+    seed: int = 0,
+    *,
+    batch_size: int = 16,
+    vary_noise: bool = True,
+    on_batch: Optional[Callable[[int], None]] = None,
+) -> torch.Tensor:
+    """Images (P, n, 3, S, S) uint8: row i holds `n` samples of `prompts[i]`.
+
+    Noise of image (i, j) comes from (seed, prompts[i], j), or (seed, j) with `vary_noise=False`.
+    Prompts past the text context are cut by the tokenizer (`check_prompts` says what is kept).
+    """
+    _check_counts(n, batch_size)
+    sentences = encode_prompts(loaded, prompts)
+    emb = sentences.repeat_interleave(n, dim=0)
+    seeds = [s for p in prompts for s in row_seeds(seed, p, n, vary_noise)]
+    images = generate_from_embeddings(loaded, emb, seeds, batch_size, on_batch)
+    return images.view(len(prompts), n, *images.shape[1:])
+
+
+def interpolate(
+    loaded,
+    prompt_a: str,
+    prompt_b: str,
+    steps: int,
+    seed: int = 0,
+    *,
+    batch_size: int = 16,
+    vary_noise: bool = False,
+    on_batch: Optional[Callable[[int], None]] = None,
+) -> torch.Tensor:
+    """One row (1, steps, 3, S, S) uint8 walking linearly from A's sentence embedding to B's.
+
+    One noise for the whole row (from (seed, column 0), as `generate(..., vary_noise=False)`), or
+    one per step with `vary_noise=True`.
+    """
+    if steps < 2:
+        raise RatlipError(f"--steps must be at least 2 for --interpolate, got {steps}")
+    _check_counts(steps, batch_size)
+    sa, sb = encode_prompts(loaded, [prompt_a, prompt_b])
+    t = torch.linspace(0.0, 1.0, steps, dtype=sa.dtype).unsqueeze(1)
+    emb = (1.0 - t) * sa.unsqueeze(0) + t * sb.unsqueeze(0)  # exactly A at t=0 and B at t=1
+    seeds = interpolation_seeds(seed, steps, vary_noise)
+    images = generate_from_embeddings(loaded, emb, seeds, batch_size, on_batch)
+    return images.unsqueeze(0)
+
+
+def _check_counts(n: int, batch_size: int) -> None:
+    if n < 1:
+        raise RatlipError(f"--n must be at least 1 (images per prompt), got {n}")
+    if batch_size < 1:
+        raise RatlipError(f"--batch-size must be at least 1, got {batch_size}")
+
+
+# ------------------------------------------------------------------------------------- the grid
+
+
+@lru_cache(maxsize=8)
+def label_font(size: int) -> ImageFont.ImageFont:
+    """PIL's built-in font at `size` pixels (no font file needed)."""
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: a fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def default_font_size(image_size: int) -> int:
+    """Label font size for a grid of `image_size` images: readable on 32 px images, not huge on 256."""
+    return max(11, min(20, image_size // 6))
+
+
+def _text_width(font, text: str) -> float:
+    return font.getlength(text) if hasattr(font, "getlength") else font.getsize(text)[0]
+
+
+def wrap_label(text: str, font, max_width: int, max_lines: int = LABEL_MAX_LINES) -> list[str]:
+    """Greedy word wrap to `max_width` pixels; over-long words are split; over `max_lines` ends in …"""
+    if not text:
+        return [""]
+    lines: list[str] = []
+    current = ""
+    for word in text.split():
+        candidate = f"{current} {word}" if current else word
+        if _text_width(font, candidate) <= max_width:
+            current = candidate
+            continue
+        if current:
+            lines.append(current)
+        current = ""
+        while _text_width(font, word) > max_width and len(word) > 1:  # split a word wider than a line
+            cut = len(word) - 1
+            while cut > 1 and _text_width(font, word[:cut]) > max_width:
+                cut -= 1
+            lines.append(word[:cut])
+            word = word[cut:]
+        current = word
+    if current:
+        lines.append(current)
+    if len(lines) > max_lines:
+        last = lines[max_lines - 1]
+        while last and _text_width(font, last + "…") > max_width:
+            last = last[:-1]
+        lines = lines[: max_lines - 1] + [last.rstrip() + "…"]
+    return lines
+
+
+@dataclass(frozen=True)
+class GridLayout:
+    """Where everything goes: a label strip above each row of `cols` images of `image_size` pixels."""
+
+    width: int
+    height: int
+    image_size: int
+    cols: int
+    font_size: int
+    pad: int
+    line_height: int
+    label_lines: tuple[tuple[str, ...], ...]
+    label_heights: tuple[int, ...]
+    row_tops: tuple[int, ...] = field(default=())  # y of each row's images
+
+    @property
+    def rows(self) -> int:
+        return len(self.label_heights)
+
+    def cell_origin(self, row: int, col: int) -> tuple[int, int]:
+        """Top-left pixel of image (row, col)."""
+        return col * self.image_size, self.row_tops[row]
+
+
+def grid_layout(
+    labels: Optional[Sequence[str]],
+    rows: int,
+    cols: int,
+    image_size: int,
+    font_size: Optional[int] = None,
+) -> GridLayout:
+    """The grid's arithmetic: width = cols * S; height = rows * S + the label strips' heights.
+
+    A label strip is 2 * pad + lines * line_height tall (lines wrapped to the grid width, at most
+    LABEL_MAX_LINES); with `labels=None` there are no strips and the grid is exactly rows x cols images.
+    """
+    if labels is not None and len(labels) != rows:
+        raise ValueError(f"{len(labels)} labels for {rows} rows")
+    size = font_size or default_font_size(image_size)
+    font = label_font(size)
+    ascent, descent = font.getmetrics()
+    line_height = ascent + descent
+    pad = max(2, size // 3)
+    width = cols * image_size
+    lines, heights, tops = [], [], []
+    y = 0
+    for r in range(rows):
+        if labels is None:
+            row_lines: tuple[str, ...] = ()
+            h = 0
+        else:
+            row_lines = tuple(wrap_label(labels[r], font, max(1, width - 2 * pad)))
+            h = 2 * pad + len(row_lines) * line_height
+        lines.append(row_lines)
+        heights.append(h)
+        tops.append(y + h)
+        y += h + image_size
+    return GridLayout(
+        width=width,
+        height=y,
+        image_size=image_size,
+        cols=cols,
+        font_size=size,
+        pad=pad,
+        line_height=line_height,
+        label_lines=tuple(lines),
+        label_heights=tuple(heights),
+        row_tops=tuple(tops),
+    )
+
+
+def render_grid(
+    images: torch.Tensor,
+    labels: Optional[Sequence[str]] = None,
+    font_size: Optional[int] = None,
+) -> Image.Image:
+    """A captioned grid from uint8 images (rows, cols, 3, S, S): each row's label in a strip above it."""
+    if images.dim() != 5 or images.shape[2] != 3 or images.dtype != torch.uint8:
+        raise ValueError(f"expected uint8 images (rows, cols, 3, S, S), got {tuple(images.shape)} {images.dtype}")
+    rows, cols, _, size, size_w = images.shape
+    if size != size_w:
+        raise ValueError(f"expected square images, got {size}x{size_w}")
+    layout = grid_layout(labels, rows, cols, size, font_size)
+    canvas = Image.new("RGB", (layout.width, layout.height), LABEL_BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    font = label_font(layout.font_size)
+    for r in range(rows):
+        y = layout.row_tops[r] - layout.label_heights[r] + layout.pad
+        for line in layout.label_lines[r]:
+            draw.text((layout.pad, y), line, fill=LABEL_COLOUR, font=font)
+            y += layout.line_height
+        for c in range(cols):
+            canvas.paste(to_pil(images[r, c]), layout.cell_origin(r, c))
+    return canvas
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """One uint8 image (3, S, S) as a PIL RGB image."""
+    return Image.fromarray(image.permute(1, 2, 0).contiguous().numpy(), mode="RGB")
+
+
+def image_format(path: str | Path) -> str:
+    """PIL format name from the file extension: PNG, JPEG or WebP."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in IMAGE_FORMATS:
+        raise RatlipError(
+            f"cannot tell the image format of {path}: use a .png, .jpg, .jpeg or .webp file name"
+        )
+    return IMAGE_FORMATS[suffix]
+
+
+def save_image(image: Image.Image, path: str | Path) -> Path:
+    """Write an image in the format its extension names, atomically (temp file + rename)."""
+    path = Path(path)
+    fmt = image_format(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {"optimize": True}
+        image.save(tmp, format=fmt, **options)
+        tmp.replace(path)
+    except OSError as exc:
+        raise RatlipError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def slug(text: str, limit: int = 40) -> str:
+    """A file-name-safe short form of a prompt."""
+    s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return s[:limit].rstrip("-") or "prompt"
+
+
+# ------------------------------------------------------------------------------ finding weights
+
+
+def find_latest_run(runs_dir: str | Path) -> Path:
+    """The run under `runs_dir` whose export was written most recently."""
+    runs_dir = Path(runs_dir)
+    exports = sorted(
+        (p for p in runs_dir.glob(f"*/{EXPORT_FILE.as_posix()}") if p.is_file()),
+        key=lambda p: p.stat().st_mtime,
+    )
+    if not exports:
+        where = f"under {runs_dir}/" if runs_dir.is_dir() else f"({runs_dir}/ does not exist)"
+        raise RatlipError(
+            f"no trained run with an export found {where}; train one with `ratlip train shapes` "
+            "or pass --run runs/NAME or --weights FILE"
+        )
+    return exports[-1].parent.parent
+
+
+def resolve_weights(run: Optional[str | Path], weights: Optional[str | Path], runs_dir: str | Path) -> tuple[Path, str]:
+    """What to pass to `load_generator` and a sentence saying where it came from."""
+    if run and weights:
+        raise RatlipError("pass either --run or --weights, not both")
+    if weights:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise RatlipError(f"weights file not found: {path} (pass an exported generator.safetensors)")
+        if path.suffix != ".safetensors":
+            raise RatlipError(f"--weights expects an exported .safetensors file, got {path}")
+        return path, f"weights {path}"
+    if run:
+        path = Path(run).expanduser()
+        if not path.is_dir():
+            raise RatlipError(f"run directory not found: {path} (runs live under runs/NAME)")
+        if not (path / EXPORT_FILE).is_file():
+            raise RatlipError(
+                f"run {path} has no {EXPORT_FILE.as_posix()}; it is written when training ends "
+                "(train longer or resume the run to finish it)"
+            )
+        return path, f"run {path}"
+    path = find_latest_run(runs_dir)
+    return path, f"run {path} (the most recent under {Path(runs_dir)}/)"
+
+
+def resolve_device(device: Optional[str]) -> torch.device:
+    """`auto`/None -> CUDA when present, else CPU; an unavailable or unknown device is an error."""
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise RatlipError(f"unknown device '{device}'; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RatlipError(f"device '{device}' requested but CUDA is not available; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise RatlipError(f"device '{device}' does not exist ({torch.cuda.device_count()} CUDA devices)")
+    return dev
+
+
+def load_weights(path: Path, device: torch.device):
+    """`export.load_generator`, with any failure turned into a one-line error."""
+    from ratlip_cli.export import load_generator
+
+    try:
+        return load_generator(path, device)
+    except RatlipError:
+        raise
+    except Exception as exc:  # mismatched shapes, corrupt files, wrong architecture
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if len(reason) > 200:
+            reason = reason[:200] + "…"
+        raise RatlipError(
+            f"cannot load generator weights from {path}: {reason} (do the weights match their JSON config?)"
+        ) from None
+
+
+# -------------------------------------------------------------------------------- the command
+
+
+@dataclass
+class SampleOptions:
+    """Everything `ratlip sample` was asked for (the CLI fills this in)."""
+
+    prompts: list[str] = field(default_factory=list)
+    prompts_file: Optional[Path] = None
+    run: Optional[Path] = None
+    weights: Optional[Path] = None
+    runs_dir: Path = Path("runs")
+    n: int = 8
+    seed: int = 0
+    out: Path = Path("grid.png")
+    save_individual: Optional[Path] = None
+    device: Optional[str] = None
+    batch_size: int = 16
+    interpolate: Optional[tuple[str, str]] = None
+    steps: int = 8
+    vary_noise: Optional[bool] = None  # None: vary for prompt rows, fixed for --interpolate
+    precision: str = "fp64"
+
+
+def _collect_prompts(opts: SampleOptions) -> list[str]:
+    prompts = list(opts.prompts)
+    if opts.prompts_file is not None:
+        prompts += read_prompts_file(opts.prompts_file)
+    if opts.interpolate:
+        if prompts:
+            raise RatlipError("--interpolate makes its own row from its two prompts; do not also pass prompts")
+        return clean_prompts(list(opts.interpolate))
+    if not prompts:
+        raise RatlipError('give at least one prompt, e.g. ratlip sample "a red circle on a blue background"')
+    return clean_prompts(prompts)
+
+
+def run_sample(opts: SampleOptions) -> Path:
+    """Generate, render and save a captioned grid (and optionally the single images); returns the path."""
+    prompts = _collect_prompts(opts)
+    columns = opts.steps if opts.interpolate else opts.n
+    if opts.interpolate and opts.steps < 2:
+        raise RatlipError(f"--steps must be at least 2 for --interpolate, got {opts.steps}")
+    _check_counts(columns, opts.batch_size)
+    image_format(opts.out)
+    if opts.precision not in PRECISIONS:
+        raise RatlipError(f"unknown --precision '{opts.precision}'; choose one of: {', '.join(PRECISIONS)}")
+    path, source = resolve_weights(opts.run, opts.weights, opts.runs_dir)
+    device = resolve_device(opts.device)
+    _say(f"sampling from {source} on {device}")
+    loaded = prepare_generator(load_weights(path, device), opts.precision)
+    checked = check_prompts(prompts, loaded.tokenizer, context_length(loaded))
+    kept = [p.kept for p in checked]
+    vary = opts.vary_noise if opts.vary_noise is not None else not opts.interpolate
+
+    total = columns if opts.interpolate else len(kept) * columns
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("generating"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+        disable=total <= opts.batch_size,
+    ) as progress:
+        task = progress.add_task("generating", total=total)
+
+        def advance(k: int) -> None:
+            progress.advance(task, k)
+
+        common = dict(batch_size=opts.batch_size, vary_noise=vary, on_batch=advance)
+        if opts.interpolate:
+            images = interpolate(loaded, kept[0], kept[1], opts.steps, opts.seed, **common)
+            labels = [f"{_label(checked[0])}  ->  {_label(checked[1])}"]
+            seeds = [interpolation_seeds(opts.seed, opts.steps, vary)]
+        else:
+            images = generate(loaded, kept, columns, opts.seed, **common)
+            labels = [_label(p) for p in checked]
+            seeds = [row_seeds(opts.seed, text, columns, vary) for text in kept]
+
+    grid = render_grid(images, labels)
+    out = save_image(grid, opts.out)
+    if opts.save_individual is not None:
+        _save_individual(opts.save_individual, images, checked, seeds, bool(opts.interpolate))
+    rows, cols = images.shape[:2]
+    size = images.shape[-1]
+    _say(f"wrote {out} ({_count(rows, 'row')} x {_count(cols, 'image')} of {size}x{size})")
+    _say(f"seed {opts.seed}; {_noise_note(vary, bool(opts.interpolate))}")
+    if opts.save_individual is not None:
+        _say(f"single images and their noise seeds (seeds.csv) in {opts.save_individual}")
+    return out
+
+
+def _say(message: str) -> None:
+    console.print(message, highlight=False, markup=False, soft_wrap=True)
+
+
+def _count(k: int, noun: str) -> str:
+    return f"{k} {noun}{'s' if k != 1 else ''}"
+
+
+def _label(p: Prompt) -> str:
+    return f"{p.kept}…" if p.truncated else p.text
+
+
+def _noise_note(vary: bool, interpolating: bool) -> str:
+    if interpolating:
+        return "each step has its own noise (--vary-noise)" if vary else "one fixed noise across the row (--fixed-noise)"
+    if vary:
+        return "each image's noise comes from (seed, prompt, column): same prompt + seed = same pixels"
+    return "column j shares one noise across all prompts (--fixed-noise): same seed = same noise per column"
+
+
+def _save_individual(folder: Path, images: torch.Tensor, checked: list[Prompt], seeds, interpolating: bool) -> None:
+    """Each image as its own PNG, plus seeds.csv: file, row, column, noise seed, prompt."""
+    folder = Path(folder)
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["file", "row", "column", "noise_seed", "prompt"])
+    for r in range(images.shape[0]):
+        for c in range(images.shape[1]):
+            stem = f"interp-{c:03d}" if interpolating else f"{r:03d}-{c:03d}-{slug(checked[r].kept)}"
+            save_image(to_pil(images[r, c]), folder / f"{stem}.png")
+            text = f"{checked[0].kept} -> {checked[1].kept}" if interpolating else checked[r].kept
+            writer.writerow([f"{stem}.png", r, c, seeds[r][c], text])
+    try:
+        (folder / "seeds.csv").write_text(table.getvalue(), encoding="utf-8")
+    except OSError as exc:
+        raise RatlipError(f"cannot write {folder / 'seeds.csv'}: {exc.strerror or exc}") from None
+
+
+__all__ = [
+    "GridLayout",
+    "Prompt",
+    "SampleOptions",
+    "check_prompt",
+    "check_prompts",
+    "clean_prompts",
+    "encode_prompts",
+    "find_latest_run",
+    "generate",
+    "generate_from_embeddings",
+    "grid_layout",
+    "interpolate",
+    "make_noise",
+    "prepare_generator",
+    "noise_seed",
+    "read_prompts_file",
+    "render_grid",
+    "resolve_device",
+    "resolve_weights",
+    "row_seeds",
+    "run_sample",
+    "save_image",
+    "to_uint8",
+    "wrap_label",
+]

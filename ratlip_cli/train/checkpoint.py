@@ -1,0 +1,193 @@
+"""Complete, versioned training checkpoints, written atomically and validated when read back.
+
+A checkpoint is a `torch.save` dict of tensors and plain Python values only (so it loads with
+``torch.load(..., weights_only=True)``): trainable weights of G, D and the head, the EMA, both
+optimisers, the GradScaler, step/epoch/data position, every RNG state, the resolved config and
+the package version.
+
+Writing: a temp file in the same folder, flush + fsync, `os.replace`, fsync of the folder; only
+then are checkpoints beyond the newest ``keep`` deleted. A crash at any moment leaves the previous
+checkpoints intact, and a half-written file never carries a checkpoint's name.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ratlip_cli import __version__
+
+FORMAT = "ratlip-checkpoint"
+FORMAT_VERSION = 1
+_NAME = re.compile(r"^ckpt-(\d{8,})\.pt$")
+REQUIRED = ("format", "format_version", "step", "epoch", "config", "generator", "discriminator", "head",
+            "ema", "opt_g", "opt_d", "rng")
+
+
+def checkpoint_name(step: int) -> str:
+    """File name of the checkpoint after ``step`` optimiser steps."""
+    return f"ckpt-{step:08d}.pt"
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """`torch.save` to a temp file beside ``path``, fsync it, rename it over ``path``, fsync the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def list_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of every file named like a checkpoint in ``folder``, oldest first (not validated)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = []
+    for p in folder.iterdir():
+        m = _NAME.match(p.name)
+        if m and p.is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and validate one checkpoint (``weights_only=True``); raises ValueError if it is unusable."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, bad pickle, I/O error: all mean "not usable"
+        raise ValueError(f"{path.name} cannot be read ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{path.name} is not a ratlip checkpoint")
+    missing = [k for k in REQUIRED if k not in state]
+    if missing:
+        raise ValueError(f"{path.name} lacks {', '.join(missing)}")
+    if state["format_version"] > FORMAT_VERSION:
+        raise ValueError(f"{path.name} has format version {state['format_version']}; this ratlip reads <= {FORMAT_VERSION}")
+    m = _NAME.match(path.name)
+    if m and int(m.group(1)) != int(state["step"]):
+        raise ValueError(f"{path.name} holds step {state['step']}, not the step in its name")
+    return state
+
+
+def latest_checkpoint(
+    folder: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[Path, dict[str, Any]] | tuple[None, None]:
+    """The newest checkpoint in ``folder`` that loads and validates, with its state; (None, None) if none.
+
+    A truncated or corrupt newer file is skipped (never picked), so a crash mid-write costs at most
+    the steps since the previous checkpoint.
+    """
+    for _step, path in reversed(list_checkpoints(folder)):
+        try:
+            return path, load_checkpoint(path, map_location)
+        except ValueError:
+            continue
+    return None, None
+
+
+def save_checkpoint(state: dict[str, Any], folder: str | Path, keep: int) -> Path:
+    """Write ``state`` as ``folder/ckpt-<step>.pt`` atomically, then delete all but the newest ``keep``."""
+    folder = Path(folder)
+    state = {"format": FORMAT, "format_version": FORMAT_VERSION, "ratlip_version": __version__, **state}
+    path = folder / checkpoint_name(int(state["step"]))
+    atomic_torch_save(state, path)
+    prune_checkpoints(folder, keep, protect=path)
+    return path
+
+
+def prune_checkpoints(folder: str | Path, keep: int, protect: Path | None = None) -> None:
+    """Delete all but the newest ``keep`` checkpoints (never ``protect``) and stale temp files."""
+    folder = Path(folder)
+    ckpts = list_checkpoints(folder)
+    keep = max(1, int(keep))
+    for _step, path in ckpts[:-keep]:
+        if protect is not None and path == protect:
+            continue
+        try:
+            path.unlink()
+        except OSError:
+            pass
+    for p in folder.glob(".ckpt-*.tmp-*"):
+        try:
+            pid = int(p.name.rsplit("-", 1)[1])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _pid_alive(pid):
+            p.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+# ----------------------------------------------------------------------------------------------
+# RNG states as tensors and plain values (weights_only-loadable)
+
+
+def capture_rng() -> dict[str, Any]:
+    """The torch (CPU and CUDA), numpy and python RNG states of this process."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {"version": int(py_state[0]), "state": [int(v) for v in py_state[1]],
+                   "gauss": None if py_state[2] is None else float(py_state[2])},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [s for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Restore states captured by `capture_rng`."""
+    torch.set_rng_state(state["torch"].cpu())
+    npst = state["numpy"]
+    np.random.set_state(("MT19937", npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
+                         npst["cached_gaussian"]))
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = state["cuda"]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu() for s in cuda_states])

@@ -1,0 +1,878 @@
+"""The training loop of `ratlip train`: one process, or one of several under torchrun.
+
+One step (GALIP's order):
+  1. s = CLIP text embedding of the batch's captions (frozen, no grad); z from this rank's noise RNG.
+  2. D step: real logits (x from `Discriminator.encode`, requiring grad, for MA-GP), mismatched
+     logits (sentences shifted by one), fake = G(z, s) (its graph kept for step 3), fake logits on
+     the detached fake features; hinge + MA-GP; Adam on D + head.
+  3. G step: the updated D on the same fake features (now with the graph to G);
+     ``-D - clip_sim_weight * cos``; Adam on G; EMA update.
+
+Multi-process: every rank builds identical models from the same seed; gradients (and the step's
+losses, in the same buffer) are averaged with one all-reduce per optimiser, BatchNorm statistics
+are averaged after each step, so parameters stay bit-identical across ranks. This is
+DistributedDataParallel's arithmetic done by hand (as StyleGAN2-ADA/3 do): DDP's module wrapper
+does not mix well with GAN training's several forwards per backward, switched-off D gradients
+during the G step, and MA-GP's double backward.
+
+Determinism: on CPU the same seed gives the same run, and a resumed run continues bit for bit
+(weights, optimisers, EMA, RNGs and the data position are all in the checkpoint).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from ratlip_cli import __version__, dist
+from ratlip_cli.config import Config, from_dict, save_config, to_dict
+from ratlip_cli.console import console, warn
+from ratlip_cli.errors import RatlipError
+from ratlip_cli.losses import d_hinge_loss, g_loss, ma_gp, mismatched
+from ratlip_cli.train.checkpoint import capture_rng, latest_checkpoint, restore_rng, save_checkpoint
+from ratlip_cli.train.ema import EmaGenerator
+from ratlip_cli.train.run import (
+    LOSS_COLUMNS,
+    MetricsLog,
+    RunPaths,
+    new_run_paths,
+    save_sample_grid,
+)
+
+PRECISION_DTYPES = {"fp32": None, "amp_bf16": torch.bfloat16, "amp_fp16": torch.float16}
+# Config sections whose change would make a checkpoint's weights meaningless.
+ARCHITECTURE_SECTIONS = ("model", "clip")
+SAMPLE_COLUMNS = 8
+# Test hook: a folder where every rank saves its final weights as rank<N>.pt.
+DEBUG_DUMP_ENV = "RATLIP_DEBUG_DUMP_DIR"
+
+
+def derive_seed(*parts: Any) -> int:
+    """A stable 63-bit seed from any parts (not Python's salted `hash`)."""
+    text = "\x1f".join(str(p) for p in ("ratlip", *parts))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & ((1 << 63) - 1)
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` -> cuda when present, else cpu; under torchrun with CUDA, this rank's local GPU."""
+    spec = (spec or "auto").strip()
+    if spec == "auto":
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            dev = torch.device(spec)
+        except RuntimeError:
+            raise RatlipError(f"unknown device '{spec}'; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RatlipError(f"device '{spec}' requested but CUDA is not available; use --device cpu")
+        if dist.launched_by_torchrun():
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        elif dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise RatlipError(f"device '{spec}' does not exist ({torch.cuda.device_count()} CUDA devices)")
+    elif dev.type not in ("cpu", "mps"):
+        raise RatlipError(f"unsupported device '{spec}'; use cpu, cuda or cuda:N")
+    return dev
+
+
+# ---------------------------------------------------------------------------------------------
+# resume: the run's config, with budget changes allowed and architecture changes refused
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if isinstance(v, dict):
+            out.update(_flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def architecture_changes(old: Config, new: Config) -> list[str]:
+    """Dotted keys under model.* / clip.* whose values differ between two configs."""
+    a, b = _flatten(to_dict(old)), _flatten(to_dict(new))
+    return sorted(
+        k for k in set(a) | set(b) if k.split(".")[0] in ARCHITECTURE_SECTIONS and a.get(k) != b.get(k)
+    )
+
+
+def resume_config(run_dir: str | Path, config_file: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """The config of an existing run (from its newest usable checkpoint), with budget overrides applied.
+
+    Overrides that change the architecture (any model.* or clip.* key) are refused.
+    """
+    from ratlip_cli.config import _load_yaml, merge_dict, parse_override, set_value, validate
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RatlipError(f"run directory not found: {run_dir}")
+    paths = RunPaths(run_dir)
+    path, state = latest_checkpoint(paths.checkpoints)
+    if state is None:
+        raise RatlipError(
+            f"{run_dir} has no usable checkpoint in {paths.checkpoints}; start a new run instead of --resume"
+        )
+    try:
+        old = from_dict(state["config"])
+    except RatlipError as exc:
+        raise RatlipError(f"{path} holds a config this ratlip cannot read: {exc}") from None
+    cfg = from_dict(to_dict(old))
+    if config_file:
+        merge_dict(cfg, _load_yaml(Path(config_file), "config file"))
+    for text in overrides or []:
+        key, value = parse_override(text)
+        set_value(cfg, key, value)
+    validate(cfg)
+    changed = architecture_changes(old, cfg)
+    if changed:
+        raise RatlipError(
+            f"cannot resume {run_dir} with a different architecture ({', '.join(changed)} changed); "
+            "only budget and logging keys (train.max_steps, train.epochs, train.max_minutes, ...) may change"
+        )
+    # The run stays where it is, whatever runs_dir/name say.
+    cfg.train.runs_dir = str(run_dir.parent)
+    cfg.train.name = run_dir.name
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def ensure_dataset(cfg: Config):
+    """The prepared dataset at data.root; the built-in shapes data is generated there when missing."""
+    from ratlip_cli.data import load_prepared
+
+    root = Path(cfg.data.root)
+    if cfg.data.name == "shapes" and not (root / "manifest.json").is_file():
+        if dist.is_main():
+            from ratlip_cli.data import generate_shapes
+
+            console.print(f"generating the shapes dataset at {root} ({cfg.data.prepared_size} px) ...", highlight=False)
+            generate_shapes(root, size=cfg.data.prepared_size)
+        dist.barrier()
+    return load_prepared(root)
+
+
+class EpochBatchSampler(torch.utils.data.Sampler):
+    """Batches of dataset indices for one rank, from a seeded per-epoch permutation.
+
+    Step k of epoch e gives rank r the slice ``perm_e[(k * W + r) * B : (k * W + r + 1) * B]``
+    (W processes, per-process batch B, incomplete global batches dropped), so the order depends only
+    on (seed, epoch) and resuming at step k of an epoch continues with the same samples.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world = rank, world_size
+        self.epoch, self.start_step = 0, 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.n // (self.batch_size * self.world)
+
+    def set_position(self, epoch: int, start_step: int) -> None:
+        self.epoch, self.start_step = epoch, start_step
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(derive_seed(self.seed, "order", epoch))
+        return torch.randperm(self.n, generator=g)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        perm = self.permutation(self.epoch)
+        b, w = self.batch_size, self.world
+        for k in range(self.start_step, self.steps_per_epoch):
+            lo = (k * w + self.rank) * b
+            yield perm[lo : lo + b].tolist()
+
+    def __len__(self) -> int:
+        return max(0, self.steps_per_epoch - self.start_step)
+
+
+def fixed_sample_captions(prepared, n: int = SAMPLE_COLUMNS) -> tuple[list[str], list[str]]:
+    """Fixed train and test captions for sample grids: evenly spaced over each split (first phrasing)."""
+
+    def pick(split: str) -> list[str]:
+        if split not in prepared.splits:
+            return []
+        pairs = prepared.split_pairs(split)
+        firsts = pairs.groupby("key", sort=True).first()["text"].tolist()
+        if len(firsts) <= n:
+            return firsts
+        return [firsts[int(i * len(firsts) / n)] for i in range(n)]
+
+    return pick("train"), pick("test")
+
+
+# ---------------------------------------------------------------------------------------------
+# signals
+
+
+class StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop checkpoints at the next step boundary and stops.
+
+    A second SIGINT raises KeyboardInterrupt at once (for a user who really wants out).
+    """
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum, _frame) -> None:
+        name = signal.Signals(signum).name
+        if self.signal_name is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_name = name
+
+    def __enter__(self) -> StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+# ---------------------------------------------------------------------------------------------
+# the trainer
+
+
+@dataclass
+class TrainResult:
+    """What a call to `train` did."""
+
+    run_dir: Path
+    step: int
+    epoch: int
+    images: int
+    stopped_by: str
+    checkpoint: Path | None
+    export: Path | None
+
+
+def _autocast(device: torch.device, precision: str):
+    dtype = PRECISION_DTYPES[precision]
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _unique(params) -> list[nn.Parameter]:
+    seen, out = set(), []
+    for p in params:
+        if id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out
+
+
+def _float_buffers(*modules: nn.Module) -> list[torch.Tensor]:
+    from ratlip_cli.models import ClipBackbone
+
+    frozen = {id(t) for m in modules for sub in m.modules() if isinstance(sub, ClipBackbone) for t in sub.buffers()}
+    seen, out = set(), []
+    for m in modules:
+        for b in m.buffers():
+            if b.is_floating_point() and id(b) not in frozen and id(b) not in seen:
+                seen.add(id(b))
+                out.append(b)
+    return out
+
+
+def _reduce(params: list[nn.Parameter], losses: torch.Tensor) -> torch.Tensor:
+    """Average gradients (in place) and ``losses`` over processes with one all-reduce; returns losses."""
+    world = dist.get_world_size()
+    if world == 1:
+        return losses
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1).float() for g in grads] + [losses.to(grads[0].device, torch.float32)])
+    dist.all_reduce_sum(flat)
+    flat.div_(world)
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        chunk = flat[offset : offset + n].view_as(g).to(g.dtype)
+        if p.grad is None:
+            p.grad = chunk
+        else:
+            p.grad.copy_(chunk)
+        offset += n
+    return flat[offset:].to(losses.device)
+
+
+def _average_buffers(buffers: list[torch.Tensor]) -> None:
+    if dist.get_world_size() == 1 or not buffers:
+        return
+    flat = torch.cat([b.reshape(-1).float() for b in buffers])
+    dist.all_reduce_mean(flat)
+    offset = 0
+    for b in buffers:
+        n = b.numel()
+        b.copy_(flat[offset : offset + n].view_as(b).to(b.dtype))
+        offset += n
+
+
+class Trainer:
+    """Builds everything for a run and runs the loop (use `train()` rather than this class directly)."""
+
+    def __init__(self, cfg: Config, resume: str | Path | None = None, on_step: Callable[[int], None] | None = None):
+        self.cfg = cfg
+        self.tc = cfg.train
+        self.on_step = on_step
+        self.resume_dir = Path(resume) if resume else None
+
+    # ---- setup ---------------------------------------------------------------------------------
+    def setup(self) -> None:
+        from ratlip_cli.data import TextImageDataset
+        from ratlip_cli.models import build_models, trainable_parameters
+        from ratlip_cli.weights import load_clip
+
+        cfg, tc = self.cfg, self.tc
+        self.device = resolve_device(tc.device)
+        self.distributed = dist.init_from_env(self.device.type)
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.main = dist.is_main()
+        if tc.precision == "amp_fp16" and self.device.type == "cpu":
+            warn("amp_fp16 on CPU is slow and only useful for testing; amp_bf16 or fp32 are the CPU choices")
+
+        # The dataset first: a missing one is the most common mistake, reported before anything is written.
+        prepared = ensure_dataset(cfg)
+
+        # Run directory (rank 0 picks the name; everyone uses it).
+        state = None
+        if self.resume_dir is not None:
+            self.paths = RunPaths(self.resume_dir)
+            ckpt_path, state = latest_checkpoint(self.paths.checkpoints, map_location="cpu")
+            if state is None:
+                raise RatlipError(f"{self.resume_dir} has no usable checkpoint; start a new run instead of --resume")
+            self.resumed_from = ckpt_path
+        else:
+            root = str(new_run_paths(cfg).root) if self.main else None
+            self.paths = RunPaths(Path(dist.broadcast_object(root)))
+            self.resumed_from = None
+        if self.main:
+            self.paths.make()
+            if self.resumed_from is not None:
+                console.print(f"resuming run {self.paths.root} from {self.resumed_from.name}", highlight=False)
+            else:
+                console.print(f"run directory: {self.paths.root}", highlight=False)
+        dist.barrier()
+
+        # Frozen CLIP: pretrained, or random from a derived seed (saved once so it can be rebuilt).
+        self.clip_file: Path | None = None
+        if cfg.clip.weights == "random":
+            self.clip_file = self.paths.clip
+            if self.clip_file.is_file():
+                clip_model, self.tokenizer = load_clip(cfg.clip.arch, str(self.clip_file), cfg.clip.cache_dir)
+            elif state is not None:
+                raise RatlipError(
+                    f"{self.clip_file} is missing: this run used random CLIP weights saved there, so it cannot continue"
+                )
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(derive_seed(tc.seed, "clip"))
+                    clip_model, self.tokenizer = load_clip(cfg.clip.arch, "random", cfg.clip.cache_dir)
+                if self.main:
+                    from ratlip_cli.export import save_clip_weights
+
+                    save_clip_weights(clip_model, self.clip_file)
+        else:
+            clip_model, self.tokenizer = load_clip(cfg.clip.arch, cfg.clip.weights, cfg.clip.cache_dir)
+
+        # Models: identical on every rank (same seed), then moved to the device.
+        torch.manual_seed(derive_seed(tc.seed, "init"))
+        self.models = build_models(cfg, clip_model).to(self.device)
+        self.G, self.D, self.head = self.models.generator, self.models.discriminator, self.models.head
+        self.backbone = self.models.backbone
+        if tc.channels_last and self.device.type == "cuda":
+            for m in (self.G, self.D, self.head):
+                m.to(memory_format=torch.channels_last)
+        self.g_params = _unique(trainable_parameters(self.G))
+        self.d_params = _unique(trainable_parameters(self.D) + trainable_parameters(self.head))
+        self.buffers = _float_buffers(self.G, self.D, self.head)
+        betas = (float(tc.betas[0]), float(tc.betas[1]))
+        self.opt_g = torch.optim.Adam(self.g_params, lr=tc.lr_g, betas=betas)
+        self.opt_d = torch.optim.Adam(self.d_params, lr=tc.lr_d, betas=betas)
+        self.ema = EmaGenerator(self.G, tc.ema_halflife_kimg, tc.ema_rampup)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.precision == "amp_fp16")
+
+        # Data.
+        self.dataset = TextImageDataset(
+            prepared, "train", cfg.data, self.tokenizer, train=True, seed=derive_seed(tc.seed, "data") % (2**32)
+        )
+        self.sampler = EpochBatchSampler(len(self.dataset), tc.batch_size, tc.seed, self.rank, self.world)
+        if self.sampler.steps_per_epoch == 0:
+            raise RatlipError(
+                f"the train split has {len(self.dataset)} images, fewer than one batch of "
+                f"{tc.batch_size * self.world}; lower train.batch_size"
+            )
+        self.sample_train, self.sample_test = fixed_sample_captions(prepared)
+        self.eval_captions: list[str] = []
+        if tc.eval_every > 0:
+            if cfg.data.name == "shapes" and "test" in prepared.splits:
+                from ratlip_cli.train.shapes_eval import shapes_eval_captions
+
+                self.eval_captions = shapes_eval_captions(prepared, "test", cfg.eval.num)
+            elif self.main:
+                warn("train.eval_every: in-training evaluation is implemented for the shapes dataset only; "
+                     "use `ratlip eval` on the run")
+
+        # Counters and RNGs.
+        self.step = self.epoch = self.step_in_epoch = self.images = 0
+        self.elapsed = 0.0
+        self.nonfinite_total = self.nonfinite_streak = 0
+        self.acc = self._new_acc()
+        self.noise_gen = torch.Generator().manual_seed(derive_seed(tc.seed, "noise", self.rank))
+        torch.manual_seed(derive_seed(tc.seed, "torch", self.rank))
+        np.random.seed(derive_seed(tc.seed, "numpy", self.rank) % (2**32))
+        random.seed(derive_seed(tc.seed, "python", self.rank))
+        self.metrics = MetricsLog(self.paths.metrics)
+        self.last_checkpoint: Path | None = self.resumed_from
+        if state is not None:
+            self._load_state(state)
+        if self.main:
+            save_config(cfg, self.paths.config)
+            self.metrics.start(keep_until_step=self.step if state is not None else None)
+
+    # ---- state ---------------------------------------------------------------------------------
+    @staticmethod
+    def _new_acc() -> dict[str, float]:
+        return {**dict.fromkeys(LOSS_COLUMNS, 0.0), "n": 0.0, "images": 0.0, "time": 0.0}
+
+    def _state(self) -> dict[str, Any]:
+        from ratlip_cli.models import trainable_state_dict
+
+        rngs = dist.all_gather_object({"rng": capture_rng(), "noise": self.noise_gen.get_state()})
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "images": self.images,
+            "elapsed_s": self.elapsed,
+            "world_size": self.world,
+            "batch_size": self.tc.batch_size,
+            "generator": trainable_state_dict(self.G),
+            "discriminator": trainable_state_dict(self.D),
+            "head": trainable_state_dict(self.head),
+            "ema": self.ema.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": [r["rng"] for r in rngs],
+            "noise_rng": [r["noise"] for r in rngs],
+            "log_acc": dict(self.acc),
+            "nonfinite_total": self.nonfinite_total,
+            "nonfinite_streak": self.nonfinite_streak,
+            "config": to_dict(self.cfg),
+            "package_version": __version__,
+        }
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        from ratlip_cli.models import load_trainable_state_dict
+
+        try:
+            load_trainable_state_dict(self.G, state["generator"])
+            load_trainable_state_dict(self.D, state["discriminator"])
+            load_trainable_state_dict(self.head, state["head"])
+            self.ema.load_state_dict(state["ema"])
+            self.opt_g.load_state_dict(state["opt_g"])
+            self.opt_d.load_state_dict(state["opt_d"])
+        except (RatlipError, KeyError, ValueError) as exc:
+            raise RatlipError(f"{self.resumed_from} does not fit this run's models: {exc}") from None
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self.step_in_epoch, self.images = int(state["step_in_epoch"]), int(state["images"])
+        self.elapsed = float(state["elapsed_s"])
+        self.nonfinite_total = int(state.get("nonfinite_total", 0))
+        self.nonfinite_streak = int(state.get("nonfinite_streak", 0))
+        self.acc = {**self._new_acc(), **{k: float(v) for k, v in state.get("log_acc", {}).items()}}
+        same_layout = int(state["world_size"]) == self.world and int(state["batch_size"]) == self.tc.batch_size
+        if same_layout:
+            restore_rng(state["rng"][self.rank])
+            self.noise_gen.set_state(state["noise_rng"][self.rank])
+        else:
+            if self.main:
+                warn(
+                    f"resuming with {self.world} process(es) x batch {self.tc.batch_size} instead of "
+                    f"{state['world_size']} x {state['batch_size']}: the data order restarts at the beginning "
+                    f"of epoch {self.epoch + 1} and random states are reseeded (not an exact continuation)"
+                )
+            self.step_in_epoch = 0
+            self.noise_gen.manual_seed(derive_seed(self.tc.seed, "noise", self.rank, self.step))
+            torch.manual_seed(derive_seed(self.tc.seed, "torch", self.rank, self.step))
+
+    def save_checkpoint(self) -> Path | None:
+        """Checkpoint (all ranks take part: RNG states are gathered) and export the EMA generator (rank 0)."""
+        state = self._state()
+        path = None
+        if self.main:
+            path = save_checkpoint(state, self.paths.checkpoints, self.tc.keep_checkpoints)
+            self.export()
+            self.last_checkpoint = path
+        dist.barrier()
+        return path
+
+    def export(self) -> Path:
+        from ratlip_cli.export import export_generator
+
+        return export_generator(
+            self.ema.module, self.cfg, self.paths.export, clip_file=self.clip_file, step=self.step, images_seen=self.images
+        )
+
+    # ---- one step ----------------------------------------------------------------------------------
+    def train_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """One D update and one G update; returns the (rank-averaged) D and G loss vectors (None if skipped).
+
+        D: [total, real, fake, mis, ma_gp]; G: [total, clip cosine]. `self.overflow` tells whether a
+        skip was an fp16 GradScaler overflow rather than a genuinely non-finite loss.
+        """
+        from ratlip_cli.models import set_trainable
+
+        tc, dev = self.tc, self.device
+        self.overflow = False
+        amp = lambda: _autocast(dev, tc.precision)  # noqa: E731
+        cl = torch.channels_last if (tc.channels_last and dev.type == "cuda") else torch.contiguous_format
+        real = batch["image"].to(dev, non_blocking=True).to(memory_format=cl)
+        tokens = batch["tokens"].to(dev, non_blocking=True)
+        b = real.shape[0]
+        with torch.no_grad(), amp():
+            s = self.backbone.encode_text(tokens)[0]
+        s = s.float()
+        z = torch.randn(b, self.cfg.model.z_dim, generator=self.noise_gen).to(dev)
+        need_clip = tc.clip_sim_weight != 0
+
+        # ---- D step
+        set_trainable(self.D, True)
+        set_trainable(self.head, True)
+        with amp():
+            x_real, _ = self.D.encode(real, with_pooled=False)
+        x_real = x_real.detach().requires_grad_(True)
+        s_real = s.detach().requires_grad_(True)
+        with amp():
+            dmap_real = self.D(x_real)
+            real_logits = self.head(dmap_real, s_real)
+            mis_logits = self.head(dmap_real, mismatched(s))
+            fake = self.G(z, s)
+            x_fake, pooled_fake = self.D.encode(fake, with_pooled=need_clip)
+            fake_logits = self.head(self.D(x_fake.detach()), s)
+        fp16 = self.scaler.is_enabled()
+        gp = ma_gp(real_logits, x_real, s_real, tc.ma_gp_weight, tc.ma_gp_power,
+                   scale=self.scaler.get_scale() if fp16 else None)
+        dl = d_hinge_loss(real_logits, fake_logits, mis_logits, gp)
+        self.opt_d.zero_grad(set_to_none=True)
+        self.scaler.scale(dl.total).backward()
+        d_vec = torch.stack([dl.total, dl.real, dl.fake, dl.mis, dl.ma_gp]).detach().float()
+        d_vec = _reduce(self.d_params, d_vec).cpu()
+        if not torch.isfinite(d_vec).all():
+            self.opt_d.zero_grad(set_to_none=True)
+            self.overflow = fp16 and bool(torch.isfinite(d_vec[1:4]).all())
+            if fp16:  # e.g. an fp16 overflow of MA-GP's scaled input gradients: back off like GradScaler
+                self.scaler.update(self.scaler.get_scale() * self.scaler.get_backoff_factor())
+            return None, None
+        self.scaler.step(self.opt_d)
+
+        # ---- G step (D frozen; the same fakes through the updated D)
+        set_trainable(self.D, False)
+        set_trainable(self.head, False)
+        with amp():
+            fake_logits_g = self.head(self.D(x_fake), s)
+        gl = g_loss(fake_logits_g, s, pooled_fake if need_clip else None, tc.clip_sim_weight)
+        self.opt_g.zero_grad(set_to_none=True)
+        self.scaler.scale(gl.total).backward()
+        g_vec = torch.stack([gl.total, gl.clip_sim]).detach().float()
+        g_vec = _reduce(self.g_params, g_vec).cpu()
+        set_trainable(self.D, True)
+        set_trainable(self.head, True)
+        if not torch.isfinite(g_vec).all():
+            self.opt_g.zero_grad(set_to_none=True)
+            self.scaler.update()
+            _average_buffers(self.buffers)
+            return d_vec, None
+        self.scaler.step(self.opt_g)
+        self.scaler.update()
+        _average_buffers(self.buffers)
+        return d_vec, g_vec
+
+    # ---- the loop ----------------------------------------------------------------------------------
+    def _planned_steps(self) -> int | None:
+        spe = self.sampler.steps_per_epoch
+        plans = [self.tc.epochs * spe] if self.tc.epochs > 0 else []
+        if self.tc.max_steps > 0:
+            plans.append(self.tc.max_steps)
+        return min(plans) if plans else None
+
+    def _done_reason(self) -> str | None:
+        if self.tc.max_steps > 0 and self.step >= self.tc.max_steps:
+            return "max_steps"
+        if self.tc.epochs > 0 and self.epoch >= self.tc.epochs:
+            return "epochs"
+        if self.tc.max_minutes > 0 and self.elapsed >= self.tc.max_minutes * 60:
+            return "max_minutes"
+        return None
+
+    def _loader(self):
+        self.sampler.set_position(self.epoch, self.step_in_epoch)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(self.epoch)
+        nw = max(0, int(self.cfg.data.num_workers))
+        g = torch.Generator().manual_seed(derive_seed(self.tc.seed, "workers", self.rank, self.epoch, self.step_in_epoch))
+        return torch.utils.data.DataLoader(
+            self.dataset,
+            batch_sampler=self.sampler,
+            num_workers=nw,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+            generator=g,
+        )
+
+    def _log_row(self, extra: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        n = self.acc["n"]
+        if n == 0 and not extra and self.acc["images"] == 0:
+            return None
+        row: dict[str, Any] = {
+            "step": self.step,
+            "epoch": round(self.epoch + self.step_in_epoch / self.sampler.steps_per_epoch, 4),
+            "images": self.images,
+            "nonfinite": self.nonfinite_total,
+            "images_per_s": round(self.acc["images"] / self.acc["time"], 2) if self.acc["time"] > 0 else "",
+            "elapsed_s": round(self.elapsed, 1),
+        }
+        for k in LOSS_COLUMNS:
+            row[k] = (self.acc[k] / n) if n else ""
+        if extra:
+            row.update(extra)
+        if self.main:
+            self.metrics.write(row)
+        self.acc = self._new_acc()
+        return row
+
+    def _sample(self) -> None:
+        """A grid from the EMA generator: fixed noise, fixed train and test captions (rank 0 only)."""
+        if not self.main:
+            return
+        caps_train, caps_test = self.sample_train, self.sample_test
+        ncols = max(len(caps_train), len(caps_test), 1)
+        z_dim = self.cfg.model.z_dim
+        g = torch.Generator().manual_seed(derive_seed(self.tc.seed, "sample-noise"))
+        zs = [torch.randn(ncols, z_dim, generator=g) for _ in range(2)]
+        rows_caps, rows_z = [], []
+        for caps in (caps_train, caps_test):
+            if not caps:
+                continue
+            for z in zs:
+                rows_caps.append([*caps, *[""] * (ncols - len(caps))])
+                rows_z.append(z)
+        captions = [c for row in rows_caps for c in row]
+        labels = []
+        for r, row in enumerate(rows_caps):
+            split = "train" if r < (2 if caps_train else 0) else "test"
+            labels.extend(f"[{split}] {c}" if c else "" for c in row)
+        z = torch.cat(rows_z).to(self.device)
+        with torch.no_grad():
+            s = self.backbone.encode_text(self.tokenizer([c or " " for c in captions]).to(self.device))[0].float()
+            images = self.ema.module(z, s).float()
+        mask = torch.tensor([bool(c) for c in captions], dtype=images.dtype, device=images.device).view(-1, 1, 1, 1)
+        images = images.clamp(-1, 1) * mask + (1 - mask)  # blank cells for missing captions
+        save_sample_grid(images, labels, self.paths.samples / f"step-{self.step:08d}.png", ncols)
+
+    def _evaluate(self) -> dict[str, Any]:
+        from ratlip_cli.train.shapes_eval import score_generator_on_shapes
+
+        res = score_generator_on_shapes(
+            self.ema.module, self.backbone, self.tokenizer, self.eval_captions, self.cfg.model.z_dim,
+            device=self.device, seed=self.tc.seed, batch_size=max(1, self.cfg.eval.batch_size),
+        )
+        return {"eval_colour": res["colour"], "eval_shape": res["shape"], "eval_background": res["background"],
+                "eval_n": res["n"]}
+
+    def _progress(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        enabled = self.main and console.is_terminal
+        return Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=console,
+            disable=not enabled,
+            transient=False,
+        ), enabled
+
+    def _plain_log(self, row: dict[str, Any]) -> None:
+        planned = self._planned_steps()
+        parts = [f"step {row['step']}" + (f"/{planned}" if planned else ""), f"epoch {row['epoch']:.2f}"]
+        if row.get("d_loss", "") != "":
+            parts.append(
+                f"d {row['d_loss']:.4f} (real {row['d_real']:.3f} fake {row['d_fake']:.3f} mis {row['d_mis']:.3f} "
+                f"gp {row['ma_gp']:.4f}) g {row['g_loss']:.4f}"
+            )
+        if row.get("images_per_s", "") != "":
+            parts.append(f"{row['images_per_s']:.1f} img/s")
+        if row.get("eval_colour", "") != "":
+            parts.append(f"eval colour {row['eval_colour']:.2f} shape {row['eval_shape']:.2f} "
+                         f"background {row['eval_background']:.2f}")
+        if self.nonfinite_total:
+            parts.append(f"non-finite {self.nonfinite_total}")
+        console.print(" | ".join(parts), highlight=False, soft_wrap=True)
+
+    def _debug_dump(self) -> None:
+        # For tests of multi-process training: every rank saves its final weights (outside the run dir).
+        folder = os.environ.get(DEBUG_DUMP_ENV)
+        if folder:
+            from ratlip_cli.models import trainable_state_dict
+
+            state = {name: trainable_state_dict(m) for name, m in (("generator", self.G), ("discriminator", self.D),
+                                                                   ("head", self.head))}
+            state["ema"] = self.ema.state_dict()
+            torch.save(state, Path(folder) / f"rank{self.rank}.pt")
+
+    def run(self) -> TrainResult:
+        tc = self.tc
+        spe = self.sampler.steps_per_epoch
+        stop_reason = self._done_reason()
+        if stop_reason is not None:
+            if self.main:
+                console.print(f"nothing to do: the run already reached {stop_reason} (step {self.step})", highlight=False)
+            export = self.export() if self.main else None
+            return TrainResult(self.paths.root, self.step, self.epoch, self.images, stop_reason, self.last_checkpoint, export)
+        if self.main and self.step == 0:
+            self._sample()
+        G, D, head = self.G, self.D, self.head
+        G.train()
+        D.train()
+        head.train()
+        progress, bar_on = self._progress()
+        planned = self._planned_steps()
+        last_checkpoint_step = self.step if self.resumed_from is not None else -1
+        elapsed_before, loop_start = self.elapsed, time.perf_counter()
+        with StopFlag() as stop, progress:
+            task = progress.add_task("train", total=planned, completed=self.step, epoch=self.epoch + 1, info="")
+            while stop_reason is None:
+                t_fetch = time.perf_counter()
+                for batch in self._loader():
+                    d_vec, g_vec = self.train_step(batch)
+                    self.acc["time"] += time.perf_counter() - t_fetch  # data + step, not logging/checkpoints
+                    b_global = batch["image"].shape[0] * self.world
+                    self.step += 1
+                    self.step_in_epoch += 1
+                    self.images += b_global
+                    if d_vec is None or g_vec is None:
+                        # A GradScaler overflow (fp16) is routine and not counted, but a run of them
+                        # still ends the run like non-finite losses do.
+                        self.nonfinite_total += 0 if self.overflow else 1
+                        self.nonfinite_streak += 1
+                    else:
+                        self.nonfinite_streak = 0
+                        self.ema.update(b_global, self.images)
+                        for k, v in zip(LOSS_COLUMNS, [*d_vec.tolist(), *g_vec.tolist()]):
+                            self.acc[k] += v
+                        self.acc["n"] += 1
+                    self.acc["images"] += b_global
+                    if self.step_in_epoch >= spe:
+                        self.epoch += 1
+                        self.step_in_epoch = 0
+                    self.elapsed = elapsed_before + (time.perf_counter() - loop_start)
+
+                    if self.nonfinite_streak >= max(1, tc.max_nonfinite):
+                        where = (f"the last good checkpoint is {self.last_checkpoint}"
+                                 if self.last_checkpoint else "no checkpoint was written yet")
+                        raise RatlipError(
+                            f"training diverged: {self.nonfinite_streak} steps in a row had non-finite losses "
+                            f"(step {self.step}); {where}; resume it with lower learning rates "
+                            "(--set train.lr_d=... --set train.lr_g=...) or --precision fp32"
+                        )
+                    extra = None
+                    if tc.eval_every > 0 and self.eval_captions and self.step % tc.eval_every == 0:
+                        extra = self._evaluate()
+                    if (tc.log_every > 0 and self.step % tc.log_every == 0) or extra:
+                        row = self._log_row(extra)
+                        if row is not None and self.main and not bar_on:
+                            self._plain_log(row)
+                        if row is not None and bar_on and row.get("d_loss", "") != "":
+                            info = (f"d {row['d_loss']:.3f} g {row['g_loss']:.3f} gp {row['ma_gp']:.3f} "
+                                    f"{row['images_per_s'] or 0:.1f} img/s")
+                            progress.update(task, info=info)
+                    if tc.sample_every > 0 and self.step % tc.sample_every == 0:
+                        self._sample()
+                    # No periodic checkpoint inside a run of non-finite steps: the last one stays "good".
+                    if tc.checkpoint_every > 0 and self.step % tc.checkpoint_every == 0 and self.nonfinite_streak == 0:
+                        self.save_checkpoint()
+                        last_checkpoint_step = self.step
+                    progress.update(task, completed=self.step, epoch=self.epoch + 1)
+                    self.elapsed = elapsed_before + (time.perf_counter() - loop_start)
+
+                    if self.on_step is not None:
+                        self.on_step(self.step)
+
+                    # Time and signals differ between processes: every rank stops if any wants to.
+                    stop_reason = self._done_reason()
+                    local = stop.signal_name is not None or stop_reason == "max_minutes"
+                    if dist.any_true(local, device=self.device) and stop_reason is None:
+                        stop_reason = stop.signal_name or "max_minutes"
+                    if stop_reason is not None:
+                        break
+                    t_fetch = time.perf_counter()
+                if stop_reason is None:
+                    stop_reason = self._done_reason()
+        # The end: a grid, a checkpoint and the export. (No row for a partial log interval: its sums
+        # are in the checkpoint, so a resumed run logs exactly the rows an uninterrupted one would.)
+        if self.main and tc.sample_every > 0 and self.step % tc.sample_every != 0:
+            self._sample()
+        path = self.last_checkpoint
+        if last_checkpoint_step != self.step:
+            path = self.save_checkpoint()
+        elif self.main:
+            self.export()
+        export = self.paths.export / "generator.safetensors"
+        self._debug_dump()
+        if self.main:
+            how = {
+                "max_steps": f"reached train.max_steps={tc.max_steps}",
+                "epochs": f"finished {tc.epochs} epochs",
+                "max_minutes": f"reached train.max_minutes={tc.max_minutes:g}",
+            }.get(stop_reason, f"stopped by {stop_reason}")
+            console.print(
+                f"{how} at step {self.step} ({self.images} images); checkpoint {path}; "
+                f"generator exported to {export}",
+                highlight=False,
+                soft_wrap=True,
+            )
+            if stop_reason not in ("max_steps", "epochs", "max_minutes"):
+                console.print(f"continue with: ratlip train --resume {self.paths.root}", highlight=False)
+        return TrainResult(self.paths.root, self.step, self.epoch, self.images, stop_reason, path, export)
+
+
+def train(
+    cfg: Config, resume: str | Path | None = None, on_step: Callable[[int], None] | None = None
+) -> TrainResult:
+    """Train (or, with ``resume`` = a run directory, continue) a RATLIP model; see the module docstring.
+
+    ``on_step(step)`` is called after every optimiser step (tests use it to simulate a crash).
+    Under torchrun every process calls this; only rank 0 writes files and logs.
+    """
+    trainer = Trainer(cfg, resume=resume, on_step=on_step)
+    try:
+        trainer.setup()
+        return trainer.run()
+    finally:
+        dist.destroy()

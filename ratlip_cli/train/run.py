@@ -1,0 +1,140 @@
+"""The run directory `runs/<name>/`: resolved config, metrics CSV, sample grids, checkpoints, export.
+
+::
+
+    runs/<name>/
+      config.yaml            resolved config (rewritten on resume when budget keys change)
+      metrics.csv            one row per log interval (and per in-training evaluation)
+      samples/step-XXXXXXXX.png + .txt   EMA generator, fixed noise, fixed train/test captions
+      checkpoints/ckpt-XXXXXXXX.pt       the newest `train.keep_checkpoints`
+      export/generator.safetensors + generator.json   the EMA generator for `ratlip sample`
+      clip.safetensors       the frozen CLIP, when the run used random CLIP weights
+
+Only rank 0 writes here.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ratlip_cli.config import Config
+from ratlip_cli.errors import RatlipError
+
+LOSS_COLUMNS = ["d_loss", "d_real", "d_fake", "d_mis", "ma_gp", "g_loss", "g_clip"]
+EVAL_COLUMNS = ["eval_colour", "eval_shape", "eval_background", "eval_n"]
+# Columns that depend on wall-clock time (everything else is reproducible on CPU).
+TIMING_COLUMNS = ["images_per_s", "elapsed_s"]
+METRICS_COLUMNS = ["step", "epoch", "images", *LOSS_COLUMNS, "nonfinite", *TIMING_COLUMNS, *EVAL_COLUMNS]
+
+
+@dataclass
+class RunPaths:
+    """Paths inside one run directory."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.csv"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def export(self) -> Path:
+        return self.root / "export"
+
+    @property
+    def clip(self) -> Path:
+        return self.root / "clip.safetensors"
+
+    def make(self) -> None:
+        for p in (self.root, self.samples, self.checkpoints, self.export):
+            p.mkdir(parents=True, exist_ok=True)
+
+
+def default_run_name(cfg: Config) -> str:
+    """``train.name`` or ``<preset>-<YYYYmmdd-HHMMSS>``."""
+    if cfg.train.name:
+        return cfg.train.name
+    return f"{cfg.preset or 'custom'}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def new_run_paths(cfg: Config) -> RunPaths:
+    """Paths of a new run; refuses a directory that already holds a run."""
+    paths = RunPaths(Path(cfg.train.runs_dir) / default_run_name(cfg))
+    if paths.metrics.exists() or any(paths.checkpoints.glob("ckpt-*.pt")):
+        raise RatlipError(
+            f"run directory {paths.root} already holds a run; continue it with "
+            f"`ratlip train --resume {paths.root}` or choose another --set train.name=..."
+        )
+    return paths
+
+
+class MetricsLog:
+    """Append-only CSV of training metrics (rank 0)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def start(self, keep_until_step: int | None = None) -> None:
+        """Create the file with its header, or, on resume, drop rows logged after ``keep_until_step``."""
+        if keep_until_step is None or not self.path.exists():
+            with open(self.path, "w", newline="", encoding="utf-8") as f:
+                csv.writer(f).writerow(METRICS_COLUMNS)
+            return
+        with open(self.path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        kept = [r for r in rows if r.get("step", "").isdigit() and int(r["step"]) <= keep_until_step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=METRICS_COLUMNS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(kept)
+        tmp.replace(self.path)
+
+    def write(self, row: dict) -> None:
+        """Append one row (missing columns are left empty)."""
+        with open(self.path, "a", newline="", encoding="utf-8") as f:
+            csv.DictWriter(f, fieldnames=METRICS_COLUMNS, extrasaction="ignore").writerow(
+                {k: _fmt(row.get(k, "")) for k in METRICS_COLUMNS}
+            )
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def read_metrics(path: str | Path) -> list[dict[str, str]]:
+    """The rows of a metrics.csv as dicts of strings."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def save_sample_grid(images: torch.Tensor, captions: list[str], path: Path, ncols: int) -> None:
+    """Save ``images`` (N, 3, H, W) in [-1, 1] as a PNG grid and the captions, cell by cell, beside it."""
+    from torchvision.utils import save_image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid = images.detach().float().clamp(-1, 1).mul(0.5).add(0.5).cpu()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    save_image(grid, tmp, nrow=max(1, ncols), padding=2)
+    tmp.replace(path)
+    lines = [f"row {i // ncols + 1}, col {i % ncols + 1}: {c}" for i, c in enumerate(captions)]
+    path.with_suffix(".txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
