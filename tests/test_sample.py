@@ -95,10 +95,10 @@ def test_grid_size_is_rows_by_cols_plus_label_space(loaded):
 
 
 def test_same_seed_same_pixels_for_batch_sizes_1_and_8(loaded):
-    one = S.generate(loaded, PROMPTS, n=4, seed=3, batch_size=1)
-    eight = S.generate(loaded, PROMPTS, n=4, seed=3, batch_size=8)
+    one = S.generate(loaded, PROMPTS[:2], n=3, seed=3, batch_size=1)
+    eight = S.generate(loaded, PROMPTS[:2], n=3, seed=3, batch_size=8)
     assert torch.equal(one, eight)
-    assert not torch.equal(one, S.generate(loaded, PROMPTS, n=4, seed=4, batch_size=8))
+    assert not torch.equal(one[:1], S.generate(loaded, PROMPTS[:1], n=3, seed=4, batch_size=8))
 
 
 def test_interpolation_ends_are_the_prompts_with_fixed_noise(loaded):
