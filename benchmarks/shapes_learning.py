@@ -72,28 +72,33 @@ def run(args: argparse.Namespace) -> int:
     sets = [f"train.runs_dir={runs_dir}", f"train.name={args.name}", *args.set]
     report = {"name": args.name, "sets": args.set, "torch": torch.__version__, "threads": torch.get_num_threads(),
               "snapshots": []}
-    for i, m in enumerate(minutes):
-        if i == 0:
-            cmd = base + ["shapes"] + [x for s in sets + [f"train.max_minutes={m}"] for x in ("--set", s)]
-        else:
+    for m in minutes:
+        # Rerunnable: an existing run is resumed (and one already past `m` minutes is not retrained).
+        snap = run_dir / f"export-{m:g}min"  # beside export/, so its "../clip.safetensors" still resolves
+        if (run_dir / "checkpoints").is_dir():
+            if snap.is_dir() and float(_last_row(run_dir).get("elapsed_s") or 0) >= m * 60:
+                print(f"snapshot {snap} exists; scoring it again", flush=True)
+                report["snapshots"].append(score(snap, args.num, args.seed) | {"minutes": m})
+                continue
             cmd = base + ["--resume", str(run_dir), "--set", f"train.max_minutes={m}"]
+        else:
+            cmd = base + ["shapes"] + [x for s in sets + [f"train.max_minutes={m}"] for x in ("--set", s)]
         print("$", " ".join(cmd), flush=True)
         t0 = time.time()
         proc = subprocess.run(cmd)
         if proc.returncode != 0:
             return proc.returncode
-        snap = run_dir / "bench" / f"export-{m:g}min"
         if snap.exists():
             shutil.rmtree(snap)
         shutil.copytree(run_dir / "export", snap)
         row = _last_row(run_dir)
         result = score(snap, args.num, args.seed)
-        result.update(minutes=m, wall_s=round(time.time() - t0, 1), elapsed_s=row.get("elapsed_s"),
-                      step=int(row.get("step", 0) or 0), mean_images_per_s=round(_mean_rate(run_dir), 1))
+        result.update(minutes=m, wall_s=round(time.time() - t0, 1), last_row_step=int(row.get("step", 0) or 0),
+                      last_row_elapsed_s=row.get("elapsed_s"), mean_images_per_s=round(_mean_rate(run_dir), 1))
         report["snapshots"].append(result)
         print(json.dumps(result, indent=2), flush=True)
-    (run_dir / "bench" / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"report: {run_dir / 'bench' / 'report.json'}")
+    (run_dir / "bench-report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"report: {run_dir / 'bench-report.json'}")
     return 0
 
 

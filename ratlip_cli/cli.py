@@ -537,9 +537,69 @@ def ablate(
 
 @app.command()
 @friendly
-def bench() -> None:
-    """Measure generator and training-step speed, memory and FLOPs."""
-    raise RatlipError("`ratlip bench` is not implemented yet")
+def bench(
+    preset: Annotated[
+        str, typer.Argument(help="Preset whose model to measure (cub = the paper configuration; tiny runs in seconds).")
+    ] = "cub",
+    hidden: Annotated[
+        Optional[str],
+        typer.Option("--hidden", help="RAT hidden sizes to compare, comma-separated \\[default: 0 and the preset's h, e.g. 0,64]."),
+    ] = None,
+    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Generator batch sizes, comma-separated.")] = "1,8",
+    precision: Annotated[
+        str, typer.Option("--precision", help="Precisions, comma-separated: fp32, bf16 (autocast), fp16 (autocast; CUDA).")
+    ] = "fp32,bf16",
+    device: DeviceOpt = None,
+    compile_: Annotated[
+        bool, typer.Option("--compile", help="Time the generator under torch.compile (FLOPs and quality from eager).")
+    ] = False,
+    csv: Annotated[Optional[Path], typer.Option("--csv", help="Also write every column of every row to this CSV file.")] = None,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timed runs per setting (the median is reported).")] = 3,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed runs before the timed ones.")] = 1,
+    sets: SetOpt = None,
+    train_batch_size: Annotated[
+        int, typer.Option("--train-batch-size", min=2, help="Batch size of the timed training step.")
+    ] = 4,
+    skip_train: Annotated[bool, typer.Option("--skip-train", help="Time the generator only.")] = False,
+    threads: Annotated[
+        Optional[int], typer.Option("--threads", min=1, help="CPU threads (torch.set_num_threads) \\[default: torch's].")
+    ] = None,
+    tune_malloc: Annotated[
+        bool,
+        typer.Option(
+            "--tune-malloc/--no-tune-malloc",
+            help="CPU: keep freed memory in glibc's heap instead of an mmap + page faults per large tensor.",
+        ),
+    ] = True,
+) -> None:
+    """Measure generator and training-step speed, memory, FLOPs, roofline ratio and bf16 quality.
+
+    Every setting (h x precision x batch size) runs in this one process, one after another: compare rows of one run.
+
+    Random CLIP weights (speed does not depend on them). Columns and reference figures: docs/benchmarks.md.
+
+    Example: ratlip bench cub --hidden 0,64 --batch-sizes 1,8 --precision fp32,bf16 --csv bench.csv
+    """
+    from ratlip_cli.bench import BenchOptions, parse_int_list, run_bench
+
+    run_bench(
+        BenchOptions(
+            preset=preset,
+            hiddens=parse_int_list(hidden, "--hidden"),
+            batch_sizes=parse_int_list(batch_sizes, "--batch-sizes") or [],
+            precisions=[p.strip() for p in precision.split(",") if p.strip()],
+            device=device,
+            compile=compile_,
+            csv=csv,
+            repeats=repeats,
+            warmup=warmup,
+            sets=list(sets or []),
+            train_batch_size=train_batch_size,
+            skip_train=skip_train,
+            threads=threads,
+            tune_malloc=tune_malloc,
+        )
+    )
 
 
 def main() -> None:

@@ -9,15 +9,57 @@ sample, so the layer is batch independent (it has no running statistics).
 Speed (same arithmetic up to float rounding): both branches are one gate ``x * sigmoid(...)`` over
 all channels, computed from a single GroupNorm pass (see `_gate`), with no split or concatenation
 copies; the channel shuffle is not materialised when a residual is added (``forward(x, residual)``
-reads the gate and x through the shuffle as a strided view). Works on channels_last tensors.
+reads the gate and x through the shuffle as a strided view, `_ShuffledGateAdd`). Channels_last
+tensors stay channels_last, gradients included.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from ratlip_cli.errors import RatlipError
+
+
+def _pairs(t: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C/2, 2, H, W) view: channel 2m + t at [m, t]."""
+    return t.unflatten(1, (t.shape[1] // 2, 2))
+
+
+def _halves(t: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C/2, 2, H, W) view: channel t * C/2 + m at [m, t] (channel_shuffle(., 2) order)."""
+    return t.unflatten(1, (2, t.shape[1] // 2)).transpose(1, 2)
+
+
+class _ShuffledGateAdd(torch.autograd.Function):
+    """``residual + channel_shuffle(x * gate, 2)`` in one pass, and a backward that keeps the memory format.
+
+    The shuffle is a strided view read by the fused multiply-add (no shuffled copy). Written as a
+    Function because autograd's own backward of the view would return gradients in the default
+    (NCHW) format and slow down every later channels_last operation.
+    """
+
+    @staticmethod
+    def forward(ctx, residual: torch.Tensor, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, gate)
+        out = torch.empty_like(residual)
+        torch.addcmul(_pairs(residual), _halves(x), _halves(gate), out=_pairs(out))
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, gate = ctx.saved_tensors
+        g = _pairs(grad)
+        grad_x = grad_gate = None
+        if ctx.needs_input_grad[1]:
+            grad_x = torch.empty_like(x)
+            torch.mul(g, _halves(gate), out=_halves(grad_x))
+        if ctx.needs_input_grad[2]:
+            grad_gate = torch.empty_like(gate)
+            torch.mul(g, _halves(x), out=_halves(grad_gate))
+        return grad, grad_x, grad_gate
 
 
 class ShuffleAttention(nn.Module):
@@ -62,6 +104,9 @@ class ShuffleAttention(nn.Module):
         pre, mean, _ = torch.native_group_norm(
             x, gn_weight.to(x.dtype), gn_bias.to(x.dtype), b, c, h * w, c, self.norm.eps
         )
+        if torch.is_grad_enabled():
+            # sum / n, not GroupNorm's mean: its gradient is a broadcast view instead of a full NCHW tensor.
+            mean = x.sum(dim=(2, 3)) / (h * w)
         mean_c = mean.view(b, g, 2, half)[:, :, 0]
         pre_c = mean_c * self.c_weight.view(half) + self.c_bias.view(half)  # (B, G, half)
         shift = torch.stack([pre_c, torch.zeros_like(pre_c)], dim=2).view(b, c, 1, 1).to(pre.dtype)
@@ -71,10 +116,8 @@ class ShuffleAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """SA(x), or ``residual + SA(x)`` (same shape as x) with the shuffle folded into the addition."""
-        b, c, h, w = x.shape
         gate = self._gate(x)
         if residual is None:
             return self.channel_shuffle(x * gate, 2)
-        # channel_shuffle(y, 2): output channel 2m + t is y's channel t * C/2 + m; read y through that view.
-        shuffled = lambda t: t.unflatten(1, (2, c // 2)).transpose(1, 2)  # noqa: E731
-        return torch.addcmul(residual.unflatten(1, (c // 2, 2)), shuffled(x), shuffled(gate)).flatten(1, 2)
+        dtype = torch.promote_types(residual.dtype, torch.promote_types(x.dtype, gate.dtype))
+        return _ShuffledGateAdd.apply(residual.to(dtype), x.to(dtype), gate.to(dtype))

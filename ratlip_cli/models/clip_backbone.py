@@ -36,6 +36,39 @@ def _square(value, what: str) -> int:
     return int(value)
 
 
+def _sdpa_compatible(block: nn.Module) -> bool:
+    """Whether `_sdpa_block` computes exactly what this open_clip ViT block computes."""
+    from open_clip.transformer import ResidualAttentionBlock
+
+    attn = getattr(block, "attn", None)
+    return (
+        type(block) is ResidualAttentionBlock
+        and not hasattr(block, "ln_1_kv")
+        and type(attn) is nn.MultiheadAttention
+        and attn._qkv_same_embed_dim
+        and attn.in_proj_weight is not None
+        and attn.bias_k is None
+        and not attn.add_zero_attn
+    )
+
+
+def _sdpa_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """An open_clip ResidualAttentionBlock on batch-first tokens, attention through SDPA.
+
+    Same arithmetic as the block (no attention mask, eval mode). With autograd on, nn.MultiheadAttention
+    transposes to (L, B, W) and its input projection becomes a batched matmul that reads the weight
+    once per token position; here every projection is one matmul over all B * L tokens.
+    """
+    attn = block.attn
+    b, n, w = x.shape
+    heads = attn.num_heads
+    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
+    q, k, v = qkv.view(b, n, 3, heads, w // heads).permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, L, d)
+    o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, w)
+    x = x + block.ls_1(F.linear(o, attn.out_proj.weight, attn.out_proj.bias))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
 class ClipBackbone(nn.Module):
     """A frozen open_clip model with the three views ratlip needs: text, image features, mapper."""
 
@@ -63,6 +96,7 @@ class ClipBackbone(nn.Module):
         self.embed_dim = int(output_dim)
         self.context_length = int(getattr(clip_model, "context_length", 0) or 0)
         self._batch_first = bool(getattr(visual.transformer, "batch_first", True))
+        self._sdpa_blocks = [_sdpa_compatible(b) for b in visual.transformer.resblocks]
 
         cfg = getattr(visual, "preprocess_cfg", None) or {}
         mean = cfg.get("mean") or getattr(visual, "image_mean", None) or OPENAI_MEAN
@@ -119,7 +153,10 @@ class ClipBackbone(nn.Module):
         return x.to(self.dtype)
 
     def _block(self, i: int, t: torch.Tensor) -> torch.Tensor:
+        """ViT block i on batch-first tokens (B, L, W)."""
         block = self.visual.transformer.resblocks[i]
+        if self._sdpa_blocks[i] and (torch.is_grad_enabled() or not self._batch_first):
+            return _sdpa_block(block, t)
         if self._batch_first:
             return block(t)
         return block(t.transpose(0, 1)).transpose(0, 1)

@@ -43,13 +43,15 @@ def g_sizes(num_blocks: int, image_size: int) -> list[int]:
     return [8 * 2**i for i in range(num_blocks - 1)] + [image_size]
 
 
-def _phase_taps(w: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum the 3 taps of a 3x3 kernel along `dim` into 2 taps, for output phases 0 and 1 of a 2x upsampling.
+# Nearest-2x upsampling then a 3x3 conv: output row 2i + a (a = 0, 1) reads input rows i + a - 1 and
+# i + a only; _PHASE_TAPS[a][t][k] = 1 when kernel row k lands on the t-th of those two rows.
+_PHASE_TAPS = (((1.0, 0.0, 0.0), (0.0, 1.0, 1.0)), ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
 
-    Output row 2i reads input rows (i - 1, i, i) through taps (0, 1, 2); row 2i + 1 reads (i, i, i + 1).
-    """
-    k0, k1, k2 = w.unbind(dim)
-    return torch.stack([k0, k1 + k2], dim), torch.stack([k0 + k1, k2], dim)
+
+def _phase_kernel_map(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(9, 16): the 3x3 kernel taps (k, l) -> the four phases' 2x2 kernels (a, b, y, x)."""
+    taps = torch.tensor(_PHASE_TAPS, dtype=torch.float32)
+    return torch.einsum("ayk,bxl->klabyx", taps, taps).reshape(9, 16).to(device, dtype)
 
 
 def upsample2x_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -60,9 +62,9 @@ def upsample2x_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     output channels, whose results are interleaved. Same result up to float rounding; differentiable.
     """
     b, _, h, w = x.shape
-    out_ch = weight.shape[0]
-    kernels = [k for rows in _phase_taps(weight, 2) for k in _phase_taps(rows, 3)]  # phases (0,0) (0,1) (1,0) (1,1)
-    w4 = torch.cat(kernels, dim=0)  # (4 * O, I, 2, 2)
+    out_ch, in_ch = weight.shape[:2]
+    kernels = weight.reshape(out_ch * in_ch, 9) @ _phase_kernel_map(weight.dtype, weight.device)
+    w4 = kernels.view(out_ch, in_ch, 2, 2, 2, 2).permute(2, 3, 0, 1, 4, 5).reshape(4 * out_ch, in_ch, 2, 2)
     b4 = bias.repeat(4) if bias is not None else None
     y = F.conv2d(x, w4, b4, padding=1)  # (B, 4 * O, h + 1, w + 1); phase (a, b) sits at offset (a, b)
     channels_last = y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()

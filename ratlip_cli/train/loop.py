@@ -348,7 +348,7 @@ class Trainer:
         self.distributed = dist.init_from_env(self.device.type)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.main = dist.is_main()
-        if tc.precision == "amp_fp16" and self.device.type == "cpu":
+        if tc.precision == "amp_fp16" and self.device.type == "cpu" and self.main:
             warn("amp_fp16 on CPU is slow and only useful for testing; amp_bf16 or fp32 are the CPU choices")
 
         # The dataset first: a missing one is the most common mistake, reported before anything is written.
@@ -378,12 +378,12 @@ class Trainer:
         self.clip_file: Path | None = None
         if cfg.clip.weights == "random":
             self.clip_file = self.paths.clip
-            if self.clip_file.is_file():
+            if state is not None:
+                if not self.clip_file.is_file():
+                    raise RatlipError(
+                        f"{self.clip_file} is missing: this run used random CLIP weights saved there, so it cannot continue"
+                    )
                 clip_model, self.tokenizer = load_clip(cfg.clip.arch, str(self.clip_file), cfg.clip.cache_dir)
-            elif state is not None:
-                raise RatlipError(
-                    f"{self.clip_file} is missing: this run used random CLIP weights saved there, so it cannot continue"
-                )
             else:
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(derive_seed(tc.seed, "clip"))

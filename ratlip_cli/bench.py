@@ -1,0 +1,660 @@
+"""`ratlip bench`: generator and training-step speed, memory, FLOPs, roofline ratio and bf16 quality.
+
+Every setting (RAT hidden size x precision x batch size) runs in ONE process, one after another, so
+their ratios are comparable even on a busy machine. Each row records how busy the machine was:
+``other_cpus``, the CPUs other processes kept busy during the timed runs (Linux /proc/stat minus this
+process), and ``load_avg``, the 1-minute load average at its end (which includes this process). Speed does not depend on weight values, so CLIP weights are random by default
+(`clip.weights=random`, overridable with --set).
+
+Rows (see `COLUMNS`):
+- ``phase=generate``: the generator alone, eval mode, `torch.inference_mode`, warm-up runs excluded,
+  median over `repeats` timed runs; ``max_abs_diff``/``psnr_db`` compare its images with fp32 images
+  of the same seeds (pixels in [0, 1], i.e. [-1, 1] clamped and mapped).
+- ``phase=train``: one full training step of `ratlip train` (`Trainer.train_step`: text encoding,
+  D step with MA-GP, G step; no data loading, no EMA update) on a synthetic batch.
+- FLOPs: `torch.utils.flop_counter.FlopCounterMode` (matmuls, convolutions, attention; elementwise
+  ops are not counted), per image, counted on an extra fp32 run of the same setting (same operations;
+  the counter's decompositions do not run under autocast); ``achieved_gflops`` = FLOPs per image x
+  images/s; ``roofline`` = achieved / ``matmul_gflops``, this machine's dense matmul rate in the same
+  precision (2048 x 2048 on CPU, 8192 on CUDA; median of 5) measured right after the setting, so
+  that a load change during a long run moves both.
+- Memory: CUDA: ``peak_mem_mb`` = `torch.cuda.max_memory_allocated` during the timed runs,
+  ``mem_delta_mb`` = that minus the memory allocated before them. CPU: ``peak_mem_mb`` = the peak
+  resident set size of the process during the timed runs (sampled every 2 ms from /proc; includes
+  weights and everything else alive), ``mem_delta_mb`` = that peak minus the RSS just before them
+  (after `malloc_trim`): what the setting itself needs. (`ru_maxrss` is monotonic over the process,
+  so it cannot attribute memory to one setting.)
+
+CPU allocator: PyTorch allocates CPU tensors with malloc; glibc serves blocks above 32 MB with a fresh
+mmap, so every large activation is page-faulted (and zeroed by the kernel) anew on every forward.
+`tune_cpu_allocator` (on by default, ``--no-tune-malloc`` to compare) makes glibc keep freed memory
+in its heap instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import ctypes
+import math
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ratlip_cli.config import Config, resolve_config, set_value
+from ratlip_cli.console import console, warn
+from ratlip_cli.errors import RatlipError
+
+COLUMNS = [
+    "preset",
+    "device",
+    "threads",
+    "compile",
+    "tuned_malloc",
+    "hidden",
+    "precision",
+    "phase",
+    "batch",
+    "images_per_s",
+    "ms_per_batch",
+    "runs",
+    "gflop_per_image",
+    "achieved_gflops",
+    "matmul_gflops",
+    "roofline",
+    "peak_mem_mb",
+    "mem_delta_mb",
+    "max_abs_diff",
+    "psnr_db",
+    "other_cpus",
+    "load_avg",
+]
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+TRAIN_PRECISION = {"fp32": "fp32", "bf16": "amp_bf16", "fp16": "amp_fp16"}
+CAPTION = "a small bird with a red head, white belly and short pointed beak"
+
+
+@dataclass
+class BenchOptions:
+    """What `ratlip bench` measures; see the module docstring."""
+
+    preset: str = "cub"
+    hiddens: list[int] | None = None  # None: 0 and the preset's model.rat.hidden
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
+    precisions: list[str] = field(default_factory=lambda: ["fp32", "bf16"])
+    device: str | None = None
+    compile: bool = False
+    csv: Path | None = None
+    repeats: int = 3
+    warmup: int = 1
+    sets: list[str] = field(default_factory=list)
+    train_batch_size: int = 4
+    skip_train: bool = False
+    tune_malloc: bool = True
+    threads: int | None = None  # torch.set_num_threads for CPU work; None: torch's default
+    seed: int = 0
+    show: bool = True
+
+
+# ---------------------------------------------------------------------------------------------
+# machine helpers
+
+
+def tune_cpu_allocator(enable: bool = True) -> bool:
+    """Make glibc malloc keep large freed blocks (no mmap/munmap per tensor); returns whether it applied.
+
+    ``M_MMAP_MAX = 0`` serves every allocation from the heap and a high ``M_TRIM_THRESHOLD`` keeps
+    freed memory there, so the next forward reuses already-mapped pages. ``enable=False`` restores
+    glibc's defaults. Process-wide; a no-op where glibc is not the allocator.
+    """
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallopt"):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    if enable:
+        ok = libc.mallopt(m_mmap_max, 0) and libc.mallopt(m_trim_threshold, 1 << 30)
+    else:
+        ok = libc.mallopt(m_mmap_max, 65536) and libc.mallopt(m_trim_threshold, 128 * 1024)
+    return bool(ok)
+
+
+def _libc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def _malloc_trim() -> None:
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
+def _rss_bytes() -> int:
+    """Current resident set size (Linux /proc), else the process's peak RSS (monotonic)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+
+
+class MemoryMeter:
+    """Peak memory of a code block: CUDA max allocated, or CPU RSS sampled by a thread every 2 ms."""
+
+    def __init__(self, device: torch.device, interval: float = 0.002) -> None:
+        self.device, self.interval = device, interval
+        self.start = self.peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> MemoryMeter:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = self.peak = torch.cuda.memory_allocated(self.device)
+        else:
+            _malloc_trim()
+            self.start = self.peak = _rss_bytes()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, _rss_bytes())
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join()
+            self.peak = max(self.peak, _rss_bytes())
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak / 2**20
+
+    @property
+    def delta_mb(self) -> float:
+        return (self.peak - self.start) / 2**20
+
+
+def _busy_cpu_seconds() -> float | None:
+    """CPU seconds all processes of the machine have been busy (Linux /proc/stat), or None."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class OtherCpuMeter:
+    """How many CPUs other processes kept busy during a block: machine busy time minus ours, per second."""
+
+    def __enter__(self) -> OtherCpuMeter:
+        self.cpus: float | None = None
+        self._busy, self._own, self._wall = _busy_cpu_seconds(), _own_cpu_seconds(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        busy, wall = _busy_cpu_seconds(), time.perf_counter() - self._wall
+        if busy is not None and self._busy is not None and wall > 0:
+            self.cpus = max(0.0, ((busy - self._busy) - (_own_cpu_seconds() - self._own)) / wall)
+
+
+def _own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_runs(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> list[float]:
+    """Seconds per call of `fn` for `repeats` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def matmul_gflops(device: torch.device, precision: str, size: int | None = None, repeats: int = 5) -> float:
+    """This machine's dense matmul rate (GFLOP/s, median) for size x size matrices in `precision`."""
+    dtype = PRECISIONS[precision] or torch.float32
+    size = size or (2048 if device.type == "cpu" else 8192)
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=gen).to(device, dtype)
+    b = torch.randn(size, size, generator=gen).to(device, dtype)
+    with torch.inference_mode():
+        times = time_runs(lambda: a @ b, device, warmup=2, repeats=repeats)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+class _GlobalOnly:
+    """Stands in for FlopCounterMode's ModuleTracker: count globally, install no module hooks.
+
+    The tracker's backward hooks break `torch.autograd.grad` (MA-GP's double backward).
+    """
+
+    parents = frozenset({"Global"})
+
+    def __enter__(self) -> _GlobalOnly:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of one call of `fn` (matmuls, convolutions, attention), by `FlopCounterMode`."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    counter.mod_tracker = _GlobalOnly()
+    with counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def psnr_and_max_diff(images: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
+    """(max |difference|, PSNR in dB) of two image batches in [-1, 1], compared as [0, 1] pixels."""
+    a = (images.float().clamp(-1, 1) + 1) / 2
+    b = (reference.float().clamp(-1, 1) + 1) / 2
+    diff = (a - b).abs()
+    mse = diff.square().mean().item()
+    return diff.max().item(), (math.inf if mse == 0 else 10 * math.log10(1.0 / mse))
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return f"{platform.processor() or 'CPU'} ({os.cpu_count()} cores)"
+
+
+def _load_avg() -> float | str:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return ""
+
+
+def _autocast(device: torch.device, precision: str):
+    dtype = PRECISIONS[precision]
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# models
+
+
+@torch.no_grad()
+def randomise_generator(generator: torch.nn.Module, seed: int, scale: float = 0.01, image_std: float = 0.5) -> None:
+    """Move the generator off its initialisation so every layer matters for the bf16 comparison.
+
+    At initialisation the affine layers are identities and the attention gates constants, which
+    would hide their rounding. Every trainable tensor gets N(0, scale^2) noise; the output conv is
+    then rescaled so fp32 images have standard deviation `image_std` (full-range images, like a
+    trained model's, so the PSNR is not flattered by a grey image). Speed does not depend on this.
+    """
+    from ratlip_cli.models import trainable_parameters
+
+    gen = torch.Generator().manual_seed(seed)
+    for p in trainable_parameters(generator):
+        p.add_(scale * torch.randn(p.shape, generator=gen).to(p.device, p.dtype))
+    was_training = generator.training
+    generator.eval()
+    dev = next(generator.parameters()).device
+    z = torch.randn(4, generator.z_dim, generator=gen).to(dev)
+    s = torch.randn(4, generator.backbone.embed_dim, generator=gen).to(dev)
+    std = generator(z, s).float().std().item()
+    last = generator.to_rgb[-1]
+    if std > 0 and math.isfinite(std):
+        last.weight.mul_(image_std / std)
+        last.bias.mul_(image_std / std)
+    generator.train(was_training)
+
+
+def _bench_trainer(cfg: Config, models, device: torch.device, seed: int):
+    """A `Trainer` around already-built models, ready for `train_step` (no dataset, no run directory).
+
+    Mirrors the model/optimiser part of `Trainer.setup` (see docs/benchmarks.md: a
+    `Trainer.from_models` there would make this mirror unnecessary).
+    """
+    from ratlip_cli.models import trainable_parameters
+    from ratlip_cli.train import loop
+
+    if not hasattr(loop.Trainer, "train_step"):
+        raise RatlipError("ratlip_cli.train.loop.Trainer has no train_step; `ratlip bench` cannot time training")
+    tc = cfg.train
+    trainer = loop.Trainer(cfg)
+    trainer.device = device
+    trainer.distributed, trainer.rank, trainer.world, trainer.main = False, 0, 1, True
+    trainer.models = models
+    trainer.G, trainer.D, trainer.head = models.generator, models.discriminator, models.head
+    trainer.backbone = models.backbone
+    if tc.channels_last and device.type == "cuda":
+        for m in (trainer.G, trainer.D, trainer.head):
+            m.to(memory_format=torch.channels_last)
+    trainer.g_params = loop._unique(trainable_parameters(trainer.G))
+    trainer.d_params = loop._unique(trainable_parameters(trainer.D) + trainable_parameters(trainer.head))
+    trainer.buffers = loop._float_buffers(trainer.G, trainer.D, trainer.head)
+    betas = (float(tc.betas[0]), float(tc.betas[1]))
+    trainer.opt_g = torch.optim.Adam(trainer.g_params, lr=tc.lr_g, betas=betas)
+    trainer.opt_d = torch.optim.Adam(trainer.d_params, lr=tc.lr_d, betas=betas)
+    trainer.scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "amp_fp16")
+    trainer.noise_gen = torch.Generator().manual_seed(seed)
+    return trainer
+
+
+# ---------------------------------------------------------------------------------------------
+# the benchmark
+
+
+def _check(options: BenchOptions) -> None:
+    bad = [p for p in options.precisions if p not in PRECISIONS]
+    if bad or not options.precisions:
+        raise RatlipError(f"--precision takes a list of {', '.join(PRECISIONS)}; got {', '.join(options.precisions) or 'nothing'}")
+    if not options.batch_sizes or min(options.batch_sizes) < 1:
+        raise RatlipError("--batch-sizes must be positive integers, e.g. --batch-sizes 1,8")
+    if options.hiddens is not None and (not options.hiddens or min(options.hiddens) < 0):
+        raise RatlipError("--hidden must be integers >= 0, e.g. --hidden 0,64")
+    if options.repeats < 1 or options.warmup < 0:
+        raise RatlipError("--repeats must be >= 1 and --warmup >= 0")
+    if options.threads is not None and options.threads < 1:
+        raise RatlipError("--threads must be at least 1")
+    if options.train_batch_size < 2:
+        raise RatlipError("--train-batch-size must be at least 2 (mismatched captions need two samples)")
+
+
+def run_bench(options: BenchOptions) -> list[dict[str, Any]]:
+    """Run every setting of `options` in this process; returns the rows (dicts keyed by `COLUMNS`).
+
+    The thread count, the allocator setting and the global RNG are restored afterwards.
+    """
+    _check(options)
+    threads_before = torch.get_num_threads()
+    tuned = False
+    try:
+        if options.threads is not None:
+            torch.set_num_threads(options.threads)
+        device = _device(options)
+        if device.type == "cpu":
+            tuned = tune_cpu_allocator(True) if options.tune_malloc else False
+        with torch.random.fork_rng(devices=[]):
+            return _run(options, device, tuned)
+    finally:
+        torch.set_num_threads(threads_before)
+        if tuned:
+            tune_cpu_allocator(False)
+
+
+def _device(options: BenchOptions) -> torch.device:
+    from ratlip_cli.train.loop import resolve_device
+
+    device = resolve_device(options.device or "auto")
+    if device.type == "cpu" and "fp16" in options.precisions:
+        warn("fp16 on CPU is emulated and slow; bf16 is the CPU half precision")
+    return device
+
+
+def _run(options: BenchOptions, device: torch.device, tuned: bool) -> list[dict[str, Any]]:
+    from ratlip_cli.models import build_models
+    from ratlip_cli.weights import load_clip
+
+    base = resolve_config(options.preset, overrides=["clip.weights=random", *options.sets])
+    hiddens = options.hiddens if options.hiddens is not None else sorted({0, base.model.rat.hidden})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(options.seed)
+        clip_model, tokenizer = load_clip(base.clip.arch, base.clip.weights, base.clip.cache_dir)
+    clip_model = clip_model.to(device)
+    matmul = {p: matmul_gflops(device, p) for p in options.precisions}
+    name = device_name(device)
+    common = {
+        "preset": options.preset,
+        "device": name,
+        "threads": torch.get_num_threads(),
+        "compile": options.compile,
+        "tuned_malloc": tuned,
+    }
+    if options.show:
+        rates = ", ".join(f"{p} {v:.0f} GFLOP/s" for p, v in matmul.items())
+        console.print(
+            f"bench {options.preset} on {name}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+            f"dense matmul: {rates}; load average {_load_avg()}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+    rows: list[dict[str, Any]] = []
+
+    def emit(row: dict[str, Any]) -> None:
+        row = {**common, **row, "load_avg": _load_avg()}
+        rows.append({c: row.get(c, "") for c in COLUMNS})
+        if options.show:
+            r = rows[-1]
+            console.print(
+                f"  h={r['hidden']} {r['precision']} {r['phase']} batch {r['batch']}: {r['images_per_s']} img/s, "
+                f"{r['gflop_per_image']} GFLOP/img, {r['roofline']} of matmul, peak {r['peak_mem_mb']} MB",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+    for hidden in hiddens:
+        cfg = resolve_config(options.preset, overrides=["clip.weights=random", *options.sets])
+        set_value(cfg, "model.rat.hidden", hidden)
+        torch.manual_seed(options.seed)
+        models = build_models(cfg, clip_model).to(device)
+        G = models.generator
+        randomise_generator(G, options.seed)
+        G.eval()
+        runner = torch.compile(G) if options.compile else G
+        reference: dict[int, torch.Tensor] = {}
+
+        def inputs(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+            gen = torch.Generator().manual_seed(options.seed * 1000 + batch)
+            z = torch.randn(batch, cfg.model.z_dim, generator=gen).to(device)
+            s = torch.randn(batch, models.backbone.embed_dim, generator=gen).to(device)
+            return z, s
+
+        def generate(module, z, s, precision: str) -> torch.Tensor:
+            with torch.inference_mode(), _autocast(device, precision):
+                return module(z, s)
+
+        for precision in options.precisions:
+            for batch in options.batch_sizes:
+                z, s = inputs(batch)
+                with MemoryMeter(device) as mem, OtherCpuMeter() as others:
+                    times = time_runs(lambda: generate(runner, z, s, precision), device, options.warmup, options.repeats)
+                out = generate(runner, z, s, precision).float()
+                flops = count_flops(lambda: generate(G, z, s, "fp32")) / batch
+                ips = batch / statistics.median(times)
+                rate = matmul_gflops(device, precision)  # next to the setting: the machine's load drifts
+                row = _speed_row(hidden, precision, "generate", batch, times, ips, flops, rate, mem, others)
+                if precision == "fp32":
+                    reference[batch] = out
+                else:
+                    if batch not in reference:
+                        reference[batch] = generate(G, z, s, "fp32").float()
+                    diff, psnr = psnr_and_max_diff(out, reference[batch])
+                    row.update(max_abs_diff=f"{diff:.4g}", psnr_db=round(psnr, 2) if math.isfinite(psnr) else "inf")
+                emit(row)
+                del out
+
+        if not options.skip_train:
+            for precision in options.precisions:
+                emit(_train_row(cfg, models, tokenizer, device, hidden, precision, options, matmul_gflops(device, precision)))
+        del models, G, runner, reference
+        _malloc_trim()
+
+    if options.show:
+        show_table(rows)
+    if options.csv:
+        write_csv(rows, options.csv)
+        if options.show:
+            console.print(f"wrote {options.csv}", highlight=False)
+    return rows
+
+
+def _speed_row(
+    hidden, precision, phase, batch, times, ips, flops, matmul_rate, mem: MemoryMeter, others: OtherCpuMeter
+) -> dict[str, Any]:
+    achieved = flops * ips / 1e9
+    return {
+        "hidden": hidden,
+        "precision": precision,
+        "phase": phase,
+        "batch": batch,
+        "images_per_s": round(ips, 3),
+        "ms_per_batch": round(1000 * statistics.median(times), 1),
+        "runs": len(times),
+        "gflop_per_image": round(flops / 1e9, 3),
+        "achieved_gflops": round(achieved, 1),
+        "matmul_gflops": round(matmul_rate, 1),
+        "roofline": round(achieved / matmul_rate, 3),
+        "peak_mem_mb": round(mem.peak_mb, 1),
+        "mem_delta_mb": round(mem.delta_mb, 1),
+        "other_cpus": "" if others.cpus is None else round(others.cpus, 2),
+    }
+
+
+def _train_row(cfg, models, tokenizer, device, hidden, precision, options: BenchOptions, matmul_rate) -> dict[str, Any]:
+    """Time `Trainer.train_step` on a synthetic batch (random images at data.crop_size, one caption)."""
+    cfg.train.precision = TRAIN_PRECISION[precision]
+    trainer = _bench_trainer(cfg, models, device, options.seed)
+    b = options.train_batch_size
+    gen = torch.Generator().manual_seed(options.seed + 1)
+    size = cfg.data.crop_size
+    batch = {
+        "image": (torch.rand(b, 3, size, size, generator=gen) * 2 - 1),
+        "tokens": tokenizer([CAPTION] * b),
+    }
+    for m in (trainer.G, trainer.D, trainer.head):
+        m.train()
+    step = lambda: trainer.train_step(batch)  # noqa: E731
+    step()  # the first step also allocates Adam's state: not timed, not in the memory delta
+    with MemoryMeter(device) as mem, OtherCpuMeter() as others:
+        times = time_runs(step, device, max(0, options.warmup - 1), options.repeats)
+    # FLOPs are counted in fp32: the same operations, and FlopCounterMode's decompositions (e.g. of
+    # the LSTM cell) do not run under autocast.
+    trainer.tc.precision = "fp32"
+    flops = count_flops(step) / b
+    trainer.tc.precision = TRAIN_PRECISION[precision]
+    ips = b / statistics.median(times)
+    return _speed_row(hidden, precision, "train", b, times, ips, flops, matmul_rate, mem, others)
+
+
+# ---------------------------------------------------------------------------------------------
+# output
+
+
+def write_csv(rows: list[dict[str, Any]], path: str | Path) -> None:
+    """Write the rows with every column of `COLUMNS`, atomically."""
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: row.get(c, "") for c in COLUMNS})
+    tmp.replace(path)
+
+
+TABLE_COLUMNS = [
+    ("hidden", "h"),
+    ("precision", "precision"),
+    ("phase", "phase"),
+    ("batch", "batch"),
+    ("images_per_s", "img/s"),
+    ("ms_per_batch", "ms/batch"),
+    ("gflop_per_image", "GFLOP/img"),
+    ("achieved_gflops", "GFLOP/s"),
+    ("roofline", "of matmul"),
+    ("peak_mem_mb", "peak MB"),
+    ("mem_delta_mb", "delta MB"),
+    ("max_abs_diff", "max |diff|"),
+    ("psnr_db", "PSNR dB"),
+    ("other_cpus", "others"),
+    ("load_avg", "load"),
+]
+
+
+def build_table(rows: list[dict[str, Any]]):
+    """A Rich table of the rows (the CSV has every column, this the informative ones)."""
+    from rich.table import Table
+
+    first = rows[0] if rows else {}
+    title = (
+        f"ratlip bench {first.get('preset', '')}: {first.get('device', '')}, {first.get('threads', '')} threads"
+        + (", torch.compile" if first.get("compile") else "")
+    )
+    table = Table(
+        title=title,
+        caption="peak/delta MB: CUDA max allocated, or CPU peak RSS (delta: above the RSS before the setting); "
+        "others: CPUs busy with other processes meanwhile; load: 1-min load average (this process included)",
+    )
+    for key, header in TABLE_COLUMNS:
+        table.add_column(header, justify="left" if key in ("precision", "phase") else "right")
+    for row in rows:
+        table.add_row(*[_fmt(row.get(key, "")) for key, _ in TABLE_COLUMNS])
+    return table
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def show_table(rows: list[dict[str, Any]]) -> None:
+    # Not a terminal (a log file, CI): print at full width rather than squeezing 14 columns into 80.
+    from rich.console import Console
+
+    out = console if console.is_terminal else Console(file=console.file, width=160)
+    out.print(build_table(rows))
+
+
+def parse_int_list(text: str | None, what: str) -> list[int] | None:
+    """'0,64' -> [0, 64]; None stays None."""
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise RatlipError(f"{what} expects comma-separated integers, e.g. 1,8; got '{text}'") from None
