@@ -24,3 +24,12 @@ def tiny_clip():
     torch.manual_seed(0)
     model, tokenizer = load_clip("ratlip-tiny", "random")
     return model, tokenizer
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's training tests on one torch thread (faster for tiny models on 2 cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

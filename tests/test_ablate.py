@@ -12,7 +12,6 @@ import csv
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from rich.console import Console
 from typer.testing import CliRunner
@@ -26,12 +25,7 @@ runner = CliRunner()
 HIDDENS = [0, 4, 8]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ tiny ops make steps 10-100x slower whenever another process takes a core.
 
 from __future__ import annotations
 
-import csv
 import os
 import signal
 from pathlib import Path
@@ -25,12 +24,7 @@ from ratlip_cli.train.loop import EpochBatchSampler
 from ratlip_cli.train.run import TIMING_COLUMNS, read_metrics
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
