@@ -1,10 +1,11 @@
 """`ratlip bench`: generator and training-step speed, memory, FLOPs, roofline ratio and bf16 quality.
 
-Every setting (RAT hidden size x precision x batch size) runs in ONE process, one after another, so
-their ratios are comparable even on a busy machine. Each row records how busy the machine was:
-``other_cpus``, the CPUs other processes kept busy during the timed runs (Linux /proc/stat minus this
-process), and ``load_avg``, the 1-minute load average at its end (which includes this process). Speed does not depend on weight values, so CLIP weights are random by default
-(`clip.weights=random`, overridable with --set).
+Every setting (RAT hidden size x precision x batch size) runs in ONE process, one after another.
+Each row records how busy the machine was: ``other_cpus``, the CPUs other processes kept busy during
+the timed runs (Linux /proc/stat minus this process; on a 2-core machine one busy neighbour makes a
+2-thread run several times slower), and ``load_avg``, the 1-minute load average at the row's end
+(this process included). Speed does not depend on weight values, so CLIP weights are random by
+default (`clip.weights=random`, overridable with --set).
 
 Rows (see `COLUMNS`):
 - ``phase=generate``: the generator alone, eval mode, `torch.inference_mode`, warm-up runs excluded,
@@ -16,19 +17,20 @@ Rows (see `COLUMNS`):
   ops are not counted), per image, counted on an extra fp32 run of the same setting (same operations;
   the counter's decompositions do not run under autocast); ``achieved_gflops`` = FLOPs per image x
   images/s; ``roofline`` = achieved / ``matmul_gflops``, this machine's dense matmul rate in the same
-  precision (2048 x 2048 on CPU, 8192 on CUDA; median of 5) measured right after the setting, so
+  precision (2048 x 2048 on CPU, 8192 on CUDA; median of 3) measured right after the setting, so
   that a load change during a long run moves both.
-- Memory: CUDA: ``peak_mem_mb`` = `torch.cuda.max_memory_allocated` during the timed runs,
-  ``mem_delta_mb`` = that minus the memory allocated before them. CPU: ``peak_mem_mb`` = the peak
-  resident set size of the process during the timed runs (sampled every 2 ms from /proc; includes
-  weights and everything else alive), ``mem_delta_mb`` = that peak minus the RSS just before them
-  (after `malloc_trim`): what the setting itself needs. (`ru_maxrss` is monotonic over the process,
-  so it cannot attribute memory to one setting.)
+- Memory, from one more (untimed) run after the timed ones: CUDA: ``peak_mem_mb`` =
+  `torch.cuda.max_memory_allocated` during that run, ``mem_delta_mb`` = that minus the memory
+  allocated before it. CPU: ``peak_mem_mb`` = the peak resident set size of the process during that
+  run (sampled every 2 ms from /proc; includes weights and everything else alive), ``mem_delta_mb``
+  = that peak minus the RSS just before it (after `malloc_trim`): what the setting itself needs.
+  (`ru_maxrss` is monotonic over the process, so it cannot attribute memory to one setting; the
+  sampling thread is kept out of the timed runs, where it cost about 5% at batch 1.)
 
-CPU allocator: PyTorch allocates CPU tensors with malloc; glibc serves blocks above 32 MB with a fresh
-mmap, so every large activation is page-faulted (and zeroed by the kernel) anew on every forward.
-`tune_cpu_allocator` (on by default, ``--no-tune-malloc`` to compare) makes glibc keep freed memory
-in its heap instead.
+CPU allocator: PyTorch allocates CPU tensors with malloc; glibc serves large blocks (above its mmap
+threshold, at most 32 MB) with a fresh mmap and unmaps them when freed, so every large activation is
+page-faulted (and zeroed by the kernel) anew on every forward. `tune_cpu_allocator` (on by default,
+``--no-tune-malloc`` to compare) makes glibc keep freed memory in its heap instead.
 """
 
 from __future__ import annotations
@@ -111,16 +113,19 @@ class BenchOptions:
 def tune_cpu_allocator(enable: bool = True) -> bool:
     """Make glibc malloc keep large freed blocks (no mmap/munmap per tensor); returns whether it applied.
 
-    ``M_MMAP_MAX = 0`` serves every allocation from the heap and a high ``M_TRIM_THRESHOLD`` keeps
-    freed memory there, so the next forward reuses already-mapped pages. ``enable=False`` restores
-    glibc's defaults. Process-wide; a no-op where glibc is not the allocator.
+    ``M_MMAP_MAX = 0`` serves every allocation from the heap and ``M_TRIM_THRESHOLD = -1`` never
+    gives freed heap memory back, so the next forward or training step reuses already-mapped pages
+    instead of page-faulting them in again (measured: about 850,000 minor faults per fp32 training
+    step of the generator at batch 4 with glibc's defaults, none once tuned). The process keeps its
+    peak memory. ``enable=False`` sets glibc's default values again (its dynamic mmap threshold stays
+    off). Process-wide; a no-op where glibc is not the allocator.
     """
     libc = _libc()
     if libc is None or not hasattr(libc, "mallopt"):
         return False
     m_trim_threshold, m_mmap_max = -1, -4
     if enable:
-        ok = libc.mallopt(m_mmap_max, 0) and libc.mallopt(m_trim_threshold, 1 << 30)
+        ok = libc.mallopt(m_mmap_max, 0) and libc.mallopt(m_trim_threshold, -1)
     else:
         ok = libc.mallopt(m_mmap_max, 65536) and libc.mallopt(m_trim_threshold, 128 * 1024)
     return bool(ok)
@@ -246,7 +251,7 @@ def time_runs(fn: Callable[[], Any], device: torch.device, warmup: int, repeats:
     return times
 
 
-def matmul_gflops(device: torch.device, precision: str, size: int | None = None, repeats: int = 5) -> float:
+def matmul_gflops(device: torch.device, precision: str, size: int | None = None, repeats: int = 3) -> float:
     """This machine's dense matmul rate (GFLOP/s, median) for size x size matrices in `precision`."""
     dtype = PRECISIONS[precision] or torch.float32
     size = size or (2048 if device.type == "cpu" else 8192)
@@ -254,7 +259,7 @@ def matmul_gflops(device: torch.device, precision: str, size: int | None = None,
     a = torch.randn(size, size, generator=gen).to(device, dtype)
     b = torch.randn(size, size, generator=gen).to(device, dtype)
     with torch.inference_mode():
-        times = time_runs(lambda: a @ b, device, warmup=2, repeats=repeats)
+        times = time_runs(lambda: a @ b, device, warmup=1, repeats=repeats)
     return 2 * size**3 / statistics.median(times) / 1e9
 
 
@@ -388,7 +393,8 @@ def _bench_trainer(cfg: Config, models, device: torch.device, seed: int):
 def _check(options: BenchOptions) -> None:
     bad = [p for p in options.precisions if p not in PRECISIONS]
     if bad or not options.precisions:
-        raise RatlipError(f"--precision takes a list of {', '.join(PRECISIONS)}; got {', '.join(options.precisions) or 'nothing'}")
+        got = ", ".join(options.precisions) or "nothing"
+        raise RatlipError(f"--precision takes a list of {', '.join(PRECISIONS)}; got {got}")
     if not options.batch_sizes or min(options.batch_sizes) < 1:
         raise RatlipError("--batch-sizes must be positive integers, e.g. --batch-sizes 1,8")
     if options.hiddens is not None and (not options.hiddens or min(options.hiddens) < 0):
@@ -433,7 +439,6 @@ def _device(options: BenchOptions) -> torch.device:
 
 
 def _run(options: BenchOptions, device: torch.device, tuned: bool) -> list[dict[str, Any]]:
-    from ratlip_cli.models import build_models
     from ratlip_cli.weights import load_clip
 
     base = resolve_config(options.preset, overrides=["clip.weights=random", *options.sets])
@@ -475,50 +480,7 @@ def _run(options: BenchOptions, device: torch.device, tuned: bool) -> list[dict[
             )
 
     for hidden in hiddens:
-        cfg = resolve_config(options.preset, overrides=["clip.weights=random", *options.sets])
-        set_value(cfg, "model.rat.hidden", hidden)
-        torch.manual_seed(options.seed)
-        models = build_models(cfg, clip_model).to(device)
-        G = models.generator
-        randomise_generator(G, options.seed)
-        G.eval()
-        runner = torch.compile(G) if options.compile else G
-        reference: dict[int, torch.Tensor] = {}
-
-        def inputs(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-            gen = torch.Generator().manual_seed(options.seed * 1000 + batch)
-            z = torch.randn(batch, cfg.model.z_dim, generator=gen).to(device)
-            s = torch.randn(batch, models.backbone.embed_dim, generator=gen).to(device)
-            return z, s
-
-        def generate(module, z, s, precision: str) -> torch.Tensor:
-            with torch.inference_mode(), _autocast(device, precision):
-                return module(z, s)
-
-        for precision in options.precisions:
-            for batch in options.batch_sizes:
-                z, s = inputs(batch)
-                with MemoryMeter(device) as mem, OtherCpuMeter() as others:
-                    times = time_runs(lambda: generate(runner, z, s, precision), device, options.warmup, options.repeats)
-                out = generate(runner, z, s, precision).float()
-                flops = count_flops(lambda: generate(G, z, s, "fp32")) / batch
-                ips = batch / statistics.median(times)
-                rate = matmul_gflops(device, precision)  # next to the setting: the machine's load drifts
-                row = _speed_row(hidden, precision, "generate", batch, times, ips, flops, rate, mem, others)
-                if precision == "fp32":
-                    reference[batch] = out
-                else:
-                    if batch not in reference:
-                        reference[batch] = generate(G, z, s, "fp32").float()
-                    diff, psnr = psnr_and_max_diff(out, reference[batch])
-                    row.update(max_abs_diff=f"{diff:.4g}", psnr_db=round(psnr, 2) if math.isfinite(psnr) else "inf")
-                emit(row)
-                del out
-
-        if not options.skip_train:
-            for precision in options.precisions:
-                emit(_train_row(cfg, models, tokenizer, device, hidden, precision, options, matmul_gflops(device, precision)))
-        del models, G, runner, reference
+        _bench_hidden(hidden, options, device, clip_model, tokenizer, emit)
         _malloc_trim()
 
     if options.show:
@@ -528,6 +490,52 @@ def _run(options: BenchOptions, device: torch.device, tuned: bool) -> list[dict[
         if options.show:
             console.print(f"wrote {options.csv}", highlight=False)
     return rows
+
+
+def _bench_hidden(hidden: int, options: BenchOptions, device: torch.device, clip_model, tokenizer, emit) -> None:
+    """Every generator setting, then every training step, of one RAT hidden size (a fresh model)."""
+    from ratlip_cli.models import build_models
+
+    cfg = resolve_config(options.preset, overrides=["clip.weights=random", *options.sets])
+    set_value(cfg, "model.rat.hidden", hidden)
+    torch.manual_seed(options.seed)
+    models = build_models(cfg, clip_model).to(device)
+    G = models.generator
+    randomise_generator(G, options.seed)
+    G.eval()
+    runner = torch.compile(G) if options.compile else G
+    reference: dict[int, torch.Tensor] = {}  # fp32 images per batch size, for the bf16/fp16 rows
+
+    def generate(module, z, s, precision: str) -> torch.Tensor:
+        with torch.inference_mode(), _autocast(device, precision):
+            return module(z, s)
+
+    for precision in options.precisions:
+        for batch in options.batch_sizes:
+            gen = torch.Generator().manual_seed(options.seed * 1000 + batch)  # same inputs for every precision
+            z = torch.randn(batch, cfg.model.z_dim, generator=gen).to(device)
+            s = torch.randn(batch, models.backbone.embed_dim, generator=gen).to(device)
+            with OtherCpuMeter() as others:
+                times = time_runs(lambda: generate(runner, z, s, precision), device, options.warmup, options.repeats)
+            # Memory from one more, untimed run: the sampling thread would cost ~5% at batch 1.
+            with MemoryMeter(device) as mem:
+                out = generate(runner, z, s, precision).float()
+            rate = matmul_gflops(device, precision)  # right after the setting: the machine's load drifts
+            flops = count_flops(lambda: generate(G, z, s, "fp32")) / batch
+            ips = batch / statistics.median(times)
+            row = _speed_row(hidden, precision, "generate", batch, times, ips, flops, rate, mem, others)
+            if precision == "fp32":
+                reference[batch] = out
+            else:
+                if batch not in reference:
+                    reference[batch] = generate(G, z, s, "fp32").float()
+                diff, psnr = psnr_and_max_diff(out, reference[batch])
+                row.update(max_abs_diff=f"{diff:.4g}", psnr_db=round(psnr, 2) if math.isfinite(psnr) else "inf")
+            emit(row)
+
+    if not options.skip_train:
+        for precision in options.precisions:
+            emit(_train_row(cfg, models, tokenizer, device, hidden, precision, options))
 
 
 def _speed_row(
@@ -552,7 +560,7 @@ def _speed_row(
     }
 
 
-def _train_row(cfg, models, tokenizer, device, hidden, precision, options: BenchOptions, matmul_rate) -> dict[str, Any]:
+def _train_row(cfg, models, tokenizer, device, hidden, precision, options: BenchOptions) -> dict[str, Any]:
     """Time `Trainer.train_step` on a synthetic batch (random images at data.crop_size, one caption)."""
     cfg.train.precision = TRAIN_PRECISION[precision]
     trainer = _bench_trainer(cfg, models, device, options.seed)
@@ -567,8 +575,11 @@ def _train_row(cfg, models, tokenizer, device, hidden, precision, options: Bench
         m.train()
     step = lambda: trainer.train_step(batch)  # noqa: E731
     step()  # the first step also allocates Adam's state: not timed, not in the memory delta
-    with MemoryMeter(device) as mem, OtherCpuMeter() as others:
+    with OtherCpuMeter() as others:
         times = time_runs(step, device, max(0, options.warmup - 1), options.repeats)
+    with MemoryMeter(device) as mem:
+        step()
+    matmul_rate = matmul_gflops(device, precision)
     # FLOPs are counted in fp32: the same operations, and FlopCounterMode's decompositions (e.g. of
     # the LSTM cell) do not run under autocast.
     trainer.tc.precision = "fp32"

@@ -25,7 +25,7 @@ runner = CliRunner()
 def test_bench_tiny_cli_writes_every_column(tmp_path):
     out = tmp_path / "bench.csv"
     args = ["bench", "tiny", "--hidden", "0,8", "--batch-sizes", "1,2", "--precision", "fp32,bf16",
-            "--repeats", "2", "--warmup", "1", "--train-batch-size", "2", "--threads", "1", "--csv", str(out)]
+            "--repeats", "1", "--warmup", "1", "--train-batch-size", "2", "--threads", "1", "--csv", str(out)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     with open(out, newline="", encoding="utf-8") as f:
