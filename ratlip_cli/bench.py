@@ -115,8 +115,8 @@ def tune_cpu_allocator(enable: bool = True) -> bool:
 
     ``M_MMAP_MAX = 0`` serves every allocation from the heap and ``M_TRIM_THRESHOLD = -1`` never
     gives freed heap memory back, so the next forward or training step reuses already-mapped pages
-    instead of page-faulting them in again (measured: about 850,000 minor faults per fp32 training
-    step of the generator at batch 4 with glibc's defaults, none once tuned). The process keeps its
+    instead of page-faulting them in again (measured: about 850,000 minor faults per fp32 forward +
+    backward of the generator at batch 4 with glibc's defaults, none once tuned). The process keeps its
     peak memory. ``enable=False`` sets glibc's default values again (its dynamic mmap threshold stays
     off). Process-wide; a no-op where glibc is not the allocator.
     """

@@ -13,6 +13,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as tdist
 
+from ratlip_cli.errors import RatlipError
+
 
 def is_initialized() -> bool:
     """True when a process group exists."""
@@ -128,3 +130,25 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     tdist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def resolve_device(spec: str | None) -> torch.device:
+    """``auto`` -> cuda when present, else cpu; under torchrun with CUDA, this rank's local GPU."""
+    spec = (spec or "auto").strip()
+    if spec == "auto":
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            dev = torch.device(spec)
+        except RuntimeError:
+            raise RatlipError(f"unknown device '{spec}'; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RatlipError(f"device '{spec}' requested but CUDA is not available; use --device cpu")
+        if launched_by_torchrun():
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        elif dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise RatlipError(f"device '{spec}' does not exist ({torch.cuda.device_count()} CUDA devices)")
+    elif dev.type not in ("cpu", "mps"):
+        raise RatlipError(f"unsupported device '{spec}'; use cpu, cuda or cuda:N")
+    return dev

@@ -30,6 +30,7 @@ from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ratlip_cli.dist import resolve_device
 from ratlip_cli import __version__
 from ratlip_cli.config import Config, EvalConfig, load_config, set_value, validate
 from ratlip_cli.console import console, err_console, warn
@@ -67,19 +68,6 @@ class ImageBatch:
 
     images: list[np.ndarray]
     captions: list[str]
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """`cpu`, `cuda`, `cuda:N`; None or `auto`: CUDA when present, else CPU."""
-    if not device or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise RatlipError(f"unknown device '{device}'; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RatlipError(f"device '{device}' requested but CUDA is not available; use --device cpu")
-    return dev
 
 
 def apply_settings(cfg: Config, settings: dict[str, Any]) -> Config:

@@ -27,6 +27,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from rich.markup import escape
 
+from ratlip_cli.dist import resolve_device
 from ratlip_cli.console import console, err_console, warn
 from ratlip_cli.errors import RatlipError
 
@@ -492,22 +493,6 @@ def resolve_weights(run: Optional[str | Path], weights: Optional[str | Path], ru
         return path, f"run {path}"
     path = find_latest_run(runs_dir)
     return path, f"run {path} (the most recent under {Path(runs_dir)}/)"
-
-
-def resolve_device(device: Optional[str]) -> torch.device:
-    """`auto`/None -> CUDA when present, else CPU; an unavailable or unknown device is an error."""
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise RatlipError(f"unknown device '{device}'; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RatlipError(f"device '{device}' requested but CUDA is not available; use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise RatlipError(f"device '{device}' does not exist ({torch.cuda.device_count()} CUDA devices)")
-    return dev
 
 
 def load_weights(path: Path, device: torch.device):

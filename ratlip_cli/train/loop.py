@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from ratlip_cli import __version__, dist
+from ratlip_cli.dist import resolve_device
 from ratlip_cli.config import Config, from_dict, save_config, to_dict
 from ratlip_cli.console import console, warn
 from ratlip_cli.errors import RatlipError
@@ -63,28 +64,6 @@ def derive_seed(*parts: Any) -> int:
     """A stable 63-bit seed from any parts (not Python's salted `hash`)."""
     text = "\x1f".join(str(p) for p in ("ratlip", *parts))
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & ((1 << 63) - 1)
-
-
-def resolve_device(spec: str) -> torch.device:
-    """``auto`` -> cuda when present, else cpu; under torchrun with CUDA, this rank's local GPU."""
-    spec = (spec or "auto").strip()
-    if spec == "auto":
-        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            dev = torch.device(spec)
-        except RuntimeError:
-            raise RatlipError(f"unknown device '{spec}'; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RatlipError(f"device '{spec}' requested but CUDA is not available; use --device cpu")
-        if dist.launched_by_torchrun():
-            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        elif dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise RatlipError(f"device '{spec}' does not exist ({torch.cuda.device_count()} CUDA devices)")
-    elif dev.type not in ("cpu", "mps"):
-        raise RatlipError(f"unsupported device '{spec}'; use cpu, cuda or cuda:N")
-    return dev
 
 
 # ---------------------------------------------------------------------------------------------
