@@ -7,6 +7,7 @@ run alternately in this one process, so their ratio holds on a busy machine.
     python benchmarks/compare_models.py --rev 6760843 --batch 8 --threads 2 --rounds 3
     python benchmarks/compare_models.py --rev 6760843 --batch 4 --train   # forward + backward, train mode
     python benchmarks/compare_models.py --malloc-ab --batch 8             # working tree: glibc default vs tuned
+    python benchmarks/compare_models.py --channels-last-ab --batch 8      # working tree: NCHW vs channels_last
 
 6760843 is the commit that added the models (before the speed work of issue 9).
 """
@@ -59,6 +60,8 @@ def main() -> None:
     p.add_argument("--no-tune-malloc", action="store_true", help="leave glibc malloc at its defaults for both")
     p.add_argument("--malloc-ab", action="store_true",
                    help="instead: the working tree's generator with glibc's default allocator vs the tuned one")
+    p.add_argument("--channels-last-ab", action="store_true",
+                   help="instead: the working tree's generator with NCHW vs channels_last activations")
     a = p.parse_args()
 
     from ratlip_cli import models as current
@@ -98,18 +101,22 @@ def main() -> None:
 
         out_ref, out_new = run(g_ref).float(), run(g_new).float()
         print(f"max |new - {a.rev}| = {(out_ref - out_new).abs().max().item():.3g} (outputs std {out_ref.std().item():.3g})")
-        if a.malloc_ab:
+        if a.malloc_ab or a.channels_last_ab:
+            if a.malloc_ab:
+                labels, setting = ("glibc default", "tuned malloc"), lambda on: tune_cpu_allocator(on)
+            else:
+                labels, setting = ("NCHW", "channels_last"), lambda on: setattr(g_new, "channels_last", on)
             times = {"ref": [], "new": []}
             for _ in range(a.rounds):
-                for key, tuned in (("ref", False), ("new", True)):
-                    tune_cpu_allocator(tuned)
+                for key, on in (("ref", False), ("new", True)):
+                    setting(on)
                     run(g_new)  # one untimed run to settle the heap
                     t0 = time.perf_counter()
                     run(g_new)
                     times[key].append(time.perf_counter() - t0)
             med = {k: statistics.median(v) for k, v in times.items()}
-            print(f"working tree, {torch.get_num_threads()} threads, batch {a.batch}: glibc default "
-                  f"{a.batch / med['ref']:.3f} img/s, tuned {a.batch / med['new']:.3f} img/s, "
+            print(f"working tree, {a.precision}, {torch.get_num_threads()} threads, batch {a.batch}: {labels[0]} "
+                  f"{a.batch / med['ref']:.3f} img/s, {labels[1]} {a.batch / med['new']:.3f} img/s, "
                   f"speed-up {med['ref'] / med['new']:.2f}x")
             return
         times = {"ref": [], "new": []}
