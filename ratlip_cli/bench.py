@@ -430,7 +430,7 @@ def run_bench(options: BenchOptions) -> list[dict[str, Any]]:
 
 
 def _device(options: BenchOptions) -> torch.device:
-    from ratlip_cli.train.loop import resolve_device
+    from ratlip_cli.dist import resolve_device
 
     device = resolve_device(options.device or "auto")
     if device.type == "cpu" and "fp16" in options.precisions:
