@@ -152,3 +152,28 @@ def inception_source(path: str = "") -> tuple[str, bool]:
             return "clean-fid download (online)", True
     except OSError:
         return "not found; set RATLIP_INCEPTION or --inception to a local inception-2015-12-05.pt", False
+
+
+def load_vgg16_features(path: str | Path) -> torch.nn.Sequential:
+    """torchvision's VGG-16 `features` from a local file (a vgg16 state dict, e.g. vgg16-397923af.pth).
+
+    Only the `features.*` weights are read (torch.load weights_only=True); the classifier is not
+    needed by the perceptual loss, so a features-only file works too. Raises RatlipError when the
+    file is missing or is not a VGG-16 state dict.
+    """
+    from torchvision.models.vgg import cfgs, make_layers
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise RatlipError(f"VGG-16 weights file {path} not found; give a local torchvision vgg16 .pth file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise RatlipError(f"cannot read VGG-16 weights {path}: {exc}") from exc
+    features = make_layers(cfgs["D"])
+    wanted = {k[len("features.") :]: v for k, v in state.items() if isinstance(k, str) and k.startswith("features.")}
+    missing = set(features.state_dict()) - set(wanted)
+    if missing or any(wanted[k].shape != v.shape for k, v in features.state_dict().items()):
+        raise RatlipError(f"{path} is not a torchvision VGG-16 state dict (features.* weights missing or misshapen)")
+    features.load_state_dict(wanted)
+    return features.eval().requires_grad_(False)
