@@ -171,12 +171,14 @@ def test_perceptual_loss_network_is_frozen_and_grads_reach_fake_only():
     assert net[1].running_mean.abs().sum() == 0  # eval mode: BatchNorm statistics untouched
 
 
-def test_perceptual_loss_resizes_to_size():
+def test_perceptual_loss_upsamples_below_min_size_only():
     seen = []
     net = nn.Sequential(nn.Identity())
-    net.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape))
-    PerceptualLoss(net, size=12)(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8))
-    assert seen == [(1, 3, 12, 12), (1, 3, 12, 12)]
+    net.register_forward_hook(lambda mod, inp, out: seen.append(tuple(inp[0].shape)))
+    loss = PerceptualLoss(net, min_size=12)
+    loss(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8))
+    loss(torch.zeros(1, 3, 16, 16), torch.zeros(1, 3, 16, 16))
+    assert seen == [(1, 3, 12, 12), (1, 3, 12, 12), (1, 3, 16, 16), (1, 3, 16, 16)]
 
 
 def test_truncate_after_keeps_children_up_to_layer():

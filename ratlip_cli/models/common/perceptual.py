@@ -42,7 +42,8 @@ class PerceptualLoss(nn.Module):
     """Mean over the batch of ||phi(fake) - phi(real)||^2 / (C H W) on a frozen `features` network.
 
     Images arrive in [-1, 1] (the generator's tanh range) and are mapped to [0, 1], normalised with
-    `mean`/`std` and optionally resized (bilinear) to `size` before phi. The network never trains and
+    `mean`/`std`, and upsampled (bilinear) to `min_size` when smaller (deep stems such as
+    Inception's cannot read 16 px images). The network never trains and
     stays in eval mode; gradients flow to `fake` only. `label` names the network for config dumps.
     """
 
@@ -51,7 +52,7 @@ class PerceptualLoss(nn.Module):
         features: nn.Module,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
-        size: int | None = None,
+        min_size: int = 0,
         label: str = "",
     ) -> None:
         super().__init__()
@@ -59,7 +60,7 @@ class PerceptualLoss(nn.Module):
         self.features.requires_grad_(False)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.size = size
+        self.min_size = min_size
         self.label = label
 
     def train(self, mode: bool = True) -> PerceptualLoss:
@@ -70,8 +71,8 @@ class PerceptualLoss(nn.Module):
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """[-1, 1] images -> the network's normalised input."""
         x = ((images + 1) / 2 - self.mean) / self.std
-        if self.size is not None and x.shape[-1] != self.size:
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        if min(x.shape[-2:]) < self.min_size:
+            x = F.interpolate(x, size=(self.min_size, self.min_size), mode="bilinear", align_corners=False)
         return x
 
     def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
