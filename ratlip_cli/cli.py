@@ -602,6 +602,32 @@ def bench(
     )
 
 
+@app.command()
+@friendly
+def report(
+    folder: Annotated[
+        Path,
+        typer.Argument(help="A run folder (runs/NAME) or an ablation folder (runs/ablate-PRESET).", show_default=False),
+    ],
+    out: Annotated[
+        Optional[Path],
+        typer.Option("--out", help="HTML file to write \\[default: FOLDER/report.html].", show_default=False),
+    ] = None,
+    max_grids: Annotated[
+        int,
+        typer.Option("--max-grids", min=0, help="Run folders: at most this many sample grids, evenly spread over the run."),
+    ] = 12,
+) -> None:
+    """Write one self-contained HTML page (plots and images inline, nothing from the network) for a run or an ablation.
+
+    Run: loss and metric curves, sample grids over time, evaluations, resolved config, environment.
+    Ablation: the table and plot (mean ± std over seeds), every cell, the sweep spec, environment.
+    """
+    from ratlip_cli.report import write_report
+
+    write_report(folder, out, max_grids)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 
 import torch
@@ -22,21 +23,43 @@ def _version(module: str) -> str:
         return "not installed"
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment() -> dict[str, str]:
+    """Versions, machine and devices of this process, as shown by `ratlip info` and stored with runs and reports."""
+    env = {"ratlip": __version__, "python": platform.python_version()}
+    for pkg in ("torch", "open_clip_torch", "clean-fid", "torchvision"):
+        env[pkg] = _version(pkg)
+    env["platform"] = platform.platform()
+    env["cpu"] = _cpu_name()
+    env["cpu cores"] = str(os.cpu_count() or "?")
+    env["cpu threads"] = str(torch.get_num_threads())
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            env[f"cuda:{i}"] = f"{props.name}, {props.total_memory / 2**30:.1f} GiB"
+    else:
+        env["cuda"] = "not available (CPU only)"
+    return env
+
+
 def show_info(cfg: Config) -> None:
     """Print a table of versions, devices and weight availability for the given config."""
     table = Table(title=f"ratlip {__version__}", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
-    table.add_row("python", platform.python_version())
-    for pkg in ("torch", "open_clip_torch", "clean-fid", "torchvision"):
-        table.add_row(pkg, _version(pkg))
-    table.add_row("cpu threads", str(torch.get_num_threads()))
-    if torch.cuda.is_available():
-        for i in range(torch.cuda.device_count()):
-            props = torch.cuda.get_device_properties(i)
-            table.add_row(f"cuda:{i}", f"{props.name}, {props.total_memory / 2**30:.1f} GiB")
-    else:
-        table.add_row("cuda", "not available (CPU only)")
+    for key, value in environment().items():
+        if key != "ratlip":
+            table.add_row(key, value)
     ok = "[green]available[/green]"
     missing = "[red]unavailable[/red]"
     where, have = clip_source(cfg.clip.arch, cfg.clip.weights, cfg.clip.cache_dir)
