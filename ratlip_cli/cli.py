@@ -98,10 +98,11 @@ def info(
 @friendly
 def prepare(
     kind: Annotated[
-        Literal["cub", "oxford", "celeba-tiny", "coco", "folder", "shapes"],
+        Literal["cub", "oxford", "celeba-tiny", "coco", "folder", "webdataset", "shapes"],
         typer.Argument(
             help="Raw layout to read: cub, oxford, celeba-tiny (Multi-Modal CelebA-HQ), coco (2014), "
-            "folder (images + same-stem .txt captions), or shapes (built-in synthetic dataset, no --src).",
+            "folder (images + same-stem .txt captions), webdataset (a folder of img2dataset tar shards), "
+            "or shapes (built-in synthetic dataset, no --src).",
             show_default=False,
         ),
     ],
@@ -111,7 +112,7 @@ def prepare(
             "--src",
             help="Folder holding the raw dataset. cub: CUB_200_2011/, text/, train/, test/; oxford: jpg/, "
             "text_c10/; celeba-tiny: images/, text/; coco: images/train2014, images/val2014, annotations/; "
-            "folder: the images. Not used by shapes.",
+            "folder: the images; webdataset: the .tar files. Not used by shapes.",
             show_default=False,
         ),
     ] = None,
@@ -149,17 +150,37 @@ def prepare(
         bool,
         typer.Option("--overwrite", help="Delete a dataset previously prepared in --out with other settings, then prepare."),
     ] = False,
+    fmt: Annotated[
+        Literal["prepared", "shards"],
+        typer.Option(
+            "--format",
+            help="prepared: one image file per sample plus CSV indexes; shards: WebDataset tar shards "
+            "(<key>.jpg|png, .txt, .json) with a manifest, for streaming and many nodes.",
+        ),
+    ] = "prepared",
+    shard_mb: Annotated[
+        Optional[float],
+        typer.Option("--shard-mb", min=0.001, help="--format shards only: target shard size in MB \\[default: 1000].",
+                     show_default=False),
+    ] = None,
+    test_percent: Annotated[
+        Optional[int],
+        typer.Option("--test-percent", min=0, max=100,
+                     help="webdataset only: percent of samples (by a hash of the key) in the test split \\[default: 10].",
+                     show_default=False),
+    ] = None,
 ) -> None:
-    """Turn a raw dataset (CUB, Oxford-102, CelebA-tiny, COCO, a captioned folder) or `shapes` into ratlip's format.
+    """Turn a raw dataset (CUB, Oxford-102, CelebA-tiny, COCO, a captioned folder, img2dataset shards) or `shapes` into ratlip's format.
 
-    Resumable: re-run the same command after an interruption; finished images are kept.
+    Resumable: re-run the same command after an interruption; finished images (or shards) are kept.
 
-    Format and layouts: docs/data.md. Skipped files are listed in OUT/report.txt.
+    Formats and layouts: docs/data.md. Skipped files are listed in OUT/report.txt.
     """
     from ratlip_cli.data.prepare import prepare_dataset, print_summary
 
     summary = prepare_dataset(
-        kind, src, out, size, preset=preset, split_file=split_file, workers=workers, overwrite=overwrite, seed=seed
+        kind, src, out, size, preset=preset, split_file=split_file, workers=workers, overwrite=overwrite, seed=seed,
+        fmt=fmt, shard_mb=shard_mb, test_percent=test_percent,
     )
     print_summary(summary)
 

@@ -74,6 +74,15 @@ class DataConfig:
     crop_size: int = 256
     flip: bool = True
     num_workers: int = 4
+    # What data.root holds: auto (read its manifest), prepared (one file per image) or shards (tar shards).
+    format: str = "auto"
+    # Shards only: where to read them, a template with {name} (the shard's path in the manifest), e.g.
+    # "/mnt/shared/cc12m/{name}" or "pipe:aws s3 cp s3://bucket/cc12m/{name} -"; empty = under data.root.
+    shard_url: str = ""
+    # Shards only: samples held by each stream's shuffle buffer (1 = no shuffling within shards).
+    shuffle_buffer: int = 1000
+    # Shards only: independent reading streams per process; data.num_workers must divide it.
+    streams: int = 4
 
 
 @dataclass
@@ -141,6 +150,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.rat.mode": ("recurrent", "authors"),
     "model.rat.scope": ("bridge", "all"),
     "model.d_backbone": ("clip", "cnn"),
+    "data.format": ("auto", "prepared", "shards"),
     "train.precision": ("fp32", "amp_bf16", "amp_fp16"),
     "eval.fid_mode": ("clean", "legacy_pytorch", "legacy_tensorflow"),
     "eval.feature_extractor": ("inception", "random-tiny"),

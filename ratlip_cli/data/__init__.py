@@ -9,7 +9,7 @@ import importlib
 from typing import Any
 
 # Raw layouts `ratlip prepare` understands (the CLI's choices) and the preset named after each.
-KINDS = ("cub", "oxford", "celeba-tiny", "coco", "folder", "shapes")
+KINDS = ("cub", "oxford", "celeba-tiny", "coco", "folder", "webdataset", "shapes")
 
 _EXPORTS = {
     "load_prepared": "prepared",
@@ -18,6 +18,10 @@ _EXPORTS = {
     "write_prepared": "prepared",
     "prepare_dataset": "prepare",
     "TextImageDataset": "dataset",
+    "load_shards": "shards",
+    "ShardSet": "shards",
+    "write_shards": "shards",
+    "ShardStream": "stream",
     "generate_shapes": "shapes",
     "check_shapes": "shapes",
     "score_shapes": "shapes",

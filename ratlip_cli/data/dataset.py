@@ -47,6 +47,24 @@ def to_tensor(img) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
 
 
+def augment(img, load_size: int, crop_size: int, flip: bool, rng: np.random.Generator | None) -> torch.Tensor:
+    """The one image pipeline of every training dataset: shorter side to `load_size`, then with `rng` a
+    random `crop_size` crop and (when `flip`) a horizontal flip with probability 0.5, without it a
+    centre crop; a (3, crop, crop) tensor in [-1, 1]."""
+    img = resize_shorter_side(img, load_size)
+    if rng is None:
+        return to_tensor(center_crop(img, crop_size))
+    w, h = img.size
+    left = int(rng.integers(w - crop_size + 1))
+    top = int(rng.integers(h - crop_size + 1))
+    img = img.crop((left, top, left + crop_size, top + crop_size))
+    if flip and rng.random() < 0.5:
+        from PIL import Image
+
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return to_tensor(img)
+
+
 def eval_image(path: str | Path, load_size: int, crop_size: int) -> torch.Tensor:
     """An image as the dataset gives it when not training: resize to load_size, centre crop crop_size."""
     return to_tensor(center_crop(resize_shorter_side(load_rgb(path), load_size), crop_size))
@@ -112,19 +130,8 @@ class TextImageDataset(Dataset):
 
     def load_image(self, index: int, rng: np.random.Generator | None = None) -> torch.Tensor:
         """Image `index` as a (3, crop, crop) tensor in [-1, 1] (augmented with `rng` when training)."""
-        img = resize_shorter_side(load_rgb(self.paths[index]), self.load_size)
-        if self.train and rng is not None:
-            w, h = img.size
-            left = int(rng.integers(w - self.crop_size + 1))
-            top = int(rng.integers(h - self.crop_size + 1))
-            img = img.crop((left, top, left + self.crop_size, top + self.crop_size))
-            if self.flip and rng.random() < 0.5:
-                from PIL import Image
-
-                img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        else:
-            img = center_crop(img, self.crop_size)
-        return to_tensor(img)
+        return augment(load_rgb(self.paths[index]), self.load_size, self.crop_size, self.flip,
+                       rng if self.train else None)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self.keys):

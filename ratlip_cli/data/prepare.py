@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ratlip_cli.data import KINDS
 from ratlip_cli.data.prepared import REPORT, PrepareSummary, write_prepared
+from ratlip_cli.data.shards import DEFAULT_SHARD_MB, is_shard_dataset, write_shards
 from ratlip_cli.errors import RatlipError
 
 SOURCE_HELP = {
@@ -15,7 +16,9 @@ SOURCE_HELP = {
     "celeba-tiny": "the folder holding images/ and text/",
     "coco": "the folder holding images/train2014, images/val2014 and annotations/",
     "folder": "the folder of images with same-stem .txt caption files",
+    "webdataset": "the folder of img2dataset/WebDataset tar shards (<key>.jpg + <key>.txt per sample)",
 }
+FORMATS = ("prepared", "shards")
 
 
 def resolve_defaults(kind: str, preset: str | None, out: str | Path | None, size: int | None) -> tuple[Path, int]:
@@ -38,10 +41,20 @@ def prepare_dataset(
     workers: int = 0,
     overwrite: bool = False,
     seed: int = 0,
+    fmt: str = "prepared",
+    shard_mb: float | None = None,
+    test_percent: int | None = None,
 ) -> PrepareSummary:
-    """Prepare dataset `kind` (one of KINDS) from `src` into `out`; resumable and idempotent."""
+    """Prepare dataset `kind` (one of KINDS) from `src` into `out` in format `fmt` (prepared or
+    shards); resumable and idempotent."""
     if kind not in KINDS:
         raise RatlipError(f"unknown dataset kind '{kind}'; choose one of: {', '.join(KINDS)}")
+    if fmt not in FORMATS:
+        raise RatlipError(f"unknown --format '{fmt}'; choose one of: {', '.join(FORMATS)}")
+    if shard_mb is not None and fmt != "shards":
+        raise RatlipError("--shard-mb applies to --format shards only")
+    if test_percent is not None and kind != "webdataset":
+        raise RatlipError("--test-percent applies to `ratlip prepare webdataset` only")
     out_path, size = resolve_defaults(kind, preset, out, size)
     if size < 8:
         raise RatlipError(f"--size must be at least 8, got {size}")
@@ -54,7 +67,8 @@ def prepare_dataset(
             raise RatlipError("`ratlip prepare shapes` generates its images; it takes no --src")
         from ratlip_cli.data.shapes import generate_shapes
 
-        return generate_shapes(out_path, size, seed, workers=max(workers, 1), overwrite=overwrite)
+        return generate_shapes(out_path, size, seed, workers=max(workers, 1), overwrite=overwrite, fmt=fmt,
+                               shard_mb=shard_mb or DEFAULT_SHARD_MB)
     if src is None:
         raise RatlipError(f"`ratlip prepare {kind}` needs --src DIR: {SOURCE_HELP[kind]}")
     src = Path(src).expanduser()
@@ -67,6 +81,13 @@ def prepare_dataset(
         from ratlip_cli.data.celeba import scan
     elif kind == "coco":
         from ratlip_cli.data.coco import scan
+    elif kind == "webdataset":
+        from ratlip_cli.data.img2dataset import TEST_PERCENT
+        from ratlip_cli.data.img2dataset import scan as scan_tars
+
+        def scan(path: Path):
+            percent = TEST_PERCENT if test_percent is None else test_percent
+            return scan_tars(path, test_percent=percent, exclude=out_path)
     else:
         from ratlip_cli.data.folder import scan as scan_folder
 
@@ -79,6 +100,9 @@ def prepare_dataset(
         result = scan(src)
     if not result.items:
         raise RatlipError(f"found no captioned images in {src} ({kind} layout: {SOURCE_HELP[kind]})")
+    if fmt == "shards":
+        return write_shards(out_path, kind, src, result, size, workers=workers, overwrite=overwrite,
+                            shard_mb=shard_mb or DEFAULT_SHARD_MB)
     return write_prepared(out_path, kind, src, result, size, workers=workers, overwrite=overwrite)
 
 
@@ -88,7 +112,8 @@ def print_summary(summary: PrepareSummary) -> None:
 
     from ratlip_cli.console import console, warn
 
-    console.print(f"prepared [bold]{summary.layout}[/bold] in {summary.root}", highlight=False)
+    what = "as tar shards " if is_shard_dataset(summary.root) else ""
+    console.print(f"prepared [bold]{summary.layout}[/bold] {what}in {summary.root}", highlight=False)
     table = Table()
     table.add_column("split")
     table.add_column("images", justify="right")

@@ -24,7 +24,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from ratlip_cli.data.raw import RawItem, ScanNotes, ScanResult
 from ratlip_cli.errors import RatlipError
@@ -79,13 +79,14 @@ def resize_shorter(img, size: int):
     return img.resize(new, Image.Resampling.LANCZOS)
 
 
-def _decode(src: str, bbox, size: int) -> tuple[Any, dict[str, Any]]:
+def _decode(src: str, bbox, size: int, member: tuple[int, int] | None = None) -> tuple[Any, dict[str, Any]]:
     from PIL import Image
 
     from ratlip_cli.data.cub import bbox_crop_box
+    from ratlip_cli.data.raw import open_source
 
     info: dict[str, Any] = {}
-    with Image.open(src) as im:
+    with open_source(src, member) as fh, Image.open(fh) as im:
         im.load()  # truncated or corrupt data raises here
         img, mode = to_rgb(im)
     if mode != "RGB":
@@ -104,16 +105,29 @@ def _save_atomic(img, dst: Path, image_format: str) -> None:
     """Write to `<dst>.tmp`, then rename: a file under its final name is always complete."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + ".tmp")
-    if image_format == "jpg":
-        img.save(tmp, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
-    else:
-        img.save(tmp, format="PNG")
+    img.save(tmp, **_save_options(image_format))
     os.replace(tmp, dst)
 
 
-def _process_item(task: tuple) -> dict[str, Any]:
-    """Decode (or render), convert, crop and resize one image and write it; never raises on bad input."""
-    key, src, spec, bbox, dst, size, image_format = task
+def _save_options(image_format: str) -> dict[str, Any]:
+    """PIL save arguments of the stored images: JPEG quality 95 with 4:4:4 chroma, or PNG."""
+    if image_format == "jpg":
+        return {"format": "JPEG", "quality": JPEG_QUALITY, "subsampling": 0}
+    return {"format": "PNG"}
+
+
+def encode_image(img, image_format: str) -> bytes:
+    """The bytes `_save_atomic` would write (for tar shards)."""
+    buf = io.BytesIO()
+    img.save(buf, **_save_options(image_format))
+    return buf.getvalue()
+
+
+def load_item(key: str, src: str | None, spec, bbox, size: int, member=None) -> tuple[Any, dict[str, Any]]:
+    """Decode (or render), convert, crop and resize one image: (image or None, record); never raises on bad input.
+
+    The record is ``{key, ok: True, [mode], [upscaled], [warnings]}`` or ``{key, ok: False, error}``.
+    """
     record: dict[str, Any] = {"key": key, "ok": True}
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -123,15 +137,23 @@ def _process_item(task: tuple) -> dict[str, Any]:
 
                 img, info = render_spec(spec, size), {}
             else:
-                img, info = _decode(src, bbox, size)
+                img, info = _decode(src, bbox, size, member)
     except Exception as exc:  # any decoder failure means: skip this file and report it
         reason = " ".join(str(exc).split()) or type(exc).__name__
-        return {"key": key, "ok": False, "error": f"{type(exc).__name__}: {reason}"}
+        return None, {"key": key, "ok": False, "error": f"{type(exc).__name__}: {reason}"}
     record.update(info)
     messages = sorted({" ".join(str(w.message).split()) for w in caught})
     if messages:
         record["warnings"] = messages
-    _save_atomic(img, Path(dst), image_format)
+    return img, record
+
+
+def _process_item(task: tuple) -> dict[str, Any]:
+    """Decode (or render), convert, crop and resize one image and write it; never raises on bad input."""
+    key, src, spec, bbox, dst, size, image_format, member = task
+    img, record = load_item(key, src, spec, bbox, size, member)
+    if img is not None:
+        _save_atomic(img, Path(dst), image_format)
     return record
 
 
@@ -201,9 +223,17 @@ def _read_journal(path: Path) -> tuple[dict[str, Any] | None, dict[str, dict[str
 
 def _clear(out: Path) -> None:
     """Remove what a previous `prepare` wrote (and nothing else) from `out`."""
+    from ratlip_cli.data.raw import SPLITS
+
     shutil.rmtree(out / IMAGE_DIR, ignore_errors=True)
     for name in (MANIFEST, IMAGES_CSV, CAPTIONS_CSV, REPORT, JOURNAL):
         (out / name).unlink(missing_ok=True)
+    for split in SPLITS:  # tar shards (shards.py)
+        folder = out / split
+        for path in [*folder.glob("*.tar"), *folder.glob("*.tar.tmp")]:
+            path.unlink(missing_ok=True)
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def _check_out(out: Path, params: dict[str, Any], overwrite: bool) -> dict[str, dict[str, Any]]:
@@ -219,13 +249,13 @@ def _check_out(out: Path, params: dict[str, Any], overwrite: bool) -> dict[str, 
     if header is None and (out / MANIFEST).is_file():
         try:
             old = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
-            header = _params(old.get("layout"), old.get("source"), old.get("size"), old.get("image_format"),
-                             old.get("extra"))
+            header = old.get("params") if isinstance(old.get("params"), dict) else _params(
+                old.get("layout"), old.get("source"), old.get("size"), old.get("image_format"), old.get("extra"))
         except (OSError, ValueError):
             header = None
     if header is not None and header != params:
         if not overwrite:
-            diff = [k for k in params if header.get(k) != params[k]]
+            diff = sorted(k for k in set(params) | set(header) if header.get(k) != params.get(k))
             raise RatlipError(
                 f"{out} holds a dataset prepared with other settings ({', '.join(diff)}); "
                 "pass --overwrite to replace it or choose another --out"
@@ -238,14 +268,15 @@ def _check_out(out: Path, params: dict[str, Any], overwrite: bool) -> dict[str, 
     return done if header is not None else {}
 
 
-def _run(tasks: list[tuple], workers: int) -> Iterator[dict[str, Any]]:
+def _run(tasks: list[tuple], workers: int, fn: Callable[[tuple], Any] = _process_item) -> Iterator[Any]:
+    """`fn` over `tasks` in order, in `workers` spawned processes (in this one for few tasks)."""
     if workers <= 1 or len(tasks) < 64:
         for task in tasks:
-            yield _process_item(task)
+            yield fn(task)
         return
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
         try:
-            yield from pool.map(_process_item, tasks, chunksize=16)
+            yield from pool.map(fn, tasks, chunksize=16)
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
@@ -342,7 +373,7 @@ def write_prepared(
             records[key] = done[key]
             continue
         src = str(item.src) if item.src is not None else None
-        tasks.append((key, src, item.spec, item.bbox, str(dst), size, image_format))
+        tasks.append((key, src, item.spec, item.bbox, str(dst), size, image_format, item.member))
 
     try:
         with open(journal_path, "a+", encoding="utf-8") as journal, _progress(layout) as progress:

@@ -20,7 +20,8 @@ class RawItem:
 
     `key` is the image's id inside the prepared dataset (a relative POSIX path without extension,
     e.g. `001.Black_footed_Albatross/Black_Footed_Albatross_0046_18`). `bbox` (x, y, w, h) asks for
-    the CUB crop; `spec` replaces `src` for generated images (shapes).
+    the CUB crop; `spec` replaces `src` for generated images (shapes); `member` (offset, size) says
+    the image is that byte range of the tar file `src` (img2dataset shards).
     """
 
     key: str
@@ -29,6 +30,22 @@ class RawItem:
     src: Path | None = None
     bbox: tuple[float, float, float, float] | None = None
     spec: dict[str, Any] | None = None
+    member: tuple[int, int] | None = None
+
+
+def open_source(src: str | Path, member: tuple[int, int] | None = None):
+    """A binary file object of an image: the file `src`, or the byte range `member` of the tar `src`."""
+    import io
+
+    if member is None:
+        return open(src, "rb")
+    offset, size = member
+    with open(src, "rb") as fh:
+        fh.seek(offset)
+        data = fh.read(size)
+    if len(data) != size:
+        raise OSError(f"{src} ends inside the member at byte {offset}")
+    return io.BytesIO(data)
 
 
 @dataclass

@@ -143,8 +143,10 @@ def generate_shapes(
     novel_per_combo: int = 16,
     workers: int = 1,
     overwrite: bool = False,
+    fmt: str = "prepared",
+    shard_mb: float = 1000,
 ):
-    """Write the shapes dataset as a prepared dataset under `out` (PNG images); returns a PrepareSummary.
+    """Write the shapes dataset under `out` (PNG images; `fmt` prepared or shards); returns a PrepareSummary.
 
     Defaults: 3,072 train images (48 combinations x 2 sizes x 32) and 384 test images (192 of seen
     combinations, 192 of the 6 held-out ones), 5 captions each. Resumable like every `prepare`.
@@ -165,6 +167,11 @@ def generate_shapes(
         "sizes": {k: list(v) for k, v in SIZES.items()},
         "held_out": [list(c) for c in held_out_combos()],
     }
+    if fmt == "shards":
+        from ratlip_cli.data.shards import write_shards
+
+        return write_shards(out, "shapes", None, scan, size, image_format="png", workers=workers,
+                            overwrite=overwrite, extra=extra, shard_mb=shard_mb)
     return write_prepared(
         out, "shapes", None, scan, size, image_format="png", workers=workers, overwrite=overwrite, extra=extra
     )

@@ -133,8 +133,9 @@ def resume_config(run_dir: str | Path, config_file: str | Path | None = None, ov
 
 
 def ensure_dataset(cfg: Config):
-    """The prepared dataset at data.root; the built-in shapes data is generated there when missing."""
-    from ratlip_cli.data import load_prepared
+    """The dataset at data.root (prepared or tar shards, per data.format); the built-in shapes data is
+    generated there when missing."""
+    from ratlip_cli.data.shards import open_dataset
 
     root = Path(cfg.data.root)
     if cfg.data.name == "shapes" and not (root / "manifest.json").is_file():
@@ -142,9 +143,10 @@ def ensure_dataset(cfg: Config):
             from ratlip_cli.data import generate_shapes
 
             console.print(f"generating the shapes dataset at {root} ({cfg.data.prepared_size} px) ...", highlight=False)
-            generate_shapes(root, size=cfg.data.prepared_size)
+            fmt = "shards" if cfg.data.format == "shards" else "prepared"
+            generate_shapes(root, size=cfg.data.prepared_size, fmt=fmt)
         dist.barrier()
-    return load_prepared(root)
+    return open_dataset(root, cfg.data.format, cfg.data.shard_url)
 
 
 class EpochBatchSampler(torch.utils.data.Sampler):
@@ -188,6 +190,8 @@ def fixed_sample_captions(prepared, n: int = SAMPLE_COLUMNS) -> tuple[list[str],
     def pick(split: str) -> list[str]:
         if split not in prepared.splits:
             return []
+        if hasattr(prepared, "split_shards"):  # tar shards: the first n samples (shards are shuffled)
+            return [caps[0] for caps in prepared.split_captions(split, limit=n)]
         pairs = prepared.split_pairs(split)
         firsts = pairs.groupby("key", sort=True).first()["text"].tolist()
         if len(firsts) <= n:
@@ -392,13 +396,21 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.precision == "amp_fp16")
 
         # Data.
-        self.dataset = TextImageDataset(
-            prepared, "train", cfg.data, self.tokenizer, train=True, seed=derive_seed(tc.seed, "data") % (2**32)
-        )
-        self.sampler = EpochBatchSampler(len(self.dataset), tc.batch_size, tc.seed, self.rank, self.world)
+        data_seed = derive_seed(tc.seed, "data") % (2**32)
+        if hasattr(prepared, "split_shards"):  # tar shards: a stream that batches (and positions) itself
+            from ratlip_cli.data.stream import ShardStream
+
+            self.dataset = self.sampler = ShardStream(
+                prepared, "train", cfg.data, self.tokenizer, tc.batch_size, data_seed, self.rank, self.world
+            )
+            self.dataset.check_workers(cfg.data.num_workers)
+        else:
+            self.dataset = TextImageDataset(prepared, "train", cfg.data, self.tokenizer, train=True, seed=data_seed)
+            self.sampler = EpochBatchSampler(len(self.dataset), tc.batch_size, tc.seed, self.rank, self.world)
         if self.sampler.steps_per_epoch == 0:
             raise RatlipError(
-                f"the train split has {len(self.dataset)} images, fewer than one batch of "
+                f"the train split has {getattr(self.dataset, 'num_samples', None) or len(self.dataset)} images, "
+                f"fewer than one batch of "
                 f"{tc.batch_size * self.world}; lower train.batch_size"
             )
         self.sample_train, self.sample_test = fixed_sample_captions(prepared)
@@ -611,6 +623,10 @@ class Trainer:
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(self.epoch)
         nw = max(0, int(self.cfg.data.num_workers))
+        if self.sampler is self.dataset:  # a ShardStream
+            return torch.utils.data.DataLoader(
+                self.dataset, batch_size=None, num_workers=nw, pin_memory=self.device.type == "cuda"
+            )
         g = torch.Generator().manual_seed(derive_seed(self.tc.seed, "workers", self.rank, self.epoch, self.step_in_epoch))
         return torch.utils.data.DataLoader(
             self.dataset,
