@@ -45,6 +45,10 @@ class CARAFE(nn.Module):
         self.k_up = k_up
         self.compressor = nn.Conv2d(channels, compressed, 1)
         self.encoder = nn.Conv2d(compressed, scale * scale * k_up * k_up, k_enc, padding=k_enc // 2)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """mmcv's CARAFEPack initialisation: compressor Xavier-uniform, encoder N(0, 0.001), zero biases."""
         nn.init.xavier_uniform_(self.compressor.weight)
         nn.init.zeros_(self.compressor.bias)
         nn.init.normal_(self.encoder.weight, std=0.001)
