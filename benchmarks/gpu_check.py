@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_check.py                    # everything, on cuda:0; work files in a temp folder
     python benchmarks/gpu_check.py --out gpu-check    # keep the runs, logs, gpu_check.csv and gpu_check.md
-    python benchmarks/gpu_check.py --inception FILE   # the Inception weights for the eval stage, if not found otherwise
+    python benchmarks/gpu_check.py --inception FILE   # another Inception copy for the eval stage (default: ratlip's)
 
 Stages (each a separate `ratlip` process, as a user would run it; logs in OUT/logs/STAGE.log):
 
