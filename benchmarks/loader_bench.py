@@ -1,0 +1,185 @@
+"""Can the data loader feed a GPU? Images/s of `ratlip train`'s loader alone at the paper's CUB setting.
+
+    python benchmarks/loader_bench.py                       # 512 images, workers 0,1,2, batch 64
+    python benchmarks/loader_bench.py --workers 0,1,2,4,8 --images 2048
+
+The dataset: synthetic photo-like RGB images of 500 x 375 (CUB's typical raw size), written as JPEG,
+then through `ratlip`'s own prepare code (`write_prepared`, JPEG q95 4:4:4, shorter side 304 px), so
+the files are what `ratlip prepare cub` stores. The loader is `ratlip train`'s: `TextImageDataset`
+(train mode: decode, shorter side to data.load_size 304, random 256 crop, flip, to a float tensor in
+[-1, 1], one caption tokenised by the ViT-B/32 CLIP tokenizer) under a `torch.utils.data.DataLoader`
+with the default collate, batch 64, no model. Reported:
+
+- per stage, in this process (median over the images): decode, resize, crop + flip + to-tensor,
+  tokenize, and collate per image of a batch of 64;
+- the DataLoader's images/s with 0 (in-process), 1, 2, ... worker processes, and per worker.
+
+The consumption it is compared with is an ASSUMPTION, not a measurement (no GPU was available):
+a training step costs 202 GFLOP per image (`ratlip bench cub`, train step, docs/benchmarks.md), and
+an H100 SXM's dense bf16 rate is 989 TFLOP/s (NVIDIA's datasheet); at the 50% of that rate that
+issue 19 targets for the generator, one GPU consumes 989e12 * 0.5 / 202e9 = 2,448 images/s.
+`--gpu-images-per-s` replaces that figure (e.g. with `ratlip bench cub --device cuda`'s train-step row).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+TRAIN_GFLOP_PER_IMAGE = 202.0  # docs/benchmarks.md, `ratlip bench cub`, train step
+H100_BF16_DENSE_TFLOPS = 989.0  # NVIDIA H100 SXM datasheet, dense (no sparsity)
+ASSUMED_FRACTION = 0.5  # issue 19's target fraction of the dense bf16 rate
+ASSUMED_GPU_IMAGES_PER_S = H100_BF16_DENSE_TFLOPS * 1e12 * ASSUMED_FRACTION / (TRAIN_GFLOP_PER_IMAGE * 1e9)
+WORKERS_PER_GPU_8GPU_NODE = 14  # e.g. DGX H100: 2 x 56 cores for 8 GPUs
+HEADROOM = 3.0  # the loader should sustain 3x what the GPU consumes
+
+
+def photo_like(rng: np.random.Generator, width: int = 500, height: int = 375) -> np.ndarray:
+    """A smooth random colour field with fine noise: JPEG size and decode cost near a photo's, not a flat image's."""
+    from PIL import Image
+
+    low = rng.integers(0, 256, (height // 25 + 1, width // 25 + 1, 3), dtype=np.uint8)
+    smooth = np.asarray(Image.fromarray(low).resize((width, height), Image.Resampling.BICUBIC), dtype=np.int16)
+    noisy = smooth + rng.normal(0, 12, smooth.shape).astype(np.int16)
+    return np.clip(noisy, 0, 255).astype(np.uint8)
+
+
+def make_dataset(folder: Path, n: int) -> Path:
+    """n synthetic images prepared like `ratlip prepare cub` does (JPEG, 304 px shorter side); all in train."""
+    from PIL import Image
+
+    from ratlip_cli.data.prepared import write_prepared
+    from ratlip_cli.data.raw import RawItem, ScanNotes, ScanResult
+
+    raw = folder / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(n):
+        path = raw / f"bird{i:05d}.jpg"
+        if not path.exists():
+            Image.fromarray(photo_like(rng)).save(path, quality=90)
+        captions = [f"a small bird number {i} with a red head and white belly", f"bird {i} perched on a branch"]
+        items.append(RawItem(key=f"bird{i:05d}", split="train", captions=captions, src=path))
+    out = folder / "prepared"
+    write_prepared(out, "folder", raw, ScanResult(items, ScanNotes()), size=304, image_format="jpg", workers=1)
+    return out
+
+
+def stage_times(dataset, tokenizer, n: int) -> dict[str, float]:
+    """Median seconds per image of each stage, in this process."""
+    from torch.utils.data import default_collate
+
+    from ratlip_cli.data.dataset import load_rgb, resize_shorter_side
+
+    times: dict[str, list[float]] = {"decode": [], "resize": [], "crop+flip+tensor": [], "tokenize": []}
+    rng = np.random.default_rng(0)
+    for i in range(min(n, len(dataset))):
+        t0 = time.perf_counter()
+        img = load_rgb(dataset.paths[i])
+        t1 = time.perf_counter()
+        img = resize_shorter_side(img, dataset.load_size)
+        t2 = time.perf_counter()
+        w, h = img.size
+        left, top = int(rng.integers(w - dataset.crop_size + 1)), int(rng.integers(h - dataset.crop_size + 1))
+        crop = img.crop((left, top, left + dataset.crop_size, top + dataset.crop_size)).transpose(0)
+        arr = np.asarray(crop, dtype=np.uint8)
+        torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+        t3 = time.perf_counter()
+        tokenizer([dataset.captions[i][0]])
+        t4 = time.perf_counter()
+        for key, a, b in (("decode", t0, t1), ("resize", t1, t2), ("crop+flip+tensor", t2, t3), ("tokenize", t3, t4)):
+            times[key].append(b - a)
+    batch = [dataset[i] for i in range(64)]
+    reps = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        default_collate(batch)
+        reps.append((time.perf_counter() - t0) / 64)
+    out = {k: statistics.median(v) for k, v in times.items()}
+    out["collate (per image, batch 64)"] = statistics.median(reps)
+    return out
+
+
+def loader_rate(dataset, workers: int, batch: int, epochs: int) -> float:
+    """Images/s of the DataLoader over `epochs` passes, the first batch (worker start-up) excluded."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers,
+                                         drop_last=True, persistent_workers=workers > 0)
+    images, start = 0, None
+    for epoch in range(epochs):
+        dataset.set_epoch(epoch)
+        for batch_data in loader:
+            if start is None:
+                start = time.perf_counter()
+                continue
+            images += batch_data["image"].shape[0]
+    return images / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=512, help="synthetic images in the dataset")
+    parser.add_argument("--workers", default="0,1,2", help="DataLoader worker counts to time")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=2, help="passes over the dataset per worker count")
+    parser.add_argument("--gpu-images-per-s", type=float, default=ASSUMED_GPU_IMAGES_PER_S,
+                        help="what one GPU training step consumes (default: the assumption in the docstring)")
+    parser.add_argument("--data", type=Path, help="keep the synthetic dataset here (default: a temp folder)")
+    args = parser.parse_args(argv)
+
+    from ratlip_cli.config import DataConfig
+    from ratlip_cli.data.dataset import TextImageDataset
+
+    import open_clip
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory(prefix="ratlip-loader-bench-") as tmp:
+        folder = args.data or Path(tmp)
+        prepared = make_dataset(folder, args.images)
+        files = list((prepared / "images").glob("*.jpg"))
+        kb = statistics.mean(p.stat().st_size for p in files) / 1024
+        tokenizer = open_clip.get_tokenizer("ViT-B-32-quickgelu")
+        cfg = DataConfig(name="cub", root=str(prepared), prepared_size=304, load_size=304, crop_size=256, flip=True)
+        dataset = TextImageDataset(prepared, "train", cfg, tokenizer, train=True, seed=0)
+        sys.stdout.write(f"{len(dataset)} images, {kb:.0f} KiB JPEG each on average; CPU: {os.cpu_count()} cores "
+                         f"({_cpu_name()})\n\nper stage, one process (ms per image, median):\n")
+        stages = stage_times(dataset, tokenizer, min(args.images, 256))
+        for name, seconds in stages.items():
+            sys.stdout.write(f"  {name:32s} {seconds * 1e3:7.3f}\n")
+        total = sum(stages.values())
+        sys.stdout.write(f"  {'sum':32s} {total * 1e3:7.3f}  -> {1 / total:.0f} images/s for one core\n\n")
+        sys.stdout.write("| workers | images/s | per worker |\n|---:|---:|---:|\n")
+        per_worker = []
+        for w in [int(x) for x in args.workers.split(",")]:
+            rate = loader_rate(dataset, w, args.batch, args.epochs)
+            per = rate / max(w, 1)
+            if w > 0:
+                per_worker.append(per)
+            sys.stdout.write(f"| {w} | {rate:.0f} | {per:.0f} |\n")
+            sys.stdout.flush()
+    need = HEADROOM * args.gpu_images_per_s
+    best = max(per_worker) if per_worker else 1 / total
+    sys.stdout.write(
+        f"\nassumed GPU consumption: {args.gpu_images_per_s:.0f} images/s; {HEADROOM:g}x that = {need:.0f} images/s "
+        f"= {math.ceil(need / best)} workers at {best:.0f} images/s each "
+        f"(a typical 8-GPU node has about {WORKERS_PER_GPU_8GPU_NODE} cores per GPU)\n")
+    return 0
+
+
+def _cpu_name() -> str:
+    from ratlip_cli.info import environment
+
+    return environment()["cpu"]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
