@@ -8,7 +8,7 @@ the shapes checker. The ablation folder holds::
     <out>/
       sweep.yaml       the sweep spec: every setting that makes rows comparable, and its hash
       ablation.csv     one row per (h, seed), rewritten atomically as each row arrives
-      ablation.png     CS / FID / shapes match rate against h (log2 axis, h = 0 = GALIP), params on a 2nd axis
+      ablation.png     CS / FID / shapes match rate against h (log2 axis, h = 0 = RATLIP without RAT), params on a 2nd axis
       h64-s0/ ...      the runs (a normal run directory each: config, checkpoints, export, eval.csv)
 
 Re-running the same command skips rows already in the CSV and resumes an interrupted training
@@ -46,7 +46,7 @@ from ratlip_cli import __version__
 from ratlip_cli.config import Config, parse_override, resolve_config, to_dict
 from ratlip_cli.console import console, warn
 from ratlip_cli.errors import RatlipError
-from ratlip_cli.models.params import PAPER_HIDDENS, TABLE_COLUMNS
+from ratlip_cli.models.params import PAPER_HIDDENS
 
 SWEEP_FORMAT = "ratlip-ablate"
 SWEEP_VERSION = 1
@@ -513,7 +513,7 @@ def _fmt(pair: tuple[float | None, float | None], spec: str) -> str:
 
 
 def _h_label(h: int) -> str:
-    return "0 (GALIP)" if h == 0 else str(h)
+    return "0 (RATLIP without RAT)" if h == 0 else str(h)
 
 
 def metrics_in(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -559,7 +559,7 @@ def results_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str], title:
 
 
 def _x_positions(hs: Sequence[int]) -> dict[int, float]:
-    """log2(h) for h > 0; h = 0 (GALIP) one and a half octaves left of the smallest h."""
+    """log2(h) for h > 0; h = 0 (RATLIP without RAT) one and a half octaves left of the smallest h."""
     positive = [h for h in hs if h > 0]
     left = (math.log2(min(positive)) - 1.5) if positive else 0.0
     return {h: (math.log2(h) if h > 0 else left) for h in hs}
@@ -567,7 +567,7 @@ def _x_positions(hs: Sequence[int]) -> dict[int, float]:
 
 def plot_ablation(rows: Sequence[dict[str, Any]], metrics: Sequence[str], path: Path, title: str = "") -> None:
     """ablation.png: one panel per plotted metric (CS, FID, shapes all-match) against h on a log2 axis,
-    h = 0 marked as GALIP, trainable parameters (dashed) on a second axis. Written atomically."""
+    h = 0 marked as RATLIP without RAT, trainable parameters (dashed) on a second axis. Written atomically."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -592,7 +592,7 @@ def plot_ablation(rows: Sequence[dict[str, Any]], metrics: Sequence[str], path: 
     params = [e["trainable_params"][0] for e in summary]
     for ax, (col, label) in zip(axes, panels):
         if col is not None:
-            # RAT (h > 0) as a line on the log2 axis; GALIP (h = 0) as a separate star left of the break.
+            # RAT (h > 0) as a line on the log2 axis; h = 0 (no RAT) as a separate star left of the break.
             pts = [(xs[e["h"]], e[col][0], e[col][1] or 0.0) for e in summary if e["h"] > 0 and e[col][0] is not None]
             if pts:
                 x, y, err = zip(*pts)
@@ -619,12 +619,12 @@ def plot_ablation(rows: Sequence[dict[str, Any]], metrics: Sequence[str], path: 
 
     handles = [
         Line2D([], [], color="tab:blue", marker="o", label="RAT, mean ± std over seeds"),
-        Line2D([], [], color="tab:red", marker="*", markersize=10, linestyle="none", label="GALIP (h=0)"),
+        Line2D([], [], color="tab:red", marker="*", markersize=10, linestyle="none", label="RATLIP without RAT (h=0)"),
         Line2D([], [], color="gray", marker=".", linestyle="--", label="trainable parameters (right axis)"),
     ]
     axes[0].legend(handles=handles if panels[0][0] is not None else handles[2:], fontsize=7, loc="best")
     axes[-1].set_xticks([xs[h] for h in hs])
-    axes[-1].set_xticklabels(["GALIP\n(h=0)" if h == 0 else str(h) for h in hs])
+    axes[-1].set_xticklabels(["no RAT\n(h=0)" if h == 0 else str(h) for h in hs])
     axes[-1].set_xlabel("RAT hidden size h (log2 axis)")
     if title:
         fig.suptitle(title, fontsize=10)
@@ -841,20 +841,45 @@ def params_only(opts: AblateOptions) -> list[dict[str, int]]:
         clip_model, _ = load_clip(cfg.clip.arch, "random", cfg.clip.cache_dir)
     finally:
         logging.disable(previous)
-    rows = param_table(cfg, clip_model, hiddens)
+    rows = param_table(cfg, clip_model, hiddens, with_release=True)
     m = cfg.model
     table = Table(
-        title=f"parameters of preset {cfg.preset or 'custom'} (clip.arch={cfg.clip.arch}, {m.image_size} px, "
-        f"ngf {m.ngf}, rat.mode={m.rat.mode}, rat.scope={m.rat.scope}, D {m.d_backbone})",
+        title=f"parameters of preset {cfg.preset or 'custom'} (model.family={m.family}, clip.arch={cfg.clip.arch}, "
+        f"{m.image_size} px, ngf {m.ngf}, rat.mode={m.rat.mode}, rat.scope={m.rat.scope}, D {m.d_backbone})",
         show_header=True,
     )
-    for key, title in TABLE_COLUMNS:
+    columns = [
+        ("h", "h"),
+        ("generator", f"G ours ({m.rat.mode})"),
+        ("authors_generator", "G ours (authors mode)"),
+        ("release_generator", "G release code"),
+        ("rat", "of which RAT LSTM (ours)"),
+        ("discriminator", "D ours"),
+        ("release_discriminator", "D release (used)"),
+        ("head", "head ours"),
+        ("release_head", "head release"),
+        ("trainable", "trainable ours (G+D+head)"),
+        ("frozen", "frozen CLIP"),
+    ]
+    for key, title in columns:
         table.add_column(title, justify="right", style="bold" if key == "h" else None)
+
+    def cell(r: dict, key: str) -> str:
+        if key == "h":
+            return _h_label(r[key])
+        if key == "release_discriminator":
+            return f"{r[key]:,} ({r['release_discriminator_used']:,})"
+        return "-" if r.get(key) is None else f"{r[key]:,}"
+
     for r in rows:
-        table.add_row(*(_h_label(r[key]) if key == "h" else f"{r[key]:,}" for key, _ in TABLE_COLUMNS))
+        table.add_row(*(cell(r, key) for key, _ in columns))
     print_table(table)
     console.print(
-        "trainable = generator + discriminator + head (CLIP frozen); CLIP weights do not change the counts",
+        "trainable parameters (CLIP frozen; its weights do not change the counts). 'release code': the "
+        "authors' networks (GALIP's code for h = 0 with model.family=galip, RATLIP's Affine_rnn code for h > 0), "
+        "counted by tools/make_reference_fixtures.py at the cub configuration (256 px, ngf 64) and stored in "
+        "ratlip_cli/models/release_params.json; '-' = no released network. The release's D builds two 1x1 "
+        "shortcuts it never uses; ours does not ('used' counts only parameters that get a gradient).",
         style="dim",
         highlight=False,
     )

@@ -464,7 +464,7 @@ def ablate(
     ] = None,
     hidden: Annotated[
         str,
-        typer.Option("--hidden", help="Comma-separated RAT hidden sizes h to sweep; 0 is GALIP (no recurrence)."),
+        typer.Option("--hidden", help="Comma-separated RAT hidden sizes h to sweep; 0 is RATLIP without RAT (plain affines, no recurrence)."),
     ] = "0,4,8,16,32,64,128",
     seeds: Annotated[
         str,

@@ -29,9 +29,11 @@ class ClipConfig:
 class RatConfig:
     """Recurrent Affine Transformation settings (the paper's swept knob is `hidden`)."""
 
+    # LSTM hidden size h; 0 = no RAT (plain affines on c: "RATLIP without RAT" in family ratlip).
     hidden: int = 64
     # recurrent: one LSTM shared across affine layers, state carried per sample (RAT-GAN, correct).
-    # authors: an LSTM per affine layer reading the mini-batch as a sequence (released-code defect).
+    # authors: the release's Affine_rnn: an LSTM per affine layer reading the mini-batch as one
+    # sequence, its final state shared by every sample (reproduces the release; batch dependent).
     mode: str = "recurrent"
     # bridge: RAT in the CLIP bridge only (the paper); all: also in the image generator blocks.
     scope: str = "bridge"
@@ -41,6 +43,11 @@ class RatConfig:
 class ModelConfig:
     """Generator and discriminator sizes; CLIP widths, depth and grid are read from the backbone."""
 
+    # ratlip: the authors' RATLIP NetG (Conv_shuffle = conv -> BN -> LeakyReLU -> shuffle attention
+    # in the bridge and twice in every generator block; RAT when model.rat.hidden > 0).
+    # galip: GALIP's NetG exactly (plain convs with bias, no BN or shuffle attention, no RAT).
+    # Both share GALIP's NetD and NetC.
+    family: str = "ratlip"
     z_dim: int = 100
     ngf: int = 64
     image_size: int = 224
@@ -147,6 +154,7 @@ class Config:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
+    "model.family": ("ratlip", "galip"),
     "model.rat.mode": ("recurrent", "authors"),
     "model.rat.scope": ("bridge", "all"),
     "model.d_backbone": ("clip", "cnn"),
@@ -334,6 +342,11 @@ def validate(cfg: Config) -> None:
             raise RatlipError(f"config key '{key}' must be positive, got {value}")
     if cfg.model.rat.hidden < 0:
         raise RatlipError(f"config key 'model.rat.hidden' must be >= 0, got {cfg.model.rat.hidden}")
+    if cfg.model.family == "galip" and cfg.model.rat.hidden != 0:
+        raise RatlipError(
+            f"model.family=galip has no RAT but model.rat.hidden is {cfg.model.rat.hidden}; "
+            "also set model.rat.hidden=0 (or use model.family=ratlip)"
+        )
     if cfg.data.crop_size > cfg.data.load_size:
         raise RatlipError(
             f"data.crop_size ({cfg.data.crop_size}) must not exceed data.load_size ({cfg.data.load_size})"

@@ -91,7 +91,7 @@ def test_sweep_writes_csv_plot_and_runs(sweep):
     assert (out / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     spec = yaml.safe_load((out / "sweep.yaml").read_text())
     assert spec["spec_hash"] == rows[0]["sweep"] and spec["hidden"] == HIDDENS
-    assert "GALIP" in output and "NOT FID" in output
+    assert "RATLIP without RAT" in output and "GALIP" not in output and "NOT FID" in output
 
 
 def test_parameter_counts_grow_with_h(sweep):
@@ -100,10 +100,13 @@ def test_parameter_counts_grow_with_h(sweep):
     from ratlip_cli.weights import load_clip
 
     _, rows = read_csv(sweep[0] / "ablation.csv")
-    for col in ("rat_params", "bridge_params", "generator_trainable", "trainable_params", "total_params"):
-        values = [int(r[col]) for r in rows]
-        assert values == sorted(set(values)), col  # strictly increasing
-    assert int(rows[0]["rat_params"]) == 0  # h = 0 is GALIP: no recurrence at all
+    assert [int(r["h"]) for r in rows] == sorted(int(r["h"]) for r in rows) and int(rows[0]["h"]) == 0
+    rat = [int(r["rat_params"]) for r in rows]
+    assert rat == sorted(set(rat)), rat  # strictly increasing, from 0
+    for col in ("bridge_params", "generator_trainable", "trainable_params", "total_params"):
+        values = [int(r[col]) for r in rows][1:]  # h > 0: RAT MLPs read h_t, so counts grow with h
+        assert values == sorted(set(values)), col
+    assert int(rows[0]["rat_params"]) == 0  # h = 0 is RATLIP without RAT: no recurrence at all
     assert len({r["discriminator_trainable"] for r in rows}) == 1
     # The trained models' counts are the params table's.
     cfg = resolve_config("tiny")
@@ -188,7 +191,7 @@ def test_params_only_prints_without_training(sweep, no_training):
     result = runner.invoke(app, ["ablate", "tiny", "--params-only", "--hidden", "0,4,8"])
     assert result.exit_code == 0, result.output
     _, rows = read_csv(sweep[0] / "ablation.csv")
-    assert "GALIP" in result.output
+    assert "RATLIP without RAT" in result.output and "G release code" in result.output
     for r in rows:
         assert f"{int(r['trainable_params']):,}" in result.output
 
@@ -219,6 +222,6 @@ def test_table_and_plot_show_mean_and_std_across_seeds(tmp_path):
     console = Console(width=200, record=True)
     console.print(ablate.results_table(rows, ["cs", "fid"], "t"))
     text = console.export_text()
-    assert "12.00 ± 1.41" in text and "0 (GALIP)" in text and "NOT FID" not in text
+    assert "12.00 ± 1.41" in text and "0 (RATLIP without RAT)" in text and "NOT FID" not in text
     ablate.plot_ablation(rows, ["cs", "fid"], tmp_path / "a.png")
     assert (tmp_path / "a.png").stat().st_size > 1000

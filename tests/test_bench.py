@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from ratlip_cli.bench import COLUMNS, BenchOptions, build_table, psnr_and_max_diff, run_bench
 from ratlip_cli.cli import app
 from ratlip_cli.models import GBlock, ShuffleAttention
-from ratlip_cli.models.generator import upsample2x_conv3x3
+from ratlip_cli.models.generator import ConvShuffle, upsample2x_conv3x3
 from ratlip_cli.models.rat import AffineFeed
 
 runner = CliRunner()
@@ -159,26 +159,36 @@ def test_shuffle_attention_equals_reference(channels_last):
         torch.testing.assert_close(sa(x, residual=res), res + ref)
 
 
+def _conv_reference(conv, x: torch.Tensor) -> torch.Tensor:
+    """The authors' Conv_shuffle (conv -> BN -> LeakyReLU() -> SA) or GALIP's plain conv, as written."""
+    if isinstance(conv, ConvShuffle):
+        y = F.leaky_relu(conv.bn(F.conv2d(x, conv.conv.weight, None, padding=1)), 0.01)
+        return _shuffle_attention_reference(conv.attn, y)
+    return conv.conv(x)
+
+
 def _gblock_reference(block: GBlock, x: torch.Tensor, feed: AffineFeed) -> torch.Tensor:
-    """The GALIP generator block as written: upsample first, then every layer at full size."""
+    """The authors' (and GALIP's) G_Block as written: upsample first, then every layer at full size."""
     if x.shape[-1] != block.size:
         x = F.interpolate(x, size=(block.size, block.size), mode="nearest")
-    r = block.conv1(block.fuse1(x, feed))
-    r = block.conv2(block.fuse2(r, feed))
-    r = _shuffle_attention_reference(block.attn, F.leaky_relu(block.norm(r), 0.2))
+    r = _conv_reference(block.c1, block.fuse1(x, feed))
+    r = _conv_reference(block.c2, block.fuse2(r, feed))
     return block.shortcut(x) + r
 
 
+@pytest.mark.parametrize("family", ["ratlip", "galip"])
 @pytest.mark.parametrize("in_size, size, in_ch, out_ch", [(4, 8, 8, 4), (7, 8, 8, 8), (4, 7, 4, 4), (6, 6, 8, 4)])
 @pytest.mark.parametrize("train", [True, False])
-def test_gblock_equals_reference(in_size, size, in_ch, out_ch, train):
+def test_gblock_equals_reference(in_size, size, in_ch, out_ch, train, family):
     torch.manual_seed(0)
-    block = GBlock(in_ch, out_ch, size, cond_dim=6, state_dim=0, sa_groups=2).double()
+    block = GBlock(family, in_ch, out_ch, size, cond_dim=6, state_dim=0, sa_groups=2).double()
     with torch.no_grad():
         for p in block.parameters():
             p.add_(0.2 * torch.randn_like(p))
-        block.norm.running_mean.normal_()
-        block.norm.running_var.uniform_(0.5, 2.0)
+        for m in block.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
     block.train(train)
     x = torch.randn(3, in_ch, in_size, in_size, dtype=torch.float64, requires_grad=True)
     cond = torch.randn(3, 6, dtype=torch.float64)

@@ -198,11 +198,17 @@ def test_h0_has_no_lstm_and_params_grow_with_h(tiny_clip):
                     assert len(recurrent) == (1 if mode == "recurrent" else rat_layers)
                 assert pc["generator"]["trainable"] == pc["bridge"]["trainable"] + pc["generator_blocks"]["trainable"]
                 counts.append(pc["total"]["trainable"])
-            assert all(a < b for a, b in zip(counts, counts[1:])), (scope, mode, counts)
-    # h = 0 is GALIP's conditional affine: the MLPs read c = concat(z, s) only.
+            # For h > 0 the MLPs read h_t only, so the count grows strictly with h (h = 0 reads c instead).
+            assert all(a < b for a, b in zip(counts[1:], counts[2:])), (scope, mode, counts)
+    # h = 0 (RATLIP without RAT): plain affines whose MLPs read c = concat(z, s).
     models = _build(tiny_clip[0], "model.rat.hidden=0")
     first = models.generator.affine_layers[0].fc_gamma[0]
     assert first.in_features == models.generator.cond_dim == 16 + 32
+    # h > 0: the RAT MLPs read the LSTM output h_t alone (RAT-GAN and the authors), in both modes.
+    for mode in ("recurrent", "authors"):
+        models = _build(tiny_clip[0], "model.rat.hidden=8", f"model.rat.mode={mode}")
+        rat_layers = [m for m in models.generator.affine_layers if m.recurrent]
+        assert rat_layers and all(m.fc_gamma[0].in_features == m.fc_beta[0].in_features == 8 for m in rat_layers)
 
 
 def test_lstm_state_is_carried_across_layers(tiny_clip):
@@ -295,9 +301,32 @@ def test_bad_block_indices_and_groups_are_clear_errors(tiny_clip):
 
 
 def test_param_table_rows(tiny_clip):
-    rows = param_table(_cfg(), tiny_clip[0], [0, 8])
-    assert [r["h"] for r in rows] == [0, 8]
-    assert rows[0]["rat"] == 0 and rows[1]["rat"] > 0 and rows[1]["trainable"] > rows[0]["trainable"]
+    rows = param_table(_cfg(), tiny_clip[0], [0, 8, 16])
+    assert [r["h"] for r in rows] == [0, 8, 16]
+    assert rows[0]["rat"] == 0 and 0 < rows[1]["rat"] < rows[2]["rat"] and rows[2]["trainable"] > rows[1]["trainable"]
     assert rows[0]["total"] == rows[0]["trainable"] + rows[0]["frozen"]
     text = format_param_table(rows)
-    assert text.count("\n") == 3 and "G bridge" in text
+    assert text.count("\n") == 4 and "G bridge" in text
+
+
+def test_family_structures(tiny_clip):
+    """ratlip: Conv_shuffle (conv without bias, BN, SA) as bridge conv2 and G-block c1 and c2; galip: plain biased convs."""
+    from ratlip_cli.models.generator import ConvShuffle, PlainConv
+
+    ratlip = _build(tiny_clip[0]).generator
+    for block in ratlip.blocks:
+        assert isinstance(block.c1, ConvShuffle) and isinstance(block.c2, ConvShuffle)
+        assert block.c1.conv.bias is None and isinstance(block.c1.bn, torch.nn.BatchNorm2d)
+    assert all(isinstance(b.conv2, ConvShuffle) and b.conv1.bias is not None for b in ratlip.bridge)
+    galip = _build(tiny_clip[0], "model.family=galip", "model.rat.hidden=0").generator
+    kinds = {type(m) for m in galip.modules()}
+    assert torch.nn.BatchNorm2d not in kinds and ConvShuffle not in kinds and PlainConv in kinds
+    assert all(m.bias is not None for part in (galip.bridge, galip.blocks) for m in part.modules() if isinstance(m, torch.nn.Conv2d))
+    assert not any(m.recurrent for m in galip.affine_layers)
+    with pytest.raises(RatlipError, match="model.rat.hidden=0"):
+        _cfg("model.family=galip")
+    # Batch independence holds for galip too (no BatchNorm, no RAT).
+    models = _build(tiny_clip[0], "model.family=galip", "model.rat.hidden=0")
+    _perturb(models.generator, scale=0.03)
+    models.generator.eval()
+    assert _alone_vs_in_batch(models, 3) < 1e-5

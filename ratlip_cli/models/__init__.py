@@ -1,4 +1,4 @@
-"""RATLIP networks built from the config and an already-loaded open_clip model (no files, no CLI).
+"""RATLIP and GALIP networks (`model.family`) built from the config and an already-loaded open_clip model (no files, no CLI).
 
     models = build_models(cfg, clip_model)        # clip_model from ratlip_cli.weights.load_clip
     s, _ = models.backbone.encode_text(tokens)
@@ -20,7 +20,7 @@ from ratlip_cli.config import Config
 from ratlip_cli.models.attention import ShuffleAttention
 from ratlip_cli.models.clip_backbone import ClipBackbone
 from ratlip_cli.models.discriminator import CNNEncoder, ConditionHead, DBlock, Discriminator, discriminator_grid
-from ratlip_cli.models.generator import GBlock, Generator, RATBlock, g_channels, g_sizes
+from ratlip_cli.models.generator import ConvShuffle, GBlock, Generator, PlainConv, RATBlock, g_channels, g_sizes
 from ratlip_cli.models.rat import AffineFeed, AffineFusion, AffineRecord, ConditionalAffine, RATRecurrence
 
 
@@ -85,10 +85,12 @@ __all__ = [
     "ClipBackbone",
     "ConditionHead",
     "ConditionalAffine",
+    "ConvShuffle",
     "DBlock",
     "Discriminator",
     "GBlock",
     "Generator",
+    "PlainConv",
     "RATBlock",
     "RATRecurrence",
     "RatlipModels",

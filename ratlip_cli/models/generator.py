@@ -1,14 +1,19 @@
-"""The RATLIP generator: GALIP's skeleton with a Recurrent Affine Transformation bridge.
+"""The generators of `model.family`: RATLIP (the authors' NetG) and GALIP (GALIP's NetG).
 
     c = concat(z, s)
     fc(z) -> (bridge_channels, g, g)
-      -> bridge_blocks x RATBlock         conv3x3 -> RAT fusion -> conv3x3 -> shuffle attn -> RAT fusion, + skip
+      -> bridge_blocks x RATBlock         conv3x3 -> fusion -> CONV -> fusion, + skip
       -> fused = conv5x5 -> CLIP width W
       -> mapped = frozen CLIP ViT blocks over `fused`, one prompt token (from fc(c)) per prompt block
       -> conv5x5(fused + mapper_scale * mapped) -> (C0, g, g)
-      -> GBlocks (nearest upsampling to 8, 16, ..., the last to image_size)
+      -> GBlocks (nearest upsampling to 8, 16, ..., the last to image_size):
+             fusion -> CONV -> fusion -> CONV, + skip
       -> to_rgb: LeakyReLU(0.2) + conv3x3 -> (3, S, S), not squashed (clamp to [-1, 1] when saving)
 
+CONV is RATLIP's ``Conv_shuffle`` (conv3x3 without bias -> BatchNorm -> LeakyReLU(0.01) ->
+shuffle attention) for family ratlip, a plain conv3x3 with bias for family galip. A fusion is two
+(affine -> LeakyReLU(0.2)); its affines are RAT affines (see rat.py) in the bridge when h > 0 (and in
+the generator blocks with `model.rat.scope: all`), plain affines on c otherwise.
 g and W come from the CLIP backbone; channels from GALIP's `get_G_in_out_chs` (see `g_channels`).
 """
 
@@ -79,73 +84,126 @@ def upsample2x_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     return out.reshape(b, out_ch, 2 * h, 2 * w)
 
 
-class RATBlock(nn.Module):
-    """One block of the RAT bridge (RATLIP's "CLIP adapter" block), residual."""
+def _fold_bn(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of ``norm(conv(x))`` as one conv, for BatchNorm in eval mode (fixed statistics)."""
+    scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+    weight = conv.weight * scale.view(-1, 1, 1, 1)
+    bias = norm.bias - norm.running_mean * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    return weight, bias
 
-    def __init__(self, in_ch: int, mid_ch: int, out_ch: int, cond_dim: int, state_dim: int, sa_groups: int) -> None:
+
+def _conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, upsample2x: bool) -> torch.Tensor:
+    """A 3x3 conv (padding 1), on the nearest-2x upsampled x when `upsample2x`."""
+    if upsample2x:
+        return upsample2x_conv3x3(x, weight, bias)
+    return F.conv2d(x, weight, bias, padding=1)
+
+
+class ConvShuffle(nn.Module):
+    """RATLIP's ``Conv_shuffle``: conv3x3 (no bias) -> BatchNorm -> LeakyReLU(0.01) -> shuffle attention.
+
+    ``forward(x, upsample2x, residual)`` computes ``residual + CS(up(x))``; `upsample2x` folds a
+    nearest-2x upsampling into the conv (`upsample2x_conv3x3`), and in eval mode BatchNorm folds into
+    the conv (`_fold_bn`); both give the same result up to float rounding.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, sa_groups: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch, 3, 1, 1, bias=False)
+        self.bn = nn.BatchNorm2d(out_ch)
+        self.attn = ShuffleAttention(out_ch, sa_groups)
+
+    def forward(self, x: torch.Tensor, upsample2x: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if self.bn.training or self.bn.running_var is None:
+            y = self.bn(_conv3x3(x, self.conv.weight, None, upsample2x))
+        else:
+            y = _conv3x3(x, *_fold_bn(self.conv, self.bn), upsample2x)
+        y = F.leaky_relu(y, 0.01, inplace=True)  # nn.LeakyReLU()'s default slope, as the authors'
+        return self.attn(y, residual=residual)
+
+
+class PlainConv(nn.Module):
+    """GALIP's plain ``Conv2d(3x3, bias=True)``, with the same call signature as `ConvShuffle`."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor, upsample2x: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
+        y = _conv3x3(x, self.conv.weight, self.conv.bias, upsample2x)
+        return y if residual is None else residual + y
+
+
+def make_conv(family: str, in_ch: int, out_ch: int, sa_groups: int) -> nn.Module:
+    """The 3x3 conv of a bridge or generator block: `ConvShuffle` (ratlip) or `PlainConv` (galip)."""
+    if family == "ratlip":
+        return ConvShuffle(in_ch, out_ch, sa_groups)
+    if family == "galip":
+        return PlainConv(in_ch, out_ch)
+    raise ValueError(f"unknown model.family {family!r}")
+
+
+class RATBlock(nn.Module):
+    """One bridge block (the authors' ``M_Block_RAT``, GALIP's ``M_Block``), residual.
+
+    ``shortcut(x) + fuse2(conv2(fuse1(conv1(x))))``; conv1 is a plain conv3x3 with bias, conv2 a
+    `ConvShuffle` (ratlip) or a plain conv (galip); fuse1/fuse2 are RAT fusions when h > 0.
+    """
+
+    def __init__(
+        self, family: str, in_ch: int, mid_ch: int, out_ch: int, cond_dim: int, state_dim: int, sa_groups: int
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_ch, mid_ch, 3, 1, 1)
         self.fuse1 = AffineFusion(cond_dim, mid_ch, state_dim)
-        self.conv2 = nn.Conv2d(mid_ch, out_ch, 3, 1, 1)
-        self.attn = ShuffleAttention(out_ch, sa_groups)
+        self.conv2 = make_conv(family, mid_ch, out_ch, sa_groups)
         self.fuse2 = AffineFusion(cond_dim, out_ch, state_dim)
         self.shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: torch.Tensor, feed: AffineFeed) -> torch.Tensor:
         r = self.fuse1(self.conv1(x), feed)
-        r = self.fuse2(self.attn(self.conv2(r)), feed)
+        r = self.fuse2(self.conv2(r), feed)
         return self.shortcut(x) + r
 
 
 class GBlock(nn.Module):
-    """A generator block: upsample, then DF fusions and convs, BN + LeakyReLU + shuffle attention; residual.
+    """A generator block (the authors' and GALIP's ``G_Block``), residual.
 
-    Computes ``shortcut(up(x)) + SA(LReLU(BN(conv2(fuse2(conv1(fuse1(up(x))))))))`` with nearest
-    upsampling ``up``. For speed (same result up to float rounding) the per-pixel layers before
-    conv1 (fuse1) and the 1x1 shortcut run at the input size, before upsampling (nearest upsampling
-    commutes with per-pixel maps); a 2x upsampling folds into conv1 (`upsample2x_conv3x3`); in eval
-    mode BatchNorm folds into conv2; the shuffle of SA is folded into the residual addition.
+    Computes ``shortcut(up(x)) + c2(fuse2(c1(fuse1(up(x)))))`` with nearest upsampling ``up`` to the
+    block size; c1 and c2 are `ConvShuffle` (ratlip) or plain convs (galip). For speed (same result
+    up to float rounding) the per-pixel layers before c1 (fuse1) and the 1x1 shortcut run at the
+    input size, before upsampling (nearest upsampling commutes with per-pixel maps); a 2x upsampling
+    folds into c1's conv; the residual addition is fused into c2 (for shuffle attention, the
+    channel shuffle is folded into it).
     """
 
     def __init__(
-        self, in_ch: int, out_ch: int, size: int, cond_dim: int, state_dim: int, sa_groups: int
+        self, family: str, in_ch: int, out_ch: int, size: int, cond_dim: int, state_dim: int, sa_groups: int
     ) -> None:
         super().__init__()
         self.size = size
         self.fuse1 = AffineFusion(cond_dim, in_ch, state_dim)
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, 1, 1)
+        self.c1 = make_conv(family, in_ch, out_ch, sa_groups)
         self.fuse2 = AffineFusion(cond_dim, out_ch, state_dim)
-        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1)
-        self.norm = nn.BatchNorm2d(out_ch)
-        self.attn = ShuffleAttention(out_ch, sa_groups)
+        self.c2 = make_conv(family, out_ch, out_ch, sa_groups)
         self.shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
-
-    def _conv2_norm(self, r: torch.Tensor) -> torch.Tensor:
-        norm = self.norm
-        if norm.training or norm.running_var is None:
-            return norm(self.conv2(r))
-        # Eval mode: BN is a per-channel affine map with fixed statistics; fold it into conv2.
-        scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
-        weight = self.conv2.weight * scale.view(-1, 1, 1, 1)
-        bias = (self.conv2.bias - norm.running_mean) * scale + norm.bias
-        return F.conv2d(r, weight, bias, padding=1)
 
     def forward(self, x: torch.Tensor, feed: AffineFeed) -> torch.Tensor:
         s = self.size
         in_size = tuple(x.shape[-2:])
         f = self.fuse1(x, feed)
         if in_size == (s, s):
-            r = self.conv1(f)
+            r = self.c1(f)
         elif in_size == (s // 2, s // 2) and s % 2 == 0:
-            r = upsample2x_conv3x3(f, self.conv1.weight, self.conv1.bias)
+            r = self.c1(f, upsample2x=True)
         else:
-            r = self.conv1(F.interpolate(f, size=(s, s), mode="nearest"))
-        r = self._conv2_norm(self.fuse2(r, feed))
-        r = F.leaky_relu(r, 0.2, inplace=True)
+            r = self.c1(F.interpolate(f, size=(s, s), mode="nearest"))
         skip = self.shortcut(x)
         if in_size != (s, s):
             skip = F.interpolate(skip, size=(s, s), mode="nearest")
-        return self.attn(r, residual=skip)
+        return self.c2(self.fuse2(r, feed), residual=skip)
 
 
 class Generator(nn.Module):
@@ -165,13 +223,14 @@ class Generator(nn.Module):
         self.mapper_scale = float(cfg.mapper_scale)
         cond_dim = cfg.z_dim + backbone.embed_dim
         self.cond_dim = cond_dim
+        self.family = cfg.family
         bridge_state = rat.hidden
         blocks_state = rat.hidden if rat.scope == "all" else 0
 
         # ---- RAT bridge ----
         self.fc_code = nn.Linear(cfg.z_dim, cfg.bridge_channels * self.grid * self.grid)
         self.bridge = nn.ModuleList(
-            RATBlock(cfg.bridge_channels, cfg.bridge_mid_channels, cfg.bridge_channels, cond_dim, bridge_state, cfg.sa_groups)
+            RATBlock(cfg.family, cfg.bridge_channels, cfg.bridge_mid_channels, cfg.bridge_channels, cond_dim, bridge_state, cfg.sa_groups)
             for _ in range(cfg.bridge_blocks)
         )
         self.conv_fuse = nn.Conv2d(cfg.bridge_channels, self.width, 5, 1, 2)
@@ -182,7 +241,7 @@ class Generator(nn.Module):
         # ---- generator blocks ----
         sizes = g_sizes(len(pairs), cfg.image_size)
         self.blocks = nn.ModuleList(
-            GBlock(i, o, size, cond_dim, blocks_state, cfg.sa_groups) for (i, o), size in zip(pairs, sizes)
+            GBlock(cfg.family, i, o, size, cond_dim, blocks_state, cfg.sa_groups) for (i, o), size in zip(pairs, sizes)
         )
         self.to_rgb = nn.Sequential(nn.LeakyReLU(0.2, inplace=True), nn.Conv2d(pairs[-1][1], 3, 3, 1, 1))
 

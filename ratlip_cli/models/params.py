@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,6 +28,30 @@ from ratlip_cli.errors import RatlipError
 from ratlip_cli.models.clip_backbone import ClipBackbone
 
 PAPER_HIDDENS = (0, 4, 8, 16, 32, 64, 128)
+RELEASE_PARAMS = Path(__file__).resolve().parent / "release_params.json"
+
+
+def release_param_counts() -> dict[str, Any]:
+    """Trainable parameter counts of the authors' released networks at full size (cfg/birds.yml).
+
+    Computed by tools/make_reference_fixtures.py from the reference code itself (GALIP's NetG, NetD,
+    NetC; RATLIP's NetG at every h of the sweep); tests/test_reference.py checks that ratlip's
+    galip family and `model.rat.mode: authors` networks have exactly these counts.
+    """
+    return json.loads(RELEASE_PARAMS.read_text(encoding="utf-8"))
+
+
+def release_row(family: str, h: int) -> dict[str, int | None]:
+    """The release's generator / discriminator (all and used) / head counts matching (family, h); None where none exists."""
+    counts = release_param_counts()
+    if family == "galip":
+        g = counts["galip"]["netG"] if h == 0 else None
+        d = counts["galip"]
+    else:
+        g = counts["ratlip"].get(str(h), {}).get("netG")
+        d = counts["ratlip_d"]
+    return {"release_generator": g, "release_discriminator": d["netD"], "release_discriminator_used": d["netD_used"],
+            "release_head": d["netC"]}
 
 
 def _frozen_prefixes(module: nn.Module) -> list[str]:
@@ -142,8 +168,14 @@ def param_counts(models: Any) -> dict[str, dict[str, int]]:
     return counts
 
 
-def param_table(cfg: Any, clip_model: nn.Module, hiddens: Sequence[int] = PAPER_HIDDENS) -> list[dict[str, int]]:
-    """One row of parameter counts per RAT hidden size h (the rest of `cfg` unchanged)."""
+def param_table(
+    cfg: Any, clip_model: nn.Module, hiddens: Sequence[int] = PAPER_HIDDENS, with_release: bool = False
+) -> list[dict[str, int]]:
+    """One row of parameter counts per RAT hidden size h (the rest of `cfg` unchanged).
+
+    With `with_release`, each row also has ``authors_generator`` (ours with model.rat.mode=authors)
+    and the release's counts (`release_row`; None where the release has no such network).
+    """
     from ratlip_cli.models import build_models
 
     rows = []
@@ -151,6 +183,15 @@ def param_table(cfg: Any, clip_model: nn.Module, hiddens: Sequence[int] = PAPER_
         c = copy.deepcopy(cfg)
         c.model.rat.hidden = int(h)
         counts = param_counts(build_models(c, clip_model))
+        extra: dict[str, Any] = {}
+        if with_release:
+            if c.model.rat.mode == "authors" or h == 0:
+                extra["authors_generator"] = counts["generator"]["trainable"]
+            else:
+                a = copy.deepcopy(c)
+                a.model.rat.mode = "authors"
+                extra["authors_generator"] = param_counts(build_models(a, clip_model))["generator"]["trainable"]
+            extra.update(release_row(c.model.family, int(h)))
         rows.append(
             {
                 "h": int(h),
@@ -163,6 +204,7 @@ def param_table(cfg: Any, clip_model: nn.Module, hiddens: Sequence[int] = PAPER_
                 "trainable": counts["total"]["trainable"],
                 "frozen": counts["total"]["frozen"],
                 "total": counts["total"]["total"],
+                **extra,
             }
         )
     return rows

@@ -6,22 +6,21 @@ gamma = 1, beta = 0, so every affine layer is the identity at initialisation).
 
 What the MLPs read:
 
-- plain (h = 0, GALIP/DF-GAN): the condition ``c = concat(z, s)``.
-- ``mode: recurrent`` (h > 0, the correct RAT): ``concat(c, h_t)``, where ``h_t`` is the hidden
-  state of ONE ``nn.LSTMCell(cond_dim, h)`` shared by all RAT affine layers. Its state (h, c) is
-  carried per sample from each affine layer to the next in forward order, starting from
-  ``(h0, c0) = (Linear(z), Linear(z))``, and the condition c is the LSTM input at every step.
-  Reading ``concat(c, h_t)`` (not ``h_t`` alone) makes h = 0 exactly the plain affine and makes
-  the trainable parameter count grow strictly with h.
-- ``mode: authors`` (h > 0): reproduces the authors' released code, a DEFECT kept only to
-  reproduce their numbers. Each affine layer owns its own ``nn.LSTM(cond_dim, h, batch_first=True)``
-  called on ``c.unsqueeze(0)``: the mini-batch is read as ONE sequence, so a sample's gamma/beta
-  depend on the samples before it in the batch (and on their order), and no state passes between
-  affine layers. The MLPs read ``concat(c, lstm_out)``.
+- plain (h = 0: DF-GAN/GALIP's affine, and RATLIP without RAT): the condition ``c = concat(z, s)``.
+- ``mode: recurrent`` (h > 0, the correct RAT, the default): the LSTM output ``h_t`` only, as in
+  RAT-GAN and the authors' code. ``h_t`` is the hidden state of ONE ``nn.LSTMCell(cond_dim, h)``
+  shared by all RAT affine layers; its state (h, c) is carried per sample from each affine layer to
+  the next in forward order, starting from ``(h0, c0) = (Linear(z), Linear(z))``, and the condition
+  c is the LSTM input at every step. Every sample's gamma/beta depend on that sample only.
+- ``mode: authors`` (h > 0): the authors' released ``Affine_rnn``, kept to reproduce their
+  numbers and import their checkpoints. Each affine layer owns its own
+  ``nn.LSTM(cond_dim, h, batch_first=True)`` called on ``c.unsqueeze(0)``: the mini-batch is read
+  as ONE sequence of length B, and the final hidden state ``h_n`` (1 x h) feeds the MLPs, so EVERY
+  sample of the batch gets the same gamma and beta, computed from all the batch's conditions in
+  order. No state passes between affine layers.
 
 The LSTM input never depends on the feature maps, so all hidden states of one forward are computed
-up front (`RATRecurrence.forward`), batched over samples; the affine layers then take them in order
-from an `AffineFeed`.
+up front (`RATRecurrence.forward`); the affine layers then take them in order from an `AffineFeed`.
 """
 
 from __future__ import annotations
@@ -76,13 +75,14 @@ class AffineFeed:
 
 
 class ConditionalAffine(nn.Module):
-    """``gamma(in) * x + beta(in)`` with in = c (plain) or concat(c, RAT state) (recurrent/authors)."""
+    """``gamma(in) * x + beta(in)`` with in = c (plain, state_dim 0) or the RAT state h_t (state_dim h)."""
 
     def __init__(self, cond_dim: int, channels: int, state_dim: int = 0) -> None:
         super().__init__()
         self.state_dim = state_dim
-        self.fc_gamma = _mlp(cond_dim + state_dim, channels, 1.0)
-        self.fc_beta = _mlp(cond_dim + state_dim, channels, 0.0)
+        in_dim = state_dim if state_dim else cond_dim
+        self.fc_gamma = _mlp(in_dim, channels, 1.0)
+        self.fc_beta = _mlp(in_dim, channels, 0.0)
         self.trace_name = ""
 
     @property
@@ -90,9 +90,8 @@ class ConditionalAffine(nn.Module):
         return self.state_dim > 0
 
     def forward(self, x: torch.Tensor, feed: AffineFeed) -> torch.Tensor:
-        inp = feed.cond
-        if self.state_dim:
-            inp = torch.cat([inp, feed.next_state().to(inp.dtype)], dim=1)
+        # A RAT state is (B, h) in recurrent mode and (1, h) in authors mode (broadcast to the batch).
+        inp = feed.next_state().to(feed.cond.dtype) if self.state_dim else feed.cond
         gamma = self.fc_gamma(inp)
         beta = self.fc_beta(inp)
         if feed.trace is not None:
@@ -143,8 +142,9 @@ class RATRecurrence(nn.Module):
         if self.hidden == 0 or self.num_layers == 0:
             return []
         if self.mode == "authors":
-            # c.unsqueeze(0) with batch_first=True: a batch of ONE sequence whose steps are the samples.
-            return [lstm(cond.unsqueeze(0))[0].squeeze(0) for lstm in self.lstms]
+            # c.unsqueeze(0) with batch_first=True: ONE sequence whose steps are the samples; h_n is
+            # (1, 1, h) and squeeze(0) gives the (1, h) state every sample shares.
+            return [lstm(cond.unsqueeze(0))[1][0].squeeze(0) for lstm in self.lstms]
         h0, c0 = self.init_h(z), self.init_c(z)
         h, c = h0, c0
         states = []
