@@ -191,7 +191,7 @@ def test_ablation_page_has_mean_std_table_plot_and_cells(tmp_path):
     page = Page(path.read_text(encoding="utf-8"))
     assert page.text("run-name") == "ablate-x" and page.urls == []
     table = page.cells["ablation-table"]
-    assert "0 (GALIP)" in table and "12.00 ± 1.41" in table and "38.000 ± 1.414" in table
+    assert "0 (RATLIP without RAT)" in table and "12.00 ± 1.41" in table and "38.000 ± 1.414" in table
     assert [img["alt"] for img in page.images] == ["ablation plot: metrics against h with error bars"]
     assert decode(page.images[0]).size[0] > 500
     cells = page.cells["ablation-cells"]
