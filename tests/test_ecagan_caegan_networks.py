@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from ratlip_cli.models.caegan.networks import CaeganGenerator, QueryPrior, prior_loss
+from ratlip_cli.models.caegan.networks import CaeganGenerator
 from ratlip_cli.models.common.carafe import CARAFE
 from ratlip_cli.models.common.channel_attention import ECA, SqueezeExcite
 from ratlip_cli.models.dmgan.networks import DmganGenerator, init_weights
@@ -106,7 +106,7 @@ def test_caegan_without_cross_attention_is_dmgan():
 
 
 def test_caegan_cross_attention_adds_only_encoder_and_prior():
-    dm, ce = DmganGenerator(**SMALL), CaeganGenerator(**SMALL, regions=4, region_dim=3)
+    dm, ce = DmganGenerator(**SMALL), CaeganGenerator(**SMALL, prior_regions=4, region_dim=3)
     extra = set(_shapes(ce)) - set(_shapes(dm))
     assert {k.split(".")[0] for k in extra} == {"encoder", "query_prior"}
     assert {k: v for k, v in _shapes(ce).items() if k not in extra} == _shapes(dm)
@@ -115,7 +115,7 @@ def test_caegan_cross_attention_adds_only_encoder_and_prior():
 
 def test_caegan_condition_reads_image_regions_or_the_prior():
     torch.manual_seed(3)
-    ce = CaeganGenerator(**SMALL, regions=4, region_dim=3).eval()
+    ce = CaeganGenerator(**SMALL, prior_regions=4, region_dim=3).eval()
     z, s, w, m, eps = _inputs(3)
     regions = torch.randn(3, 4, 3)
     with torch.no_grad():
@@ -134,16 +134,24 @@ def test_caegan_condition_reads_image_regions_or_the_prior():
         torch.testing.assert_close(full[2:], single, rtol=1e-5, atol=1e-6)
 
 
-def test_query_prior_learns_from_prior_loss():
+def test_caegan_prior_loss_trains_the_prior_only_towards_the_real_regions_f_c():
     torch.manual_seed(4)
-    prior = QueryPrior(8, 4, 3)
-    s, target = torch.randn(6, 8), torch.randn(6, 4, 3)
-    opt = torch.optim.Adam(prior.parameters(), lr=0.05)
-    first = prior_loss(prior(s), target).item()
-    for _ in range(100):
+    ce = CaeganGenerator(**SMALL, prior_regions=2, region_dim=3, dropout=0.0)
+    z, s, w, m, eps = _inputs(4)
+    regions = torch.randn(4, 7, 3)  # the real image has 7 regions, the prior makes 2
+    with torch.no_grad():
+        target = ce.encoder(w.transpose(1, 2), regions, m).vector
+        predicted = ce.encoder(w.transpose(1, 2), ce.query_prior(s), m).vector
+    loss = ce.prior_loss(s, w, m, regions)
+    torch.testing.assert_close(loss, ((predicted - target) ** 2).mean())
+    loss.backward()
+    assert all(p.grad is None for p in ce.encoder.parameters())
+    assert all(p.grad is None for n, p in ce.named_parameters() if not n.startswith(("encoder", "query_prior")))
+    assert ce.query_prior.proj.weight.grad.abs().sum() > 0
+    opt = torch.optim.Adam(ce.query_prior.parameters(), lr=0.02)
+    first = loss.item()
+    for _ in range(150):
         opt.zero_grad()
-        loss = prior_loss(prior(s), target.requires_grad_())
-        loss.backward()
+        ce.prior_loss(s, w, m, regions).backward()
         opt.step()
-    assert target.grad is None
-    assert loss.item() < 0.1 * first
+    assert ce.prior_loss(s, w, m, regions).item() < 0.1 * first
