@@ -65,8 +65,9 @@ def main() -> None:
     a = p.parse_args()
 
     from ratlip_cli import models as current
-    from ratlip_cli.bench import randomise_generator, tune_cpu_allocator
+    from ratlip_cli.bench import tune_cpu_allocator
     from ratlip_cli.config import resolve_config
+    from ratlip_cli.models.registry import get_family
     from ratlip_cli.weights import load_clip
 
     if a.threads:
@@ -79,7 +80,7 @@ def main() -> None:
         torch.manual_seed(0)
         clip, _ = load_clip(cfg.clip.arch, "random")
         g_ref = reference.build_models(cfg, clip).generator
-        randomise_generator(g_ref, seed=1)
+        get_family(cfg).randomise_generator(g_ref, seed=1)
         g_new = current.build_models(cfg, clip).generator
         g_new.load_state_dict(g_ref.state_dict())
         for g in (g_ref, g_new):

@@ -41,7 +41,7 @@ def score(path: str | Path, num: int = 0, seed: int = 0, device: str = "cpu") ->
     for label, novel in (("all", False), ("novel", True)):
         caps = shapes_eval_captions(prepared, "test", num, novel_only=novel)
         res = score_generator_on_shapes(
-            loaded.generator, loaded.backbone, loaded.tokenizer, caps, loaded.cfg.model.z_dim,
+            loaded.generator, loaded.embed, caps, loaded.cfg.model.z_dim,
             device=device, seed=seed, batch_size=64, distributed=False,
         )
         out[label] = {k: round(res[k], 4) for k in ("colour", "shape", "background", "size", "all")} | {"n": res["n"]}

@@ -381,36 +381,29 @@ def _param_columns(counts: dict[str, dict[str, int]]) -> dict[str, int]:
 
 
 def train_run(cfg: Config, run_dir: Path) -> TrainedRun:
-    """Train one cell into `run_dir` with the project's Trainer, resuming from its newest checkpoint.
+    """Train one cell into `run_dir` with `ratlip train`'s public `train()`, resuming from its newest checkpoint.
 
-    A finished run is not trained again (the Trainer reports "nothing to do" and re-exports); a run
+    A finished run is not trained again (`train` reports "nothing to do" and re-exports); a run
     that died before its first checkpoint is started afresh.
     """
-    from ratlip_cli import dist
-    from ratlip_cli.models.params import param_counts
-    from ratlip_cli.train import loop
+    from ratlip_cli.models.registry import get_family
+    from ratlip_cli.train import train
     from ratlip_cli.train.checkpoint import list_checkpoints
 
     resume = run_dir if list_checkpoints(run_dir / "checkpoints") else None
     if resume is None and run_dir.exists():
         shutil.rmtree(run_dir)  # an interrupted start with nothing to resume from
-    trainer = loop.Trainer(cfg, resume=resume)
-    try:
-        trainer.setup()
-        result = trainer.run()
-        params = _param_columns(param_counts(trainer.models))
-        done = TrainedRun(
-            run_dir=Path(result.run_dir),
-            stopped_by=result.stopped_by,
-            steps=int(result.step),
-            images=int(result.images),
-            seconds=float(trainer.elapsed),
-            params=params,
-            device=str(trainer.device),
-        )
-    finally:
-        dist.destroy()
-    del trainer
+    result = train(cfg, resume=resume)
+    done = TrainedRun(
+        run_dir=Path(result.run_dir),
+        stopped_by=result.stopped_by,
+        steps=int(result.step),
+        images=int(result.images),
+        seconds=float(result.elapsed_s),
+        params=_param_columns(get_family(cfg).param_counts(result.nets)),
+        device=result.device,
+    )
+    del result
     gc.collect()
     return done
 
@@ -426,7 +419,7 @@ def _shapes_scores(run_dir: Path, cfg: Config, device: str | None) -> dict[str, 
     loaded = load_generator(run_dir, dev)
     captions = shapes_eval_captions(load_prepared(cfg.data.root), "test", cfg.eval.num)
     res = score_generator_on_shapes(
-        loaded.generator, loaded.backbone, loaded.tokenizer, captions, cfg.model.z_dim,
+        loaded.generator, loaded.embed, captions, cfg.model.z_dim,
         device=dev, seed=EVAL_SEED, batch_size=max(1, cfg.eval.batch_size), distributed=False,
     )
     scores = {f"shapes_{k}": res[k] for k in ("all", "colour", "shape", "background", "size")}

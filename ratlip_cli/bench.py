@@ -11,8 +11,9 @@ Rows (see `COLUMNS`):
 - ``phase=generate``: the generator alone, eval mode, `torch.inference_mode`, warm-up runs excluded,
   median over `repeats` timed runs; ``max_abs_diff``/``psnr_db`` compare its images with fp32 images
   of the same seeds (pixels in [0, 1], i.e. [-1, 1] clamped and mapped).
-- ``phase=train``: one full training step of `ratlip train` (`Trainer.train_step`: text encoding,
-  D step with MA-GP, G step; no data loading, no EMA update) on a synthetic batch.
+- ``phase=train``: one full training step of `ratlip train` (the model family's training-step
+  object, built as `train` builds it; for RATLIP: text encoding, D step with MA-GP, G step; no data
+  loading, no EMA update) on a synthetic batch.
 - FLOPs: `torch.utils.flop_counter.FlopCounterMode` (matmuls, convolutions, attention; elementwise
   ops are not counted), per image, counted on an extra fp32 run of the same setting (same operations;
   the counter's decompositions do not run under autocast); ``achieved_gflops`` = FLOPs per image x
@@ -51,7 +52,7 @@ from typing import Any, Callable
 
 import torch
 
-from ratlip_cli.config import Config, resolve_config, set_value
+from ratlip_cli.config import resolve_config, set_value
 from ratlip_cli.console import console, warn
 from ratlip_cli.errors import RatlipError
 
@@ -82,6 +83,13 @@ COLUMNS = [
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 TRAIN_PRECISION = {"fp32": "fp32", "bf16": "amp_bf16", "fp16": "amp_fp16"}
 CAPTION = "a small bird with a red head, white belly and short pointed beak"
+COLOURS = ("red", "blue", "green", "yellow", "white", "black", "brown", "grey")
+
+
+def _captions(n: int, gen: torch.Generator) -> list[str]:
+    """``n`` captions of varied colours (the generator's text condition), drawn from ``gen``."""
+    idx = torch.randint(len(COLOURS), (n, 2), generator=gen).tolist()
+    return [f"a small bird with a {COLOURS[i]} head and a {COLOURS[j]} belly" for i, j in idx]
 
 
 @dataclass
@@ -324,69 +332,6 @@ def _autocast(device: torch.device, precision: str):
 
 
 # ---------------------------------------------------------------------------------------------
-# models
-
-
-@torch.no_grad()
-def randomise_generator(generator: torch.nn.Module, seed: int, scale: float = 0.01, image_std: float = 0.5) -> None:
-    """Move the generator off its initialisation so every layer matters for the bf16 comparison.
-
-    At initialisation the affine layers are identities and the attention gates constants, which
-    would hide their rounding. Every trainable tensor gets N(0, scale^2) noise; the output conv is
-    then rescaled so fp32 images have standard deviation `image_std` (full-range images, like a
-    trained model's, so the PSNR is not flattered by a grey image). Speed does not depend on this.
-    """
-    from ratlip_cli.models import trainable_parameters
-
-    gen = torch.Generator().manual_seed(seed)
-    for p in trainable_parameters(generator):
-        p.add_(scale * torch.randn(p.shape, generator=gen).to(p.device, p.dtype))
-    was_training = generator.training
-    generator.eval()
-    dev = next(generator.parameters()).device
-    z = torch.randn(4, generator.z_dim, generator=gen).to(dev)
-    s = torch.randn(4, generator.backbone.embed_dim, generator=gen).to(dev)
-    std = generator(z, s).float().std().item()
-    last = generator.to_rgb[-1]
-    if std > 0 and math.isfinite(std):
-        last.weight.mul_(image_std / std)
-        last.bias.mul_(image_std / std)
-    generator.train(was_training)
-
-
-def _bench_trainer(cfg: Config, models, device: torch.device, seed: int):
-    """A `Trainer` around already-built models, ready for `train_step` (no dataset, no run directory).
-
-    Mirrors the model/optimiser part of `Trainer.setup` (see docs/benchmarks.md: a
-    `Trainer.from_models` there would make this mirror unnecessary).
-    """
-    from ratlip_cli.models import trainable_parameters
-    from ratlip_cli.train import loop
-
-    if not hasattr(loop.Trainer, "train_step"):
-        raise RatlipError("ratlip_cli.train.loop.Trainer has no train_step; `ratlip bench` cannot time training")
-    tc = cfg.train
-    trainer = loop.Trainer(cfg)
-    trainer.device = device
-    trainer.distributed, trainer.rank, trainer.world, trainer.main = False, 0, 1, True
-    trainer.models = models
-    trainer.G, trainer.D, trainer.head = models.generator, models.discriminator, models.head
-    trainer.backbone = models.backbone
-    if tc.channels_last and device.type == "cuda":
-        for m in (trainer.G, trainer.D, trainer.head):
-            m.to(memory_format=torch.channels_last)
-    trainer.g_params = loop._unique(trainable_parameters(trainer.G))
-    trainer.d_params = loop._unique(trainable_parameters(trainer.D) + trainable_parameters(trainer.head))
-    trainer.buffers = loop._float_buffers(trainer.G, trainer.D, trainer.head)
-    betas = (float(tc.betas[0]), float(tc.betas[1]))
-    trainer.opt_g = torch.optim.Adam(trainer.g_params, lr=tc.lr_g, betas=betas)
-    trainer.opt_d = torch.optim.Adam(trainer.d_params, lr=tc.lr_d, betas=betas)
-    trainer.scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "amp_fp16")
-    trainer.noise_gen = torch.Generator().manual_seed(seed)
-    return trainer
-
-
-# ---------------------------------------------------------------------------------------------
 # the benchmark
 
 
@@ -439,14 +384,14 @@ def _device(options: BenchOptions) -> torch.device:
 
 
 def _run(options: BenchOptions, device: torch.device, tuned: bool) -> list[dict[str, Any]]:
-    from ratlip_cli.weights import load_clip
+    from ratlip_cli.models.family import RunFiles
+    from ratlip_cli.models.registry import get_family
 
     base = resolve_config(options.preset, overrides=["clip.weights=random", *options.sets])
     hiddens = options.hiddens if options.hiddens is not None else sorted({0, base.model.rat.hidden})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(options.seed)
-        clip_model, tokenizer = load_clip(base.clip.arch, base.clip.weights, base.clip.cache_dir)
-    clip_model = clip_model.to(device)
+        text = get_family(base).text_encoder(base, RunFiles(None, seed=options.seed), device)
     matmul = {p: matmul_gflops(device, p) for p in options.precisions}
     name = device_name(device)
     common = {
@@ -480,7 +425,7 @@ def _run(options: BenchOptions, device: torch.device, tuned: bool) -> list[dict[
             )
 
     for hidden in hiddens:
-        _bench_hidden(hidden, options, device, clip_model, tokenizer, emit)
+        _bench_hidden(hidden, options, device, text, emit)
         _malloc_trim()
 
     if options.show:
@@ -492,16 +437,17 @@ def _run(options: BenchOptions, device: torch.device, tuned: bool) -> list[dict[
     return rows
 
 
-def _bench_hidden(hidden: int, options: BenchOptions, device: torch.device, clip_model, tokenizer, emit) -> None:
+def _bench_hidden(hidden: int, options: BenchOptions, device: torch.device, text, emit) -> None:
     """Every generator setting, then every training step, of one RAT hidden size (a fresh model)."""
-    from ratlip_cli.models import build_models
+    from ratlip_cli.models.registry import get_family
 
     cfg = resolve_config(options.preset, overrides=["clip.weights=random", *options.sets])
     set_value(cfg, "model.rat.hidden", hidden)
+    family = get_family(cfg)
     torch.manual_seed(options.seed)
-    models = build_models(cfg, clip_model).to(device)
-    G = models.generator
-    randomise_generator(G, options.seed)
+    nets = family.build(cfg, text).to(device)
+    G = nets.generator
+    family.randomise_generator(G, options.seed)
     G.eval()
     runner = torch.compile(G) if options.compile else G
     reference: dict[int, torch.Tensor] = {}  # fp32 images per batch size, for the bf16/fp16 rows
@@ -513,8 +459,8 @@ def _bench_hidden(hidden: int, options: BenchOptions, device: torch.device, clip
     for precision in options.precisions:
         for batch in options.batch_sizes:
             gen = torch.Generator().manual_seed(options.seed * 1000 + batch)  # same inputs for every precision
-            z = torch.randn(batch, cfg.model.z_dim, generator=gen).to(device)
-            s = torch.randn(batch, models.backbone.embed_dim, generator=gen).to(device)
+            z = torch.randn(batch, nets.z_dim, generator=gen).to(device)
+            s = nets.text.encode(nets.text.tokenizer(_captions(batch, gen)).to(device))
             with OtherCpuMeter() as others:
                 times = time_runs(lambda: generate(runner, z, s, precision), device, options.warmup, options.repeats)
             # Memory from one more, untimed run: the sampling thread would cost ~5% at batch 1.
@@ -535,7 +481,7 @@ def _bench_hidden(hidden: int, options: BenchOptions, device: torch.device, clip
 
     if not options.skip_train:
         for precision in options.precisions:
-            emit(_train_row(cfg, models, tokenizer, device, hidden, precision, options))
+            emit(_train_row(cfg, family, nets, device, hidden, precision, options))
 
 
 def _speed_row(
@@ -560,20 +506,19 @@ def _speed_row(
     }
 
 
-def _train_row(cfg, models, tokenizer, device, hidden, precision, options: BenchOptions) -> dict[str, Any]:
-    """Time `Trainer.train_step` on a synthetic batch (random images at data.crop_size, one caption)."""
+def _train_row(cfg, family, nets, device, hidden, precision, options: BenchOptions) -> dict[str, Any]:
+    """Time the family's training step (as `train` builds it) on a synthetic batch (random images at data.crop_size)."""
     cfg.train.precision = TRAIN_PRECISION[precision]
-    trainer = _bench_trainer(cfg, models, device, options.seed)
+    train_step = family.training_step(cfg, nets, device, torch.Generator().manual_seed(options.seed))
     b = options.train_batch_size
     gen = torch.Generator().manual_seed(options.seed + 1)
     size = cfg.data.crop_size
     batch = {
         "image": (torch.rand(b, 3, size, size, generator=gen) * 2 - 1),
-        "tokens": tokenizer([CAPTION] * b),
+        "tokens": nets.text.tokenizer([CAPTION] * b),
     }
-    for m in (trainer.G, trainer.D, trainer.head):
-        m.train()
-    step = lambda: trainer.train_step(batch)  # noqa: E731
+    train_step.train()
+    step = lambda: train_step(batch)  # noqa: E731
     step()  # the first step also allocates Adam's state: not timed, not in the memory delta
     with OtherCpuMeter() as others:
         times = time_runs(step, device, max(0, options.warmup - 1), options.repeats)
@@ -582,9 +527,9 @@ def _train_row(cfg, models, tokenizer, device, hidden, precision, options: Bench
     matmul_rate = matmul_gflops(device, precision)
     # FLOPs are counted in fp32: the same operations, and FlopCounterMode's decompositions (e.g. of
     # the LSTM cell) do not run under autocast.
-    trainer.tc.precision = "fp32"
+    train_step.set_precision("fp32")
     flops = count_flops(step) / b
-    trainer.tc.precision = TRAIN_PRECISION[precision]
+    train_step.set_precision(TRAIN_PRECISION[precision])
     ips = b / statistics.median(times)
     return _speed_row(hidden, precision, "train", b, times, ips, flops, matmul_rate, mem, others)
 

@@ -43,6 +43,7 @@ class RatConfig:
 class ModelConfig:
     """Generator and discriminator sizes; CLIP widths, depth and grid are read from the backbone."""
 
+    # The model family (ratlip_cli/models/registry.py): which package builds, trains and exports it.
     # ratlip: the authors' RATLIP NetG (Conv_shuffle = conv -> BN -> LeakyReLU -> shuffle attention
     # in the bridge and twice in every generator block; RAT when model.rat.hidden > 0).
     # galip: GALIP's NetG exactly (plain convs with bias, no BN or shuffle attention, no RAT).
@@ -154,7 +155,6 @@ class Config:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "model.family": ("ratlip", "galip"),
     "model.rat.mode": ("recurrent", "authors"),
     "model.rat.scope": ("bridge", "all"),
     "model.d_backbone": ("clip", "cnn"),
@@ -163,6 +163,15 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "eval.fid_mode": ("clean", "legacy_pytorch", "legacy_tensorflow"),
     "eval.feature_extractor": ("inception", "random-tiny"),
 }
+
+
+def choices_of(key: str) -> tuple[str, ...] | None:
+    """The allowed values of a dotted config key (None: any value of its type)."""
+    if key == "model.family":  # the families register themselves in the model registry
+        from ratlip_cli.models.registry import family_names
+
+        return family_names()
+    return CHOICES.get(key)
 
 
 def presets_dir() -> Path:
@@ -250,10 +259,9 @@ def set_value(cfg: Config, key: str, value: Any) -> None:
                 merge_dict(cfg, value, prefix=key)
                 return
             value = _coerce(value, tp, key)
-            if key in CHOICES and value not in CHOICES[key]:
-                raise RatlipError(
-                    f"config key '{key}' must be one of {', '.join(CHOICES[key])}, got {value!r}"
-                )
+            choices = choices_of(key)
+            if choices is not None and value not in choices:
+                raise RatlipError(f"config key '{key}' must be one of {', '.join(choices)}, got {value!r}")
             setattr(node, part, value)
             return
         node = getattr(node, part)
@@ -310,9 +318,13 @@ def resolve_config(
     preset: str | None = None,
     config_file: str | Path | None = None,
     overrides: list[str] | None = None,
+    base: Config | None = None,
 ) -> Config:
-    """Build the config: defaults, then the preset, then a YAML file, then `--set` overrides."""
-    cfg = Config()
+    """Build the config: defaults (or a copy of ``base``), then the preset, then a YAML file, then `--set` overrides.
+
+    ``base`` is an existing run's config (resuming: no preset, the file and overrides on top).
+    """
+    cfg = from_dict(to_dict(base)) if base is not None else Config()
     if preset:
         data = load_preset(preset)
         data.pop("preset", None)

@@ -152,3 +152,41 @@ def resolve_device(spec: str | None) -> torch.device:
     elif dev.type not in ("cpu", "mps"):
         raise RatlipError(f"unsupported device '{spec}'; use cpu, cuda or cuda:N")
     return dev
+
+
+def average_gradients(params: list[torch.nn.Parameter], losses: torch.Tensor) -> torch.Tensor:
+    """Average ``params``' gradients (in place) and ``losses`` over processes with one all-reduce.
+
+    Returns the averaged losses (``losses`` itself in a single process). A parameter without a
+    gradient takes part as zeros, so every rank sends the same layout.
+    """
+    world = get_world_size()
+    if world == 1:
+        return losses
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1).float() for g in grads] + [losses.to(grads[0].device, torch.float32)])
+    all_reduce_sum(flat)
+    flat.div_(world)
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        chunk = flat[offset : offset + n].view_as(g).to(g.dtype)
+        if p.grad is None:
+            p.grad = chunk
+        else:
+            p.grad.copy_(chunk)
+        offset += n
+    return flat[offset:].to(losses.device)
+
+
+def average_buffers(buffers: list[torch.Tensor]) -> None:
+    """Average floating-point buffers (BatchNorm statistics) over processes in place, in one all-reduce."""
+    if get_world_size() == 1 or not buffers:
+        return
+    flat = torch.cat([b.reshape(-1).float() for b in buffers])
+    all_reduce_mean(flat)
+    offset = 0
+    for b in buffers:
+        n = b.numel()
+        b.copy_(flat[offset : offset + n].view_as(b).to(b.dtype))
+        offset += n

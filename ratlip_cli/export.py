@@ -2,10 +2,11 @@
 
 - ``generator.safetensors``: the EMA generator's own weights and BatchNorm statistics
   (`trainable_state_dict`: the frozen CLIP is left out).
-- ``generator.json``: ``format``, ``format_version``, ``ratlip_version``, ``step``, ``images_seen``,
-  the resolved ``config`` (which rebuilds the generator) and ``clip`` (arch, weights spec, and
-  ``file``: the run's ``clip.safetensors`` relative to the JSON when the run used random CLIP
-  weights, so the exact frozen CLIP is rebuilt).
+- ``generator.json``: ``format``, ``format_version``, ``ratlip_version``, ``family``, ``step``,
+  ``images_seen``, the resolved ``config`` (which rebuilds the generator through its model family,
+  `config.model.family`) and ``clip``: the family's description of its frozen text encoder (for
+  CLIP families: arch, weights spec, and ``file``: the run's ``clip.safetensors`` relative to the
+  JSON when the run used random CLIP weights, so the exact frozen CLIP is rebuilt).
 
 `load_generator(path, device)` takes a run directory, an export folder, or the ``.safetensors``
 (or ``.json``) file and returns a `LoadedGenerator` in eval mode.
@@ -56,30 +57,36 @@ def export_generator(
     cfg: Config,
     out_dir: str | Path,
     *,
+    text: Any = None,
     clip_file: str | Path | None = None,
     step: int = 0,
     images_seen: int = 0,
 ) -> Path:
     """Write ``out_dir/generator.safetensors`` and ``out_dir/generator.json``; returns the weights path.
 
-    ``generator`` is the EMA generator; ``clip_file`` the run's saved random CLIP (None when the
-    config names pretrained weights).
+    ``generator`` is the EMA generator; ``text`` the run's `TextEncoder` (its ``source`` is
+    recorded). Without ``text``, the config's CLIP is recorded, with ``clip_file`` the run's saved
+    random CLIP (None when the config names pretrained weights).
     """
     from safetensors.torch import save
 
-    from ratlip_cli.models import trainable_state_dict
+    from ratlip_cli.models.params import trainable_state_dict
+    from ratlip_cli.models.registry import get_family
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in trainable_state_dict(generator).items()}
     meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "step": str(int(step))}
-    clip_info: dict[str, Any] = {"arch": cfg.clip.arch, "weights": cfg.clip.weights, "file": None}
-    if clip_file is not None:
-        clip_info["file"] = os.path.relpath(Path(clip_file).resolve(), out_dir.resolve())
+    if text is not None:
+        source = text.source
+    else:
+        source = {"arch": cfg.clip.arch, "weights": cfg.clip.weights, "file": str(clip_file) if clip_file else None}
+    clip_info = get_family(cfg).export_source(source, out_dir)
     doc = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "ratlip_version": __version__,
+        "family": cfg.model.family,
         "step": int(step),
         "images_seen": int(images_seen),
         "clip": clip_info,
@@ -93,7 +100,11 @@ def export_generator(
 
 @dataclass
 class LoadedGenerator:
-    """An exported generator rebuilt for inference: the generator (eval mode), its CLIP, tokenizer and config."""
+    """An exported generator rebuilt for inference (the family's sampler: text -> images).
+
+    ``generator(z, embed(captions))`` gives images; ``backbone`` is the frozen text encoder's
+    module, ``text`` the family's `TextEncoder` (its ``encode`` is what ``embed`` runs).
+    """
 
     generator: nn.Module
     backbone: nn.Module
@@ -101,6 +112,7 @@ class LoadedGenerator:
     cfg: Config
     step: int = 0
     images_seen: int = 0
+    text: Any = None
 
     @property
     def device(self) -> torch.device:
@@ -108,9 +120,9 @@ class LoadedGenerator:
 
     @torch.no_grad()
     def embed(self, captions: Sequence[str]) -> torch.Tensor:
-        """CLIP sentence embeddings (B, E) of ``captions`` (fp32, on the generator's device)."""
+        """The generator's text condition for ``captions`` (fp32, on the generator's device)."""
         tokens = self.tokenizer(list(captions)).to(self.device)
-        return self.backbone.encode_text(tokens)[0].float()
+        return self.text.encode(tokens).float()
 
     @torch.no_grad()
     def generate(self, captions: Sequence[str], z: torch.Tensor | None = None, seed: int = 0) -> torch.Tensor:
@@ -157,30 +169,13 @@ def read_export_config(path: str | Path) -> dict[str, Any]:
     return doc
 
 
-def clip_weights_for(doc: dict[str, Any], doc_path: Path) -> str:
-    """The `clip.weights` spec that rebuilds an export's frozen CLIP (the saved file for random CLIP)."""
-    clip = doc.get("clip") or {}
-    weights = clip.get("weights") or doc["config"]["clip"]["weights"]
-    if clip.get("file"):
-        file = (doc_path.parent / clip["file"]).resolve()
-        if not file.is_file():
-            raise RatlipError(
-                f"{doc_path} needs the run's frozen CLIP weights {file}, which are missing; "
-                "keep the export folder inside its run directory"
-            )
-        return str(file)
-    if weights == "random":
-        raise RatlipError(f"{doc_path} used random CLIP weights but names no saved CLIP file; it cannot be rebuilt")
-    return weights
-
-
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> LoadedGenerator:
     """Rebuild an exported EMA generator (with its frozen CLIP and tokenizer) in eval mode on ``device``."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from ratlip_cli.models import ClipBackbone, Generator, load_trainable_state_dict
-    from ratlip_cli.weights import load_clip
+    from ratlip_cli.models.params import load_trainable_state_dict
+    from ratlip_cli.models.registry import get_family
 
     weights, doc_path = resolve_export_paths(path)
     doc = read_export_config(doc_path)
@@ -188,10 +183,9 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Load
         cfg = from_dict(doc["config"])
     except RatlipError as exc:
         raise RatlipError(f"{doc_path} holds an invalid config: {exc}") from None
-    clip_spec = clip_weights_for(doc, doc_path)
-    clip_model, tokenizer = load_clip(cfg.clip.arch, clip_spec, cfg.clip.cache_dir, device="cpu")
-    backbone = ClipBackbone(clip_model)
-    generator = Generator(cfg.model, backbone)
+    family = get_family(cfg)
+    text = family.export_text_encoder(doc.get("clip") or {}, cfg, doc_path.parent)
+    generator = family.build_generator(cfg, text)
     try:
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
@@ -201,4 +195,5 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Load
     except RatlipError as exc:
         raise RatlipError(f"{weights} does not match the architecture in {doc_path.name}: {exc}") from None
     generator.to(device).eval().requires_grad_(False)
-    return LoadedGenerator(generator, backbone, tokenizer, cfg, int(doc.get("step", 0)), int(doc.get("images_seen", 0)))
+    return LoadedGenerator(generator, text.module, text.tokenizer, cfg, int(doc.get("step", 0)),
+                           int(doc.get("images_seen", 0)), text)

@@ -107,8 +107,8 @@ def read_prompts_file(path: str | Path) -> list[str]:
 
 
 def context_length(loaded) -> int:
-    """The text tower's context length, read from the backbone (or the tokenizer as a fallback)."""
-    ctx = getattr(loaded.backbone, "context_length", None) or getattr(loaded.tokenizer, "context_length", None)
+    """The text encoder's context length (or the tokenizer's as a fallback)."""
+    ctx = getattr(loaded.text, "context_length", None) or getattr(loaded.tokenizer, "context_length", None)
     if not ctx:
         raise RatlipError("cannot tell the text tower's context length from the loaded weights")
     return int(ctx)
@@ -163,14 +163,13 @@ def _param_device(module: torch.nn.Module) -> torch.device:
 
 @torch.no_grad()
 def encode_prompts(loaded, prompts: Sequence[str]) -> torch.Tensor:
-    """Sentence embeddings (P, E) on the CPU, one prompt at a time so no prompt depends on the others."""
+    """The generator's text conditions (P, E) on the CPU, one prompt at a time so no prompt depends on the others."""
     ctx = context_length(loaded)
     device = _param_device(loaded.backbone)
     out = []
     for text in prompts:
         tokens = loaded.tokenizer([text], context_length=ctx).to(device)
-        sentence = loaded.backbone.encode_text(tokens)[0]
-        out.append(sentence[0].cpu())
+        out.append(loaded.text.encode(tokens)[0].cpu())
     return torch.stack(out).to(_param_dtype(loaded.generator))
 
 

@@ -193,7 +193,7 @@ def test_export_round_trip_gives_the_ema_images(tmp_path, data_root):
     captions = ["a small red circle on a blue background", "a big white square on a gray background"]
     z = torch.randn(2, trainer.cfg.model.z_dim, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        s = trainer.backbone.encode_text(trainer.tokenizer(captions))[0].float()
+        s = trainer.nets.text.encode(trainer.nets.text.tokenizer(captions))
         want = trainer.ema.module.eval()(z, s)
     for path in (run, run / "export" / "generator.safetensors"):
         loaded = load_generator(path, "cpu")
@@ -203,7 +203,7 @@ def test_export_round_trip_gives_the_ema_images(tmp_path, data_root):
         assert torch.equal(got, want)
     # The EMA is not the live generator (it really is an average).
     with torch.no_grad():
-        assert not torch.equal(trainer.G.eval()(z, s), want)
+        assert not torch.equal(trainer.nets.generator.eval()(z, s), want)
 
     doc = run / "export" / "generator.json"
     text = doc.read_text()
@@ -234,7 +234,7 @@ def test_resume_refuses_architecture_change_but_allows_budget(tmp_path, data_roo
 
 
 def test_nonfinite_steps_are_skipped_then_stop_naming_the_checkpoint(tmp_path, data_root, monkeypatch):
-    import ratlip_cli.train.loop as loop
+    import ratlip_cli.models.ratlip.step as loop
 
     real = loop.d_hinge_loss
 
@@ -261,16 +261,18 @@ def test_clip_image_pass_skipped_when_clip_weight_is_zero(tmp_path, data_root):
     trainer = Trainer(tiny(tmp_path, data_root, "noclip", "train.clip_sim_weight=0"))
     trainer.setup()
     seen = []
-    encode = trainer.D.encode
+    discriminator = trainer.nets.trainable["discriminator"]
+    encode = discriminator.encode
 
     def spy(images, with_pooled=True):
         seen.append(with_pooled)
         return encode(images, with_pooled=with_pooled)
 
-    trainer.D.encode = spy
+    discriminator.encode = spy
     batch = next(iter(trainer._loader()))
-    d_vec, g_vec = trainer.train_step(batch)
-    assert seen == [False, False] and g_vec is not None and g_vec[1].item() == 0.0
+    out = trainer.train_step(batch)
+    assert seen == [False, False] and out.losses is not None
+    assert out.losses[trainer.loss_columns.index("g_clip")].item() == 0.0
 
 
 def test_sampler_resumes_mid_epoch_with_the_same_order():
@@ -343,16 +345,16 @@ def test_print_config_with_precision_and_device():
 def test_autocast_steps_are_finite(tmp_path, data_root, precision):
     trainer = Trainer(tiny(tmp_path, data_root, precision, f"train.precision={precision}"))
     trainer.setup()
-    assert trainer.scaler.is_enabled() == (precision == "amp_fp16")
+    assert trainer.step_fn.scaler.is_enabled() == (precision == "amp_fp16")
     batch = next(iter(trainer._loader()))
     done = []
     for _ in range(4):  # fp16 may skip a step or two while the GradScaler finds its scale
-        d_vec, g_vec = trainer.train_step(batch)
-        if d_vec is not None and g_vec is not None:
-            assert torch.isfinite(d_vec).all() and torch.isfinite(g_vec).all()
+        out = trainer.train_step(batch)
+        if out.losses is not None:
+            assert torch.isfinite(out.losses).all()
             done.append(True)
         else:
-            assert trainer.overflow
+            assert out.overflow
     assert done
 
 

@@ -5,6 +5,6 @@
     result = train(resume_config("runs/x"), resume="runs/x")   # continue it exactly
 """
 
-from ratlip_cli.train.loop import TrainResult, Trainer, architecture_changes, resume_config, train
+from ratlip_cli.train.loop import ResumePoint, TrainResult, Trainer, architecture_changes, resume_config, resume_point, train
 
-__all__ = ["TrainResult", "Trainer", "architecture_changes", "resume_config", "train"]
+__all__ = ["ResumePoint", "TrainResult", "Trainer", "architecture_changes", "resume_config", "resume_point", "train"]

@@ -12,6 +12,7 @@ from ratlip_cli import dist
 from ratlip_cli.config import Config, resolve_config, to_yaml
 from ratlip_cli.console import console
 from ratlip_cli.errors import RatlipError
+from ratlip_cli.train.loop import ResumePoint
 
 DEFAULT_PRESET = "shapes"
 
@@ -66,9 +67,10 @@ def build_config(
     resume: Optional[Path],
     device: Optional[str],
     precision: Optional[str],
-) -> Config:
-    """The resolved config: preset/file/--set for a new run, the run's own config for --resume."""
-    from ratlip_cli.train.loop import resume_config
+) -> tuple[Config, ResumePoint | None]:
+    """The resolved config (preset/file/--set for a new run, the run's own config for --resume) and
+    the resume point (the run's newest checkpoint, read here once and handed on to `train`)."""
+    from ratlip_cli.train.loop import resume_config, resume_point
 
     extra = list(sets)
     if device:
@@ -76,14 +78,15 @@ def build_config(
     if precision:
         extra.append(f"train.precision={precision}")
     if resume is None:
-        return resolve_config(preset or DEFAULT_PRESET, config, extra)
-    cfg = resume_config(resume, config, extra)
+        return resolve_config(preset or DEFAULT_PRESET, config, extra), None
+    point = resume_point(resume)
+    cfg = resume_config(point, config, extra)
     if preset and preset != cfg.preset:
         raise RatlipError(
             f"--resume {resume} continues a run of preset '{cfg.preset or '(none)'}', not '{preset}'; "
             "drop the preset argument"
         )
-    return cfg
+    return cfg, point
 
 
 def run_train_command(
@@ -98,7 +101,7 @@ def run_train_command(
 ) -> int:
     """Run `ratlip train`; returns the process exit code (128 + signal number when stopped by a signal)."""
     sets = list(sets or [])
-    cfg = build_config(preset, config, sets, resume, device, precision)
+    cfg, point = build_config(preset, config, sets, resume, device, precision)
     if print_config:
         console.print(to_yaml(cfg), end="", highlight=False, markup=False)
         return 0
@@ -111,7 +114,7 @@ def run_train_command(
         os.execv(argv[0], argv)
     from ratlip_cli.train.loop import train
 
-    result = train(cfg, resume=resume)
+    result = train(cfg, resume=point)
     if result.stopped_by in ("SIGINT", "SIGTERM"):
         return 128 + int(getattr(signal, result.stopped_by))
     return 0

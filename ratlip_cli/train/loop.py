@@ -1,19 +1,16 @@
 """The training loop of `ratlip train`: one process, or one of several under torchrun.
 
-One step (GALIP's order):
-  1. s = CLIP text embedding of the batch's captions (frozen, no grad); z from this rank's noise RNG.
-  2. D step: real logits (x from `Discriminator.encode`, requiring grad, for MA-GP), mismatched
-     logits (sentences shifted by one), fake = G(z, s) (its graph kept for step 3), fake logits on
-     the detached fake features; hinge + MA-GP; Adam on D + head.
-  3. G step: the updated D on the same fake features (now with the graph to G);
-     ``-D - clip_sim_weight * cos``; Adam on G; EMA update.
+The loop knows no model: `model.family` names a family (`ratlip_cli/models/registry.py`) that
+builds the text encoder and the networks and provides the training-step object (what one
+optimisation step does: D and G updates, losses, what is averaged across ranks, what the EMA
+follows; e.g. `ratlip_cli/models/ratlip/step.py`). The loop owns the run folder, data order, stop
+rules, logging, sample grids, the EMA, checkpoints and the export.
 
-Multi-process: every rank builds identical models from the same seed; gradients (and the step's
-losses, in the same buffer) are averaged with one all-reduce per optimiser, BatchNorm statistics
-are averaged after each step, so parameters stay bit-identical across ranks. This is
-DistributedDataParallel's arithmetic done by hand (as StyleGAN2-ADA/3 do): DDP's module wrapper
-does not mix well with GAN training's several forwards per backward, switched-off D gradients
-during the G step, and MA-GP's double backward.
+Multi-process: every rank builds identical models from the same seed; the step averages gradients
+and losses across ranks (`dist.average_gradients`), so parameters stay bit-identical across ranks.
+This is DistributedDataParallel's arithmetic done by hand (as StyleGAN2-ADA/3 do): DDP's module
+wrapper does not mix well with GAN training's several forwards per backward, switched-off D
+gradients during the G step, and MA-GP's double backward.
 
 Determinism: on CPU the same seed gives the same run, and a resumed run continues bit for bit
 (weights, optimisers, EMA, RNGs and the data position are all in the checkpoint).
@@ -21,49 +18,33 @@ Determinism: on CPU the same seed gives the same run, and a resumed run continue
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import signal
 import threading
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-from torch import nn
 
 from ratlip_cli import __version__, dist
 from ratlip_cli.dist import resolve_device
-from ratlip_cli.config import Config, from_dict, save_config, to_dict
+from ratlip_cli.config import Config, from_dict, resolve_config, save_config, to_dict
 from ratlip_cli.console import console, warn
 from ratlip_cli.errors import RatlipError
-from ratlip_cli.losses import d_hinge_loss, g_loss, ma_gp, mismatched
+from ratlip_cli.seeds import derive_seed
 from ratlip_cli.train.checkpoint import capture_rng, latest_checkpoint, restore_rng, save_checkpoint
 from ratlip_cli.train.ema import EmaGenerator
-from ratlip_cli.train.run import (
-    LOSS_COLUMNS,
-    MetricsLog,
-    RunPaths,
-    new_run_paths,
-    save_sample_grid,
-)
+from ratlip_cli.train.run import MetricsLog, RunPaths, new_run_paths, save_sample_grid
 
-PRECISION_DTYPES = {"fp32": None, "amp_bf16": torch.bfloat16, "amp_fp16": torch.float16}
 # Config sections whose change would make a checkpoint's weights meaningless.
 ARCHITECTURE_SECTIONS = ("model", "clip")
 SAMPLE_COLUMNS = 8
 # Test hook: a folder where every rank saves its final weights as rank<N>.pt.
 DEBUG_DUMP_ENV = "RATLIP_DEBUG_DUMP_DIR"
-
-
-def derive_seed(*parts: Any) -> int:
-    """A stable 63-bit seed from any parts (not Python's salted `hash`)."""
-    text = "\x1f".join(str(p) for p in ("ratlip", *parts))
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & ((1 << 63) - 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,42 +70,54 @@ def architecture_changes(old: Config, new: Config) -> list[str]:
     )
 
 
-def resume_config(run_dir: str | Path, config_file: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """The config of an existing run (from its newest usable checkpoint), with budget overrides applied.
+@dataclass
+class ResumePoint:
+    """A run directory and its newest usable checkpoint, read once (by `resume_point`)."""
 
-    Overrides that change the architecture (any model.* or clip.* key) are refused.
-    """
-    from ratlip_cli.config import _load_yaml, merge_dict, parse_override, set_value, validate
+    run_dir: Path
+    checkpoint: Path
+    state: dict[str, Any] = field(repr=False)
 
+
+def resume_point(run_dir: str | Path | ResumePoint) -> ResumePoint:
+    """Read the newest usable checkpoint of ``run_dir`` (a ResumePoint is returned as it is)."""
+    if isinstance(run_dir, ResumePoint):
+        return run_dir
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RatlipError(f"run directory not found: {run_dir}")
     paths = RunPaths(run_dir)
-    path, state = latest_checkpoint(paths.checkpoints)
-    if state is None:
+    path, state = latest_checkpoint(paths.checkpoints, map_location="cpu")
+    if state is None or path is None:
         raise RatlipError(
             f"{run_dir} has no usable checkpoint in {paths.checkpoints}; start a new run instead of --resume"
         )
+    return ResumePoint(run_dir, path, state)
+
+
+def resume_config(
+    run_dir: str | Path | ResumePoint, config_file: str | Path | None = None, overrides: list[str] | None = None
+) -> Config:
+    """The config of an existing run (from its newest usable checkpoint), with budget overrides applied.
+
+    Overrides that change the architecture (any model.* or clip.* key) are refused. Pass the
+    `ResumePoint` on to `train(cfg, resume=...)` so the checkpoint is read only once.
+    """
+    point = resume_point(run_dir)
     try:
-        old = from_dict(state["config"])
+        old = from_dict(point.state["config"])
     except RatlipError as exc:
-        raise RatlipError(f"{path} holds a config this ratlip cannot read: {exc}") from None
-    cfg = from_dict(to_dict(old))
-    if config_file:
-        merge_dict(cfg, _load_yaml(Path(config_file), "config file"))
-    for text in overrides or []:
-        key, value = parse_override(text)
-        set_value(cfg, key, value)
-    validate(cfg)
+        raise RatlipError(f"{point.checkpoint} holds a config this ratlip cannot read: {exc}") from None
+    cfg = resolve_config(config_file=config_file, overrides=overrides, base=old)
     changed = architecture_changes(old, cfg)
     if changed:
         raise RatlipError(
-            f"cannot resume {run_dir} with a different architecture ({', '.join(changed)} changed); "
+            f"cannot resume {point.run_dir} with a different architecture ({', '.join(changed)} changed); "
             "only budget and logging keys (train.max_steps, train.epochs, train.max_minutes, ...) may change"
         )
     # The run stays where it is, whatever runs_dir/name say.
-    cfg.train.runs_dir = str(run_dir.parent)
-    cfg.train.name = run_dir.name
+    cfg.train.runs_dir = str(point.run_dir.parent)
+    cfg.train.name = point.run_dir.name
     return cfg
 
 
@@ -247,86 +240,32 @@ class TrainResult:
     stopped_by: str
     checkpoint: Path | None
     export: Path | None
-
-
-def _autocast(device: torch.device, precision: str):
-    dtype = PRECISION_DTYPES[precision]
-    if dtype is None:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _unique(params) -> list[nn.Parameter]:
-    seen, out = set(), []
-    for p in params:
-        if id(p) not in seen:
-            seen.add(id(p))
-            out.append(p)
-    return out
-
-
-def _float_buffers(*modules: nn.Module) -> list[torch.Tensor]:
-    from ratlip_cli.models import ClipBackbone
-
-    frozen = {id(t) for m in modules for sub in m.modules() if isinstance(sub, ClipBackbone) for t in sub.buffers()}
-    seen, out = set(), []
-    for m in modules:
-        for b in m.buffers():
-            if b.is_floating_point() and id(b) not in frozen and id(b) not in seen:
-                seen.add(id(b))
-                out.append(b)
-    return out
-
-
-def _reduce(params: list[nn.Parameter], losses: torch.Tensor) -> torch.Tensor:
-    """Average gradients (in place) and ``losses`` over processes with one all-reduce; returns losses."""
-    world = dist.get_world_size()
-    if world == 1:
-        return losses
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1).float() for g in grads] + [losses.to(grads[0].device, torch.float32)])
-    dist.all_reduce_sum(flat)
-    flat.div_(world)
-    offset = 0
-    for p, g in zip(params, grads):
-        n = g.numel()
-        chunk = flat[offset : offset + n].view_as(g).to(g.dtype)
-        if p.grad is None:
-            p.grad = chunk
-        else:
-            p.grad.copy_(chunk)
-        offset += n
-    return flat[offset:].to(losses.device)
-
-
-def _average_buffers(buffers: list[torch.Tensor]) -> None:
-    if dist.get_world_size() == 1 or not buffers:
-        return
-    flat = torch.cat([b.reshape(-1).float() for b in buffers])
-    dist.all_reduce_mean(flat)
-    offset = 0
-    for b in buffers:
-        n = b.numel()
-        b.copy_(flat[offset : offset + n].view_as(b).to(b.dtype))
-        offset += n
+    elapsed_s: float = 0.0  # training time of the whole run (resumed parts included)
+    device: str = ""
+    # The family's networks (`ratlip_cli.models.family.Networks`) and the EMA generator, as trained.
+    nets: Any = field(default=None, repr=False)
+    ema_generator: Any = field(default=None, repr=False)
 
 
 class Trainer:
     """Builds everything for a run and runs the loop (use `train()` rather than this class directly)."""
 
-    def __init__(self, cfg: Config, resume: str | Path | None = None, on_step: Callable[[int], None] | None = None):
+    def __init__(
+        self, cfg: Config, resume: str | Path | ResumePoint | None = None, on_step: Callable[[int], None] | None = None
+    ):
         self.cfg = cfg
         self.tc = cfg.train
         self.on_step = on_step
-        self.resume_dir = Path(resume) if resume else None
+        self.resume = resume
 
     # ---- setup ---------------------------------------------------------------------------------
     def setup(self) -> None:
         from ratlip_cli.data import TextImageDataset
-        from ratlip_cli.models import build_models, trainable_parameters
-        from ratlip_cli.weights import load_clip
+        from ratlip_cli.models.family import RunFiles
+        from ratlip_cli.models.registry import get_family
 
         cfg, tc = self.cfg, self.tc
+        self.family = get_family(cfg)
         self.device = resolve_device(tc.device)
         self.distributed = dist.init_from_env(self.device.type)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
@@ -339,12 +278,11 @@ class Trainer:
 
         # Run directory (rank 0 picks the name; everyone uses it).
         state = None
-        if self.resume_dir is not None:
-            self.paths = RunPaths(self.resume_dir)
-            ckpt_path, state = latest_checkpoint(self.paths.checkpoints, map_location="cpu")
-            if state is None:
-                raise RatlipError(f"{self.resume_dir} has no usable checkpoint; start a new run instead of --resume")
-            self.resumed_from = ckpt_path
+        if self.resume is not None:
+            point = resume_point(self.resume)
+            self.paths = RunPaths(point.run_dir)
+            state, self.resumed_from = point.state, point.checkpoint
+            self.resume = None  # the state is handed over once; drop the reference as it is loaded
         else:
             root = str(new_run_paths(cfg).root) if self.main else None
             self.paths = RunPaths(Path(dist.broadcast_object(root)))
@@ -357,43 +295,16 @@ class Trainer:
                 console.print(f"run directory: {self.paths.root}", highlight=False)
         dist.barrier()
 
-        # Frozen CLIP: pretrained, or random from a derived seed (saved once so it can be rebuilt).
-        self.clip_file: Path | None = None
-        if cfg.clip.weights == "random":
-            self.clip_file = self.paths.clip
-            if state is not None:
-                if not self.clip_file.is_file():
-                    raise RatlipError(
-                        f"{self.clip_file} is missing: this run used random CLIP weights saved there, so it cannot continue"
-                    )
-                clip_model, self.tokenizer = load_clip(cfg.clip.arch, str(self.clip_file), cfg.clip.cache_dir)
-            else:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(derive_seed(tc.seed, "clip"))
-                    clip_model, self.tokenizer = load_clip(cfg.clip.arch, "random", cfg.clip.cache_dir)
-                if self.main:
-                    from ratlip_cli.export import save_clip_weights
-
-                    save_clip_weights(clip_model, self.clip_file)
-        else:
-            clip_model, self.tokenizer = load_clip(cfg.clip.arch, cfg.clip.weights, cfg.clip.cache_dir)
-
-        # Models: identical on every rank (same seed), then moved to the device.
+        # The family's frozen text encoder (a random CLIP is saved in the run folder once), then its
+        # networks: identical on every rank (same seed), then moved to the device.
+        files = RunFiles(self.paths.root, resuming=state is not None, main=self.main, seed=tc.seed)
+        text = self.family.text_encoder(cfg, files)
         torch.manual_seed(derive_seed(tc.seed, "init"))
-        self.models = build_models(cfg, clip_model).to(self.device)
-        self.G, self.D, self.head = self.models.generator, self.models.discriminator, self.models.head
-        self.backbone = self.models.backbone
-        if tc.channels_last and self.device.type == "cuda":
-            for m in (self.G, self.D, self.head):
-                m.to(memory_format=torch.channels_last)
-        self.g_params = _unique(trainable_parameters(self.G))
-        self.d_params = _unique(trainable_parameters(self.D) + trainable_parameters(self.head))
-        self.buffers = _float_buffers(self.G, self.D, self.head)
-        betas = (float(tc.betas[0]), float(tc.betas[1]))
-        self.opt_g = torch.optim.Adam(self.g_params, lr=tc.lr_g, betas=betas)
-        self.opt_d = torch.optim.Adam(self.d_params, lr=tc.lr_d, betas=betas)
-        self.ema = EmaGenerator(self.G, tc.ema_halflife_kimg, tc.ema_rampup)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.precision == "amp_fp16")
+        self.nets = self.family.build(cfg, text).to(self.device)
+        self.noise_gen = torch.Generator().manual_seed(derive_seed(tc.seed, "noise", self.rank))
+        self.step_fn = self.family.training_step(cfg, self.nets, self.device, self.noise_gen)
+        self.ema = EmaGenerator(self.step_fn.ema_source, tc.ema_halflife_kimg, tc.ema_rampup)
+        self.loss_columns = tuple(self.step_fn.loss_columns)
 
         # Data.
         data_seed = derive_seed(tc.seed, "data") % (2**32)
@@ -401,11 +312,11 @@ class Trainer:
             from ratlip_cli.data.stream import ShardStream
 
             self.dataset = self.sampler = ShardStream(
-                prepared, "train", cfg.data, self.tokenizer, tc.batch_size, data_seed, self.rank, self.world
+                prepared, "train", cfg.data, self.nets.text.tokenizer, tc.batch_size, data_seed, self.rank, self.world
             )
             self.dataset.check_workers(cfg.data.num_workers)
         else:
-            self.dataset = TextImageDataset(prepared, "train", cfg.data, self.tokenizer, train=True, seed=data_seed)
+            self.dataset = TextImageDataset(prepared, "train", cfg.data, self.nets.text.tokenizer, train=True, seed=data_seed)
             self.sampler = EpochBatchSampler(len(self.dataset), tc.batch_size, tc.seed, self.rank, self.world)
         if self.sampler.steps_per_epoch == 0:
             raise RatlipError(
@@ -429,11 +340,10 @@ class Trainer:
         self.elapsed = 0.0
         self.nonfinite_total = self.nonfinite_streak = 0
         self.acc = self._new_acc()
-        self.noise_gen = torch.Generator().manual_seed(derive_seed(tc.seed, "noise", self.rank))
         torch.manual_seed(derive_seed(tc.seed, "torch", self.rank))
         np.random.seed(derive_seed(tc.seed, "numpy", self.rank) % (2**32))
         random.seed(derive_seed(tc.seed, "python", self.rank))
-        self.metrics = MetricsLog(self.paths.metrics)
+        self.metrics = MetricsLog(self.paths.metrics, self.loss_columns)
         self.last_checkpoint: Path | None = self.resumed_from
         if state is not None:
             self._load_state(state)
@@ -442,13 +352,10 @@ class Trainer:
             self.metrics.start(keep_until_step=self.step if state is not None else None)
 
     # ---- state ---------------------------------------------------------------------------------
-    @staticmethod
-    def _new_acc() -> dict[str, float]:
-        return {**dict.fromkeys(LOSS_COLUMNS, 0.0), "n": 0.0, "images": 0.0, "time": 0.0}
+    def _new_acc(self) -> dict[str, float]:
+        return {**dict.fromkeys(self.loss_columns, 0.0), "n": 0.0, "images": 0.0, "time": 0.0}
 
     def _state(self) -> dict[str, Any]:
-        from ratlip_cli.models import trainable_state_dict
-
         rngs = dist.all_gather_object({"rng": capture_rng(), "noise": self.noise_gen.get_state()})
         return {
             "step": self.step,
@@ -458,13 +365,8 @@ class Trainer:
             "elapsed_s": self.elapsed,
             "world_size": self.world,
             "batch_size": self.tc.batch_size,
-            "generator": trainable_state_dict(self.G),
-            "discriminator": trainable_state_dict(self.D),
-            "head": trainable_state_dict(self.head),
+            **self.step_fn.state_dict(),
             "ema": self.ema.state_dict(),
-            "opt_g": self.opt_g.state_dict(),
-            "opt_d": self.opt_d.state_dict(),
-            "scaler": self.scaler.state_dict(),
             "rng": [r["rng"] for r in rngs],
             "noise_rng": [r["noise"] for r in rngs],
             "log_acc": dict(self.acc),
@@ -475,19 +377,11 @@ class Trainer:
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        from ratlip_cli.models import load_trainable_state_dict
-
         try:
-            load_trainable_state_dict(self.G, state["generator"])
-            load_trainable_state_dict(self.D, state["discriminator"])
-            load_trainable_state_dict(self.head, state["head"])
+            self.step_fn.load_state_dict(state)
             self.ema.load_state_dict(state["ema"])
-            self.opt_g.load_state_dict(state["opt_g"])
-            self.opt_d.load_state_dict(state["opt_d"])
         except (RatlipError, KeyError, ValueError) as exc:
             raise RatlipError(f"{self.resumed_from} does not fit this run's models: {exc}") from None
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.step_in_epoch, self.images = int(state["step_in_epoch"]), int(state["images"])
         self.elapsed = float(state["elapsed_s"])
@@ -524,82 +418,13 @@ class Trainer:
         from ratlip_cli.export import export_generator
 
         return export_generator(
-            self.ema.module, self.cfg, self.paths.export, clip_file=self.clip_file, step=self.step, images_seen=self.images
+            self.ema.module, self.cfg, self.paths.export, text=self.nets.text, step=self.step, images_seen=self.images
         )
 
     # ---- one step ----------------------------------------------------------------------------------
-    def train_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """One D update and one G update; returns the (rank-averaged) D and G loss vectors (None if skipped).
-
-        D: [total, real, fake, mis, ma_gp]; G: [total, clip cosine]. `self.overflow` tells whether a
-        skip was an fp16 GradScaler overflow rather than a genuinely non-finite loss.
-        """
-        from ratlip_cli.models import set_trainable
-
-        tc, dev = self.tc, self.device
-        self.overflow = False
-        amp = lambda: _autocast(dev, tc.precision)  # noqa: E731
-        cl = torch.channels_last if (tc.channels_last and dev.type == "cuda") else torch.contiguous_format
-        real = batch["image"].to(dev, non_blocking=True).to(memory_format=cl)
-        tokens = batch["tokens"].to(dev, non_blocking=True)
-        b = real.shape[0]
-        with torch.no_grad(), amp():
-            s = self.backbone.encode_text(tokens)[0]
-        s = s.float()
-        z = torch.randn(b, self.cfg.model.z_dim, generator=self.noise_gen).to(dev)
-        need_clip = tc.clip_sim_weight != 0
-
-        # ---- D step
-        set_trainable(self.D, True)
-        set_trainable(self.head, True)
-        with amp():
-            x_real, _ = self.D.encode(real, with_pooled=False)
-        x_real = x_real.detach().requires_grad_(True)
-        s_real = s.detach().requires_grad_(True)
-        with amp():
-            dmap_real = self.D(x_real)
-            real_logits = self.head(dmap_real, s_real)
-            mis_logits = self.head(dmap_real, mismatched(s))
-            fake = self.G(z, s)
-            x_fake, pooled_fake = self.D.encode(fake, with_pooled=need_clip)
-            fake_logits = self.head(self.D(x_fake.detach()), s)
-        fp16 = self.scaler.is_enabled()
-        gp = ma_gp(real_logits, x_real, s_real, tc.ma_gp_weight, tc.ma_gp_power,
-                   scale=self.scaler.get_scale() if fp16 else None)
-        dl = d_hinge_loss(real_logits, fake_logits, mis_logits, gp)
-        self.opt_d.zero_grad(set_to_none=True)
-        self.scaler.scale(dl.total).backward()
-        d_vec = torch.stack([dl.total, dl.real, dl.fake, dl.mis, dl.ma_gp]).detach().float()
-        d_vec = _reduce(self.d_params, d_vec).cpu()
-        if not torch.isfinite(d_vec).all():
-            self.opt_d.zero_grad(set_to_none=True)
-            self.overflow = fp16 and bool(torch.isfinite(d_vec[1:4]).all())
-            if fp16:  # e.g. an fp16 overflow of MA-GP's scaled input gradients: back off like GradScaler
-                self.scaler.update(self.scaler.get_scale() * self.scaler.get_backoff_factor())
-            return None, None
-        self.scaler.step(self.opt_d)
-
-        # ---- G step (D frozen; the same fakes through the updated D)
-        set_trainable(self.D, False)
-        set_trainable(self.head, False)
-        with amp():
-            fake_logits_g = self.head(self.D(x_fake), s)
-        gl = g_loss(fake_logits_g, s, pooled_fake if need_clip else None, tc.clip_sim_weight)
-        self.opt_g.zero_grad(set_to_none=True)
-        self.scaler.scale(gl.total).backward()
-        g_vec = torch.stack([gl.total, gl.clip_sim]).detach().float()
-        g_vec = _reduce(self.g_params, g_vec).cpu()
-        set_trainable(self.D, True)
-        set_trainable(self.head, True)
-        if not torch.isfinite(g_vec).all():
-            self.opt_g.zero_grad(set_to_none=True)
-            self.scaler.update()
-            _average_buffers(self.buffers)
-            return d_vec, None
-        self.scaler.step(self.opt_g)
-        self.scaler.update()
-        _average_buffers(self.buffers)
-        return d_vec, g_vec
+    def train_step(self, batch: dict[str, Any]):
+        """One optimisation step of the family's step object (`StepOutput`: losses or None, overflow)."""
+        return self.step_fn(batch)
 
     # ---- the loop ----------------------------------------------------------------------------------
     def _planned_steps(self) -> int | None:
@@ -649,7 +474,7 @@ class Trainer:
             "images_per_s": round(self.acc["images"] / self.acc["time"], 2) if self.acc["time"] > 0 else "",
             "elapsed_s": round(self.elapsed, 1),
         }
-        for k in LOSS_COLUMNS:
+        for k in self.loss_columns:
             row[k] = (self.acc[k] / n) if n else ""
         if extra:
             row.update(extra)
@@ -681,17 +506,20 @@ class Trainer:
             labels.extend(f"[{split}] {c}" if c else "" for c in row)
         z = torch.cat(rows_z).to(self.device)
         with torch.no_grad():
-            s = self.backbone.encode_text(self.tokenizer([c or " " for c in captions]).to(self.device))[0].float()
-            images = self.ema.module(z, s).float()
+            images = self.ema.module(z, self._embed([c or " " for c in captions])).float()
         mask = torch.tensor([bool(c) for c in captions], dtype=images.dtype, device=images.device).view(-1, 1, 1, 1)
         images = images.clamp(-1, 1) * mask + (1 - mask)  # blank cells for missing captions
         save_sample_grid(images, labels, self.paths.samples / f"step-{self.step:08d}.png", ncols)
+
+    def _embed(self, captions: list[str]):
+        text = self.nets.text
+        return text.encode(text.tokenizer(captions).to(self.device))
 
     def _evaluate(self) -> dict[str, Any]:
         from ratlip_cli.train.shapes_eval import score_generator_on_shapes
 
         res = score_generator_on_shapes(
-            self.ema.module, self.backbone, self.tokenizer, self.eval_captions, self.cfg.model.z_dim,
+            self.ema.module, self._embed, self.eval_captions, self.cfg.model.z_dim,
             device=self.device, seed=self.tc.seed, batch_size=max(1, self.cfg.eval.batch_size),
         )
         return {"eval_colour": res["colour"], "eval_shape": res["shape"], "eval_background": res["background"],
@@ -713,14 +541,14 @@ class Trainer:
             transient=False,
         ), enabled
 
+    def _has_losses(self, row: dict[str, Any]) -> bool:
+        return bool(self.loss_columns) and row.get(self.loss_columns[0], "") != ""
+
     def _plain_log(self, row: dict[str, Any]) -> None:
         planned = self._planned_steps()
         parts = [f"step {row['step']}" + (f"/{planned}" if planned else ""), f"epoch {row['epoch']:.2f}"]
-        if row.get("d_loss", "") != "":
-            parts.append(
-                f"d {row['d_loss']:.4f} (real {row['d_real']:.3f} fake {row['d_fake']:.3f} mis {row['d_mis']:.3f} "
-                f"gp {row['ma_gp']:.4f}) g {row['g_loss']:.4f}"
-            )
+        if self._has_losses(row):
+            parts.append(self.step_fn.describe(row))
         if row.get("images_per_s", "") != "":
             parts.append(f"{row['images_per_s']:.1f} img/s")
         if row.get("eval_colour", "") != "":
@@ -734,10 +562,9 @@ class Trainer:
         # For tests of multi-process training: every rank saves its final weights (outside the run dir).
         folder = os.environ.get(DEBUG_DUMP_ENV)
         if folder:
-            from ratlip_cli.models import trainable_state_dict
+            from ratlip_cli.models.params import trainable_state_dict
 
-            state = {name: trainable_state_dict(m) for name, m in (("generator", self.G), ("discriminator", self.D),
-                                                                   ("head", self.head))}
+            state = {name: trainable_state_dict(m) for name, m in self.nets.trainable.items()}
             state["ema"] = self.ema.state_dict()
             torch.save(state, Path(folder) / f"rank{self.rank}.pt")
 
@@ -749,13 +576,10 @@ class Trainer:
             if self.main:
                 console.print(f"nothing to do: the run already reached {stop_reason} (step {self.step})", highlight=False)
             export = self.export() if self.main else None
-            return TrainResult(self.paths.root, self.step, self.epoch, self.images, stop_reason, self.last_checkpoint, export)
+            return self._result(stop_reason, self.last_checkpoint, export)
         if self.main and self.step == 0:
             self._sample()
-        G, D, head = self.G, self.D, self.head
-        G.train()
-        D.train()
-        head.train()
+        self.step_fn.train()
         progress, bar_on = self._progress()
         planned = self._planned_steps()
         last_checkpoint_step = self.step if self.resumed_from is not None else -1
@@ -765,21 +589,21 @@ class Trainer:
             while stop_reason is None:
                 t_fetch = time.perf_counter()
                 for batch in self._loader():
-                    d_vec, g_vec = self.train_step(batch)
+                    out = self.step_fn(batch)
                     self.acc["time"] += time.perf_counter() - t_fetch  # data + step, not logging/checkpoints
                     b_global = batch["image"].shape[0] * self.world
                     self.step += 1
                     self.step_in_epoch += 1
                     self.images += b_global
-                    if d_vec is None or g_vec is None:
+                    if out.losses is None:
                         # A GradScaler overflow (fp16) is routine and not counted, but a run of them
                         # still ends the run like non-finite losses do.
-                        self.nonfinite_total += 0 if self.overflow else 1
+                        self.nonfinite_total += 0 if out.overflow else 1
                         self.nonfinite_streak += 1
                     else:
                         self.nonfinite_streak = 0
                         self.ema.update(b_global, self.images)
-                        for k, v in zip(LOSS_COLUMNS, [*d_vec.tolist(), *g_vec.tolist()]):
+                        for k, v in zip(self.loss_columns, out.losses.tolist()):
                             self.acc[k] += v
                         self.acc["n"] += 1
                     self.acc["images"] += b_global
@@ -803,9 +627,8 @@ class Trainer:
                         row = self._log_row(extra)
                         if row is not None and self.main and not bar_on:
                             self._plain_log(row)
-                        if row is not None and bar_on and row.get("d_loss", "") != "":
-                            info = (f"d {row['d_loss']:.3f} g {row['g_loss']:.3f} gp {row['ma_gp']:.3f} "
-                                    f"{row['images_per_s'] or 0:.1f} img/s")
+                        if row is not None and bar_on and self._has_losses(row):
+                            info = f"{self.step_fn.describe(row)} {row['images_per_s'] or 0:.1f} img/s"
                             progress.update(task, info=info)
                     if tc.sample_every > 0 and self.step % tc.sample_every == 0:
                         self._sample()
@@ -854,13 +677,18 @@ class Trainer:
             )
             if stop_reason not in ("max_steps", "epochs", "max_minutes"):
                 console.print(f"continue with: ratlip train --resume {self.paths.root}", highlight=False)
-        return TrainResult(self.paths.root, self.step, self.epoch, self.images, stop_reason, path, export)
+        return self._result(stop_reason, path, export)
+
+    def _result(self, stopped_by: str, checkpoint: Path | None, export: Path | None) -> TrainResult:
+        return TrainResult(self.paths.root, self.step, self.epoch, self.images, stopped_by, checkpoint, export,
+                           elapsed_s=self.elapsed, device=str(self.device), nets=self.nets,
+                           ema_generator=self.ema.module)
 
 
 def train(
-    cfg: Config, resume: str | Path | None = None, on_step: Callable[[int], None] | None = None
+    cfg: Config, resume: str | Path | ResumePoint | None = None, on_step: Callable[[int], None] | None = None
 ) -> TrainResult:
-    """Train (or, with ``resume`` = a run directory, continue) a RATLIP model; see the module docstring.
+    """Train (or, with ``resume`` = a run directory or its `ResumePoint`, continue) a model; see the module docstring.
 
     ``on_step(step)`` is called after every optimiser step (tests use it to simulate a crash).
     Under torchrun every process calls this; only rank 0 writes files and logs.

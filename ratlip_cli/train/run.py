@@ -25,11 +25,14 @@ import torch
 from ratlip_cli.config import Config
 from ratlip_cli.errors import RatlipError
 
-LOSS_COLUMNS = ["d_loss", "d_real", "d_fake", "d_mis", "ma_gp", "g_loss", "g_clip"]
 EVAL_COLUMNS = ["eval_colour", "eval_shape", "eval_background", "eval_n"]
 # Columns that depend on wall-clock time (everything else is reproducible on CPU).
 TIMING_COLUMNS = ["images_per_s", "elapsed_s"]
-METRICS_COLUMNS = ["step", "epoch", "images", *LOSS_COLUMNS, "nonfinite", *TIMING_COLUMNS, *EVAL_COLUMNS]
+
+
+def metrics_columns(loss_columns: tuple[str, ...] | list[str]) -> list[str]:
+    """metrics.csv's columns for a training step with these loss columns (the family's)."""
+    return ["step", "epoch", "images", *loss_columns, "nonfinite", *TIMING_COLUMNS, *EVAL_COLUMNS]
 
 
 @dataclass
@@ -86,23 +89,24 @@ def new_run_paths(cfg: Config) -> RunPaths:
 
 
 class MetricsLog:
-    """Append-only CSV of training metrics (rank 0)."""
+    """Append-only CSV of training metrics (rank 0); ``loss_columns`` come from the family's step."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, loss_columns: tuple[str, ...] | list[str]) -> None:
         self.path = path
+        self.columns = metrics_columns(loss_columns)
 
     def start(self, keep_until_step: int | None = None) -> None:
         """Create the file with its header, or, on resume, drop rows logged after ``keep_until_step``."""
         if keep_until_step is None or not self.path.exists():
             with open(self.path, "w", newline="", encoding="utf-8") as f:
-                csv.writer(f).writerow(METRICS_COLUMNS)
+                csv.writer(f).writerow(self.columns)
             return
         with open(self.path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
         kept = [r for r in rows if r.get("step", "").isdigit() and int(r["step"]) <= keep_until_step]
         tmp = self.path.with_name(self.path.name + ".tmp")
         with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=METRICS_COLUMNS, extrasaction="ignore")
+            w = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
             w.writeheader()
             w.writerows(kept)
         tmp.replace(self.path)
@@ -110,8 +114,8 @@ class MetricsLog:
     def write(self, row: dict) -> None:
         """Append one row (missing columns are left empty)."""
         with open(self.path, "a", newline="", encoding="utf-8") as f:
-            csv.DictWriter(f, fieldnames=METRICS_COLUMNS, extrasaction="ignore").writerow(
-                {k: _fmt(row.get(k, "")) for k in METRICS_COLUMNS}
+            csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore").writerow(
+                {k: _fmt(row.get(k, "")) for k in self.columns}
             )
 
 

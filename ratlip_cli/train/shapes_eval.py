@@ -7,11 +7,12 @@ so scores of two generators are comparable image for image.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from ratlip_cli import dist
+from ratlip_cli.seeds import caption_noise
 
 
 def shapes_eval_captions(prepared, split: str = "test", num: int = 0, novel_only: bool = False) -> list[str]:
@@ -41,20 +42,10 @@ def shapes_eval_captions(prepared, split: str = "test", num: int = 0, novel_only
     return out
 
 
-def caption_noise(n: int, z_dim: int, seed: int, start: int = 0) -> torch.Tensor:
-    """Noise for captions ``start .. start + n - 1`` (each row from its own seeded generator)."""
-    rows = []
-    for i in range(start, start + n):
-        g = torch.Generator().manual_seed(int(seed) * 1_000_003 + i)
-        rows.append(torch.randn(z_dim, generator=g))
-    return torch.stack(rows) if rows else torch.empty(0, z_dim)
-
-
 @torch.no_grad()
 def score_generator_on_shapes(
     generator: torch.nn.Module,
-    backbone,
-    tokenizer,
+    embed: Callable[[list[str]], Any],
     captions: Sequence[str],
     z_dim: int,
     device: torch.device | str = "cpu",
@@ -63,6 +54,9 @@ def score_generator_on_shapes(
     distributed: bool = True,
 ) -> dict[str, Any]:
     """Match rates (colour, shape, background, size, all) of the generator's images for ``captions``.
+
+    ``embed(captions)`` is the generator's text condition (a family's `TextEncoder`, or
+    `LoadedGenerator.embed`).
 
     With a process group (and ``distributed``), each rank scores every world_size-th caption and the
     counts are summed across ranks; every rank returns the same result.
@@ -80,8 +74,7 @@ def score_generator_on_shapes(
             idx = mine[start : start + batch_size]
             caps = [captions[i] for i in idx]
             z = torch.stack([caption_noise(1, z_dim, seed, i)[0] for i in idx]).to(device)
-            s = backbone.encode_text(tokenizer(caps).to(device))[0].float()
-            images = generator(z, s).float().clamp(-1, 1).cpu()
+            images = generator(z, embed(caps)).float().clamp(-1, 1).cpu()
             for image, cap in zip(images, caps):
                 res = check_shapes(image, cap)
                 for k, key in enumerate(keys):
