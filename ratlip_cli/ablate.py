@@ -1,7 +1,7 @@
 """`ratlip ablate`: the RAT hidden-size sweep (the paper's Table II) as one resumable command.
 
 For every (h, seed) of the grid ``--hidden`` x ``--seeds`` one model is trained with the project's
-Trainer, everything else equal (same config, data order, CLIP, noise and budget for a given seed),
+`train()`, everything else equal (same config, data order, CLIP, noise and budget for a given seed),
 then evaluated with `ratlip eval`'s code (`evaluate.evaluate_run`) and, on the shapes dataset, with
 the shapes checker. The ablation folder holds::
 

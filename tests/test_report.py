@@ -22,7 +22,7 @@ from ratlip_cli import report
 from ratlip_cli.cli import app
 from ratlip_cli.config import resolve_config, save_config
 from ratlip_cli.evaluate import NOT_FID_MARK
-from ratlip_cli.train.run import METRICS_COLUMNS
+from ratlip_cli.models.ratlip.step import METRICS_COLUMNS
 
 runner = CliRunner()
 

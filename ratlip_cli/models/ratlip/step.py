@@ -25,9 +25,12 @@ from ratlip_cli.losses import d_hinge_loss, g_loss, ma_gp, mismatched
 from ratlip_cli.models.family import Networks, StepOutput, TrainingStep
 from ratlip_cli.models.params import load_trainable_state_dict, set_trainable, trainable_parameters, trainable_state_dict
 from ratlip_cli.precision import autocast
+from ratlip_cli.train.run import metrics_columns
 
 D_COLUMNS = ("d_loss", "d_real", "d_fake", "d_mis", "ma_gp")
 G_COLUMNS = ("g_loss", "g_clip")
+# metrics.csv of a RATLIP/GALIP run
+METRICS_COLUMNS = metrics_columns((*D_COLUMNS, *G_COLUMNS))
 
 
 def _unique(params) -> list[nn.Parameter]:
