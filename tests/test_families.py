@@ -43,23 +43,48 @@ def _root(node: ast.AST) -> str:
 
 
 def _identifiers(path: Path) -> set[str]:
-    """Names a module's code uses: imported names, variables and attributes (not prose; not torch.Generator)."""
-    out: set[str] = set()
+    """Names a module's code uses but does not define itself: imported names, variables and
+    attributes (not prose; not torch.Generator)."""
+    used: set[str] = set()
+    defined: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Name):
-            out.add(node.id)
+            used.add(node.id)
         elif isinstance(node, ast.Attribute) and _root(node) not in ("torch", "np", "numpy", "random"):
-            out.add(node.attr)
+            used.add(node.attr)
         elif isinstance(node, ast.alias):
-            out.add(node.name.rsplit(".", 1)[-1])
+            used.add((node.asname or node.name).rsplit(".", 1)[-1])
+            used.add(node.name.rsplit(".", 1)[-1])
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            defined.add(node.name)
+    return used - defined
+
+
+def _model_imports(path: Path) -> set[str]:
+    """The ratlip_cli.models modules a module imports."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ratlip_cli.models"):
+            out.add(node.module or "")
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.startswith("ratlip_cli.models"))
     return out
+
+
+# What the harness may import from ratlip_cli/models: the interface, the registry and the
+# family-independent parameter helpers.
+ALLOWED_MODEL_IMPORTS = {"ratlip_cli.models.family", "ratlip_cli.models.registry", "ratlip_cli.models.params"}
+
+
+def _outside() -> list[Path]:
+    return [p for p in PACKAGE.rglob("*.py") if MODELS not in p.parents] + sorted(INTERFACE)
 
 
 def test_nothing_outside_the_family_packages_names_their_classes():
     family_names_ = _classes_and_builders()
     # The check would be empty if the scan found nothing: the RATLIP networks must be among them.
     assert {"Generator", "Discriminator", "ConditionHead", "ClipBackbone", "build_models", "RatlipStep"} <= family_names_
-    outside = [p for p in PACKAGE.rglob("*.py") if MODELS not in p.parents] + sorted(INTERFACE)
+    outside = _outside()
     assert len(outside) > 20
     offenders = {
         str(p.relative_to(PACKAGE)): sorted(_identifiers(p) & family_names_)
@@ -67,6 +92,23 @@ def test_nothing_outside_the_family_packages_names_their_classes():
         if _identifiers(p) & family_names_
     }
     assert offenders == {}
+
+
+def test_the_harness_imports_only_the_family_interface():
+    offenders = {
+        str(p.relative_to(PACKAGE)): sorted(_model_imports(p) - ALLOWED_MODEL_IMPORTS)
+        for p in _outside()
+        if _model_imports(p) - ALLOWED_MODEL_IMPORTS
+    }
+    assert offenders == {}
+
+
+def test_the_checks_catch_a_harness_module_naming_a_family_class(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("from ratlip_cli.models import Generator\nfrom ratlip_cli.models.ratlip.step import RatlipStep\n"
+                   "g = torch.Generator()\n", encoding="utf-8")
+    assert _identifiers(bad) & _classes_and_builders() == {"Generator", "RatlipStep"}
+    assert _model_imports(bad) - ALLOWED_MODEL_IMPORTS == {"ratlip_cli.models", "ratlip_cli.models.ratlip.step"}
 
 
 def test_registry_lists_families_and_refuses_unknown_names():

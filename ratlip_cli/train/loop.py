@@ -589,7 +589,7 @@ class Trainer:
             while stop_reason is None:
                 t_fetch = time.perf_counter()
                 for batch in self._loader():
-                    out = self.step_fn(batch)
+                    out = self.train_step(batch)
                     self.acc["time"] += time.perf_counter() - t_fetch  # data + step, not logging/checkpoints
                     b_global = batch["image"].shape[0] * self.world
                     self.step += 1
