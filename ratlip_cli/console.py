@@ -9,3 +9,8 @@ err_console = Console(stderr=True)
 def warn(message: str) -> None:
     """Print a one-line warning to stderr."""
     err_console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
+
+
+def notice(message: str) -> None:
+    """Print a one-line notice (information the user should see once, not a problem) to stderr."""
+    err_console.print(f"[cyan]notice:[/cyan] {message}", highlight=False, soft_wrap=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import socket
 from pathlib import Path
@@ -116,14 +118,47 @@ def load_clip(arch: str, weights: str, cache_dir: str = "", device: str | torch.
             )
         pretrained = weights
     try:
-        model = open_clip.create_model(arch, pretrained=pretrained, cache_dir=cache_dir or None, device=device)
+        with _without_random_weights_warning():
+            model = open_clip.create_model(arch, pretrained=pretrained, cache_dir=cache_dir or None, device=device)
     except (RuntimeError, AssertionError, KeyError, ValueError) as exc:
         reason = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise RatlipError(
             f"cannot load CLIP weights '{weights}' for {arch}: {reason} (does the file match clip.arch?)"
         ) from None
     model.eval().requires_grad_(False)
+    if pretrained is None:
+        _random_weights_notice(arch)
     return model, open_clip.get_tokenizer(arch)
+
+
+_RANDOM_NOTICED: set[str] = set()
+
+
+@contextlib.contextmanager
+def _without_random_weights_warning():
+    """open_clip logs `WARNING:root:No pretrained weights loaded ...` for random weights; ours replaces it."""
+
+    def drop(record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith("No pretrained weights loaded")
+
+    root = logging.getLogger()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+
+
+def _random_weights_notice(arch: str) -> None:
+    """One line per CLIP architecture and process (rank 0 only): the weights are random on purpose."""
+    from ratlip_cli import dist
+    from ratlip_cli.console import notice
+
+    if arch in _RANDOM_NOTICED or not dist.is_main():
+        return
+    _RANDOM_NOTICED.add(arch)
+    notice(f"CLIP {arch} has random weights (weights: random): fine for tests, `shapes` and benchmarks, "
+           "meaningless for real text-image models")
 
 
 INCEPTION_FILE = "inception-2015-12-05.pt"

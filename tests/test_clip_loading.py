@@ -71,3 +71,21 @@ def test_mismatched_file_is_a_clear_error(tmp_path):
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     with pytest.raises(RatlipError, match="cannot load CLIP weights"):
         load_clip("ratlip-shapes", str(path))
+
+
+def test_random_weights_give_our_one_line_notice_not_open_clips_warning(monkeypatch, capsys, caplog):
+    import logging
+
+    from ratlip_cli import weights
+
+    monkeypatch.setattr(weights, "_RANDOM_NOTICED", set())
+    with caplog.at_level(logging.WARNING):
+        load_clip("ratlip-tiny", "random")
+        load_clip("ratlip-tiny", "random")
+    assert not [r for r in caplog.records if "No pretrained weights" in r.getMessage()]
+    err = capsys.readouterr().err
+    assert err.count("notice: CLIP ratlip-tiny has random weights") == 1 and len(err.strip().splitlines()) == 1
+    # the filter is gone afterwards: other warnings of the root logger still get through
+    with caplog.at_level(logging.WARNING):
+        logging.warning("No pretrained weights loaded, said someone else")
+    assert any("someone else" in r.getMessage() for r in caplog.records)
