@@ -1,5 +1,10 @@
 """`ratlip eval`: FID, KID, CLIP score and CLIP R-precision for a run or for any folder of images.
 
+Under torchrun (`torchrun --nproc_per_node=N -m ratlip_cli eval ...`) the batches (generation, reading,
+feature extraction, CLIP embeddings; reference features too) are dealt round robin to the processes,
+gathered in their original order, and scored once on rank 0: every batch holds the same images as in
+one process, so the numbers are the same.
+
 Both modes feed the same scoring path with batches of uint8 RGB images and their captions:
 - run mode generates them in memory from the test split's captions with the run's exported EMA
   generator (`ratlip_cli.export.load_generator`), optionally saving them (`save_images`);
@@ -30,8 +35,8 @@ from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ratlip_cli import __version__, dist
 from ratlip_cli.dist import resolve_device
-from ratlip_cli import __version__
 from ratlip_cli.config import Config, EvalConfig, load_config, set_value, validate
 from ratlip_cli.console import console, err_console, warn
 from ratlip_cli.errors import RatlipError
@@ -68,6 +73,14 @@ class ImageBatch:
 
     images: list[np.ndarray]
     captions: list[str]
+    # Index of the first image in the whole evaluation (orders batches gathered from several processes).
+    start: int = 0
+
+
+def batch_starts(total: int, batch_size: int) -> list[int]:
+    """First indices of this process's batches: all of them, or every world-th from its rank under torchrun."""
+    starts = list(range(0, total, max(1, batch_size)))
+    return starts[dist.get_rank() :: dist.get_world_size()]
 
 
 def apply_settings(cfg: Config, settings: dict[str, Any]) -> Config:
@@ -269,6 +282,24 @@ def _save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
         raise
 
 
+def _load_reference_cache(path: Path, split: ReferenceSplit, extractor: FeatureExtractor) -> ReferenceStats | None:
+    """The cached reference statistics, or None (with a warning when the file is there but unusable)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as data:
+            feats = data["features"]
+            stats = GaussianStats(data["mu"], data["sigma"], int(feats.shape[0]))
+            meta = json.loads(str(data["meta"]))
+            root = data["sigma_sqrt"]
+        if feats.shape == (len(split.keys), extractor.dim):
+            return ReferenceStats(stats, feats, path, meta, root)
+        warn(f"reference cache {path} does not match the dataset; recomputing")
+    except (OSError, ValueError, KeyError) as exc:
+        warn(f"unreadable reference cache {path} ({exc}); recomputing")
+    return None
+
+
 def reference_statistics(
     split: ReferenceSplit,
     size: int,
@@ -276,29 +307,28 @@ def reference_statistics(
     cache_dir: str | Path = "",
     batch_size: int = 64,
     bars: Progress | None = None,
-) -> ReferenceStats:
-    """Features of the split's images (centre-cropped, resized to `size`), from the cache when there."""
+) -> ReferenceStats | None:
+    """Features of the split's images (centre-cropped, resized to `size`), from the cache when there.
+
+    Under torchrun every process extracts its share; rank 0 gets the result (others None)."""
     path = reference_cache_path(split, size, extractor, cache_dir)
-    if path.is_file():
-        try:
-            with np.load(path) as data:
-                feats = data["features"]
-                stats = GaussianStats(data["mu"], data["sigma"], int(feats.shape[0]))
-                meta = json.loads(str(data["meta"]))
-                root = data["sigma_sqrt"]
-            if feats.shape == (len(split.keys), extractor.dim):
-                return ReferenceStats(stats, feats, path, meta, root)
-            warn(f"reference cache {path} does not match the dataset; recomputing")
-        except (OSError, ValueError, KeyError) as exc:
-            warn(f"unreadable reference cache {path} ({exc}); recomputing")
+    cached = _load_reference_cache(path, split, extractor) if dist.is_main() else None
+    # Under torchrun rank 0 decides, so that every process takes the same branch.
+    if dist.broadcast_object(cached is not None):
+        return cached
+    starts = batch_starts(len(split.paths), batch_size)
+    mine = sum(len(split.paths[s : s + batch_size]) for s in starts)
     chunks = []
-    task = bars.add_task(f"reference features ({split.split})", total=len(split.paths)) if bars else None
-    for start in range(0, len(split.paths), batch_size):
+    task = bars.add_task(f"reference features ({split.split})", total=mine) if bars else None
+    for start in starts:
         images = [load_reference_image(p, size) for p in split.paths[start : start + batch_size]]
-        chunks.append(extractor(images))
+        chunks.append((start, extractor(images)))
         if bars is not None:
             bars.advance(task, len(images))
-    feats = np.concatenate(chunks).astype(np.float32)
+    gathered = sorted((c for part in dist.all_gather_object(chunks) for c in part), key=lambda c: c[0])
+    if not dist.is_main():
+        return None
+    feats = np.concatenate([f for _, f in gathered]).astype(np.float32)
     stats = feature_stats(feats)
     meta = {
         "version": CACHE_VERSION,
@@ -338,19 +368,21 @@ def latent(seed: int, index: int, z_dim: int) -> torch.Tensor:
 
 
 def generate_batches(
-    loaded, captions: Sequence[str], batch_size: int, seed: int, device: torch.device
+    loaded, captions: Sequence[str], batch_size: int, seed: int, device: torch.device,
+    starts: Sequence[int] | None = None,
 ) -> Iterator[ImageBatch]:
-    """Images from `loaded` (LoadedGenerator: generator, backbone, tokenizer, cfg) for `captions`."""
+    """Images from `loaded` (LoadedGenerator: generator, backbone, tokenizer, cfg) for `captions`
+    (only the batches beginning at `starts`, when given)."""
     gen, backbone, tokenizer = loaded.generator, loaded.backbone, loaded.tokenizer
     z_dim = loaded.cfg.model.z_dim
     gen.eval()
-    for start in range(0, len(captions), batch_size):
+    for start in range(0, len(captions), batch_size) if starts is None else starts:
         caps = list(captions[start : start + batch_size])
         z = torch.stack([latent(seed, start + i, z_dim) for i in range(len(caps))]).to(device)
         with torch.no_grad():
             sentence = backbone.encode_text(tokenizer(caps).to(device))[0]
             images = gen(z, sentence)
-        yield ImageBatch(to_uint8(images), caps)
+        yield ImageBatch(to_uint8(images), caps, start)
 
 
 def save_batches(batches: Iterable[ImageBatch], folder: Path) -> Iterator[ImageBatch]:
@@ -418,11 +450,14 @@ def read_image(path: Path) -> np.ndarray:
         raise RatlipError(f"cannot read image {path}: {exc}") from None
 
 
-def folder_batches(entries: Sequence[tuple[Path, str]], batch_size: int) -> Iterator[ImageBatch]:
-    """Batches of (image, caption) read from disk in the captions file's order."""
-    for start in range(0, len(entries), batch_size):
+def folder_batches(
+    entries: Sequence[tuple[Path, str]], batch_size: int, starts: Sequence[int] | None = None
+) -> Iterator[ImageBatch]:
+    """Batches of (image, caption) read from disk in the captions file's order (only those beginning at
+    `starts`, when given)."""
+    for start in range(0, len(entries), batch_size) if starts is None else starts:
         chunk = entries[start : start + batch_size]
-        yield ImageBatch([read_image(p) for p, _ in chunk], [c for _, c in chunk])
+        yield ImageBatch([read_image(p) for p, _ in chunk], [c for _, c in chunk], start)
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -446,21 +481,21 @@ def collect(
     bars: Progress | None = None,
     description: str = "scoring images",
 ) -> Collected:
-    """Stream batches through the feature extractor and the evaluation CLIP."""
-    feats, embs, caps = [], [], []
-    size: tuple[int, int] | None = None
+    """Stream batches through the feature extractor and the evaluation CLIP; under torchrun, gather every
+    process's batches in their original order (`total`: this process's images, for the progress bar)."""
+    parts = []
     task = bars.add_task(description, total=total) if bars else None
     for batch in batches:
-        if size is None and batch.images:
-            size = tuple(batch.images[0].shape[:2])
-        feats.append(extractor(batch.images))
-        embs.append(clip.embed_images(batch.images))
-        caps.extend(batch.captions)
+        if batch.images:
+            parts.append((batch.start, extractor(batch.images), clip.embed_images(batch.images).cpu(),
+                          list(batch.captions), tuple(batch.images[0].shape[:2])))
         if bars is not None:
             bars.advance(task, len(batch.images))
-    if not caps:
+    parts = sorted((p for rank_parts in dist.all_gather_object(parts) for p in rank_parts), key=lambda p: p[0])
+    if not parts:
         raise RatlipError("no images to evaluate")
-    return Collected(np.concatenate(feats), torch.cat(embs), caps, size or (0, 0))
+    caps = [c for p in parts for c in p[3]]
+    return Collected(np.concatenate([p[1] for p in parts]), torch.cat([p[2] for p in parts]), caps, parts[0][4])
 
 
 def compute_metrics(
@@ -515,13 +550,16 @@ def _score(
     bars: Progress,
     description: str,
 ) -> tuple[dict[str, Any], Collected, ReferenceStats]:
-    """The path both modes share: collect, reference statistics at the evaluated size, metrics."""
+    """The path both modes share: collect, reference statistics at the evaluated size, metrics
+    (under torchrun the metrics are computed on rank 0 only; other processes get None)."""
     got = collect(batches, total, extractor, clip, bars, description)
     height, width = got.image_size
-    if height != width:
+    if height != width and dist.is_main():
         warn(f"evaluated images are {width}x{height}, not square; reference images are centre-cropped squares")
     size = opts.ref_size or min(height, width)
     reference = reference_statistics(split, size, extractor, cfg.eval.cache_dir, cfg.eval.batch_size, bars)
+    if not dist.is_main():
+        return None, got, None
     metrics = compute_metrics(got, reference, split, clip, cfg.eval, opts.seed)
     return metrics, got, reference
 
@@ -605,6 +643,15 @@ def _load_generator(run_dir: Path, device: torch.device):
     return load_generator(run_dir, device)
 
 
+def _start_processes(device: torch.device, opts: EvalOptions) -> None:
+    """Join torchrun's process group when launched by it (nothing in a plain process)."""
+    if not dist.launched_by_torchrun():
+        return
+    if opts.save_images:
+        raise RatlipError("--save-images works in one process only; run it without torchrun")
+    dist.init_from_env(device.type)
+
+
 def run_config(run_dir: Path) -> Config | None:
     """The run's saved config (`config.yaml`), or None when the run folder has none."""
     path = run_dir / "config.yaml"
@@ -619,6 +666,7 @@ def evaluate_run(run_dir: str | Path, settings: dict[str, Any], opts: EvalOption
     if not run_dir.is_dir():
         raise RatlipError(f"run folder not found: {run_dir} (pass --run runs/NAME)")
     device = resolve_device(opts.device)
+    _start_processes(device, opts)
     cfg = run_config(run_dir)
     loaded = None
     if cfg is None:
@@ -630,17 +678,22 @@ def evaluate_run(run_dir: str | Path, settings: dict[str, Any], opts: EvalOption
     if loaded is None:
         loaded = _load_generator(run_dir, device)
     captions = plan_captions(split, cfg.eval.passes, cfg.eval.num, opts.seed)
-    _warn_protocol(extractor, len(captions))
-    with progress_bars(opts.progress) as bars:
-        batches: Iterable[ImageBatch] = generate_batches(loaded, captions, cfg.eval.batch_size, opts.seed, device)
+    if dist.is_main():
+        _warn_protocol(extractor, len(captions))
+    starts = batch_starts(len(captions), cfg.eval.batch_size)
+    mine = sum(len(captions[s : s + cfg.eval.batch_size]) for s in starts)
+    with progress_bars(opts.progress and dist.is_main()) as bars:
+        batches: Iterable[ImageBatch] = generate_batches(
+            loaded, captions, cfg.eval.batch_size, opts.seed, device, starts
+        )
         if opts.save_images:
             batches = save_batches(batches, Path(opts.save_images))
-        metrics, got, reference = _score(
-            batches, len(captions), cfg, opts, split, extractor, clip, bars, "generating + scoring"
-        )
-    row = _row("run", run_dir.name, metrics, got, reference, cfg, opts, extractor, clip, device, started)
-    append_csv(Path(opts.out_csv) if opts.out_csv else run_dir / "eval.csv", row)
-    return row
+        metrics, got, reference = _score(batches, mine, cfg, opts, split, extractor, clip, bars, "generating + scoring")
+    row = None
+    if dist.is_main():
+        row = _row("run", run_dir.name, metrics, got, reference, cfg, opts, extractor, clip, device, started)
+        append_csv(Path(opts.out_csv) if opts.out_csv else run_dir / "eval.csv", row)
+    return dist.broadcast_object(row)
 
 
 def evaluate_folder(
@@ -655,19 +708,24 @@ def evaluate_folder(
         )
     check_eval_config(cfg.eval)
     device = resolve_device(opts.device)
+    _start_processes(device, opts)
     entries = read_captions_file(captions_file, images_dir)
     split = load_test_split(opts.dataset, opts.split)
     extractor, clip = _eval_tools(cfg, device)
-    _warn_protocol(extractor, len(entries))
-    with progress_bars(opts.progress) as bars:
-        batches = folder_batches(entries, cfg.eval.batch_size)
-        metrics, got, reference = _score(
-            batches, len(entries), cfg, opts, split, extractor, clip, bars, "scoring images"
-        )
-    row = _row("folder", str(Path(images_dir)), metrics, got, reference, cfg, opts, extractor, clip, device, started)
-    if opts.out_csv:
-        append_csv(Path(opts.out_csv), row)
-    return row
+    if dist.is_main():
+        _warn_protocol(extractor, len(entries))
+    starts = batch_starts(len(entries), cfg.eval.batch_size)
+    mine = sum(len(entries[s : s + cfg.eval.batch_size]) for s in starts)
+    with progress_bars(opts.progress and dist.is_main()) as bars:
+        batches = folder_batches(entries, cfg.eval.batch_size, starts)
+        metrics, got, reference = _score(batches, mine, cfg, opts, split, extractor, clip, bars, "scoring images")
+    row = None
+    if dist.is_main():
+        row = _row("folder", str(Path(images_dir)), metrics, got, reference, cfg, opts, extractor, clip, device,
+                   started)
+        if opts.out_csv:
+            append_csv(Path(opts.out_csv), row)
+    return dist.broadcast_object(row)
 
 
 # ----------------------------------------------------------------------------- output
@@ -760,13 +818,20 @@ def run_eval_command(
     if run is not None:
         if captions is not None:
             raise RatlipError("--captions belongs to folder mode (--images); run mode uses the test split's captions")
-        row = evaluate_run(run, settings, opts)
+        try:
+            row = evaluate_run(run, settings, opts)
+        finally:
+            dist.destroy()
     else:
         if captions is None:
             raise RatlipError("--images needs --captions FILE (a CSV with columns file,caption)")
         if opts.save_images:
             raise RatlipError("--save-images is for run mode; folder mode already has its images")
         cfg = apply_settings(base_cfg if base_cfg is not None else Config(), settings)
-        row = evaluate_folder(images, captions, cfg, opts)
-    report(row, as_json)
+        try:
+            row = evaluate_folder(images, captions, cfg, opts)
+        finally:
+            dist.destroy()
+    if int(os.environ.get("RANK", "0")) == 0:  # the process group is gone by now; torchrun's rank stays
+        report(row, as_json)
     return row
