@@ -43,6 +43,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ratlip_cli import __version__
+from ratlip_cli.metrics.clip_score import RANDOM_CLIP_NOTE, clip_metrics_note
 from ratlip_cli.config import Config, parse_override, resolve_config, to_dict
 from ratlip_cli.console import console, warn
 from ratlip_cli.errors import RatlipError
@@ -98,7 +99,7 @@ METRIC_COLUMNS = {
     "rp": ["r_precision"],
     "shapes": ["shapes_all", "shapes_colour", "shapes_shape", "shapes_background", "shapes_size"],
 }
-PROTOCOL_COLUMNS = ["feature_extractor", "eval_clip", "eval_images", "steps", "images", "device", "run", "sweep"]
+PROTOCOL_COLUMNS = ["feature_extractor", "eval_clip", "clip_metrics_note", "eval_images", "steps", "images", "device", "run", "sweep"]
 # Columns that depend on wall-clock time or on when the row was made (left out when comparing rows).
 TIMING_COLUMNS = ["train_s", "train_img_per_s", "eval_s", "wall_s", "time"]
 SCORE_COLUMNS = [c for m in METRIC_NAMES for c in METRIC_COLUMNS[m]]
@@ -447,6 +448,7 @@ def evaluate_cell(
         if set(metrics) & {"fid", "kid"}:
             out["feature_extractor"] = row["feature_extractor"]
         out["eval_clip"] = row["eval_clip"] if set(metrics) & {"cs", "rp"} else ""
+        out["clip_metrics_note"] = row["clip_metrics_note"] if set(metrics) & {"cs", "rp"} else ""
         out["eval_images"] = row["num_images"]
     if "shapes" in metrics:
         scores = _shapes_scores(run_dir, cfg, device)
@@ -493,6 +495,7 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             entry[col] = (float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else None)
         marks = {str(r.get("feature_extractor", "")) for r in group}
         entry["not_fid"] = NOT_FID_MARK in marks
+        entry["clip_note"] = next((n for n in (clip_metrics_note(str(r.get("eval_clip", ""))) for r in group) if n), "")
         out.append(entry)
     return out
 
@@ -518,6 +521,10 @@ def results_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str], title:
     """The Rich table of an ablation: one line per h, mean ± std across seeds."""
     summary = summarize(rows)
     not_fid = any(e["not_fid"] for e in summary)
+    clip_note = next((e["clip_note"] for e in summary if e["clip_note"]), "")
+    clip_mark = ""
+    if clip_note:
+        clip_mark = " [red](random CLIP: meaningless)[/red]" if clip_note == RANDOM_CLIP_NOTE else f" [yellow]({escape(clip_note.split(':')[0])})[/yellow]"
     table = Table(title=escape(title), show_header=True)
     cols: list[tuple[str, str, str]] = [
         ("rat_params", "RAT LSTM", ",.0f"),
@@ -526,13 +533,13 @@ def results_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str], title:
         ("total_params", "total (with CLIP)", ",.0f"),
     ]
     if "cs" in metrics:
-        cols.append(("clip_score", "CS", ".2f"))
+        cols.append(("clip_score", f"CS{clip_mark}", ".2f"))
     if "fid" in metrics:
         cols.append(("fid", "FID [red](random-tiny, NOT FID)[/red]" if not_fid else "FID", ".3f"))
     if "kid" in metrics:
         cols.append(("kid_x1e3", "KID x1e3 [red](NOT KID)[/red]" if not_fid else "KID x1e3", ".3f"))
     if "rp" in metrics:
-        cols.append(("r_precision", "R-prec %", ".2f"))
+        cols.append(("r_precision", f"R-prec %{clip_mark}", ".2f"))
     if "shapes" in metrics:
         cols += [
             ("shapes_all", "shapes all", ".3f"),
@@ -568,9 +575,10 @@ def plot_ablation(rows: Sequence[dict[str, Any]], metrics: Sequence[str], path: 
     if not summary:
         return
     not_fid = any(e["not_fid"] for e in summary)
+    clip_note = next((e["clip_note"] for e in summary if e["clip_note"]), "")
     panels = []
     if "cs" in metrics:
-        panels.append(("clip_score", "CLIP score (x100), higher is better"))
+        panels.append(("clip_score", f"CLIP score (x100) - {clip_note}" if clip_note else "CLIP score (x100), higher is better"))
     if "fid" in metrics:
         panels.append(("fid", "random-tiny features: NOT FID" if not_fid else "FID (clean-fid), lower is better"))
     if "shapes" in metrics:

@@ -16,13 +16,29 @@ from ratlip_cli.errors import RatlipError
 
 
 @dataclass
+class ClipPretrainConfig:
+    """How `ratlip pretrain-clip` / `clip.weights: in-domain` train the CLIP on the dataset (open_clip's ClipLoss)."""
+
+    steps: int = 500
+    batch_size: int = 128
+    lr: float = 1.0e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    flip: bool = True
+    seed: int = 0
+    checkpoint_every: int = 100
+
+
+@dataclass
 class ClipConfig:
     """The frozen CLIP used by the generator's mapper, the text encoder and the discriminator."""
 
     arch: str = "ViT-B-32-quickgelu"
-    # A pretrained tag ("openai", downloads when online), a local weights file, or "random".
+    # A pretrained tag ("openai", downloads when online), a local weights file, "random", or
+    # "in-domain": clip.arch pretrained on data.root's train split (`ratlip pretrain-clip`), cached.
     weights: str = "openai"
     cache_dir: str = ""
+    pretrain: ClipPretrainConfig = field(default_factory=ClipPretrainConfig)
 
 
 @dataclass

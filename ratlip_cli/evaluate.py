@@ -40,7 +40,15 @@ from ratlip_cli.dist import resolve_device
 from ratlip_cli.config import Config, EvalConfig, load_config, set_value, validate
 from ratlip_cli.console import console, err_console, warn
 from ratlip_cli.errors import RatlipError
-from ratlip_cli.metrics.clip_score import ClipScorer, clip_score, load_eval_clip, r_precision, sample_negatives
+from ratlip_cli.metrics.clip_score import (
+    RANDOM_CLIP_NOTE,
+    ClipScorer,
+    clip_metrics_note,
+    clip_score,
+    load_eval_clip,
+    r_precision,
+    sample_negatives,
+)
 from ratlip_cli.metrics.features import FeatureExtractor, build_feature_extractor
 from ratlip_cli.metrics.fid import GaussianStats, feature_stats, fid_from_stats, kernel_distance, psd_sqrt
 
@@ -594,6 +602,7 @@ def _row(
         "feature_extractor": NOT_FID_MARK if extractor.name == "random-tiny" else extractor.name,
         "feature_weights": extractor.identity,
         "eval_clip": clip.identity,
+        "clip_metrics_note": clip.note,
         "image_size": got.image_size[0],
         "ref_size": reference.meta.get("size", ""),
         "ref_images": reference.meta.get("num_images", ""),
@@ -627,9 +636,20 @@ def _warn_protocol(extractor: FeatureExtractor, num_images: int) -> None:
 
 def _eval_tools(cfg: Config, device: torch.device) -> tuple[FeatureExtractor, ClipScorer]:
     """Feature extractor and evaluation CLIP: loaded first, so missing weights fail before any work."""
+    from ratlip_cli.clip_pretrain import IN_DOMAIN, ensure_in_domain_clip, in_domain_label
+
     ecfg = cfg.eval
     extractor = build_feature_extractor(ecfg.feature_extractor, ecfg.fid_mode, ecfg.inception, device)
-    clip = load_eval_clip(ecfg.clip_arch, ecfg.clip_weights, cfg.clip.cache_dir, device)
+    if ecfg.clip_weights == IN_DOMAIN:
+        if ecfg.clip_arch != cfg.clip.arch:
+            raise RatlipError(
+                f"eval.clip_weights=in-domain is the CLIP pretrained for clip.arch {cfg.clip.arch}; "
+                f"set eval.clip_arch={cfg.clip.arch} (it is {ecfg.clip_arch})"
+            )
+        weights = str(ensure_in_domain_clip(cfg))
+        clip = load_eval_clip(ecfg.clip_arch, weights, cfg.clip.cache_dir, device, label=in_domain_label(cfg))
+    else:
+        clip = load_eval_clip(ecfg.clip_arch, ecfg.clip_weights, cfg.clip.cache_dir, device)
     return extractor, clip
 
 
@@ -775,8 +795,12 @@ def results_table(row: dict[str, Any]) -> Table:
     else:
         table.add_row(f"FID (clean-fid, mode {row['fid_mode']})", f"{row['fid']:.3f}")
         table.add_row("KID x1e3", f"{row['kid_x1e3']:.3f} ± {row['kid_std_x1e3']:.3f}")
-    table.add_row("CLIP score (x100)", f"{row['clip_score']:.2f}")
-    table.add_row(f"CLIP R-precision (%, top-1 of {row['r_precision_candidates']})", f"{row['r_precision']:.2f}")
+    note = clip_metrics_note(str(row.get("eval_clip", "")))
+    mark = f" [red]({escape(note)})[/red]" if note == RANDOM_CLIP_NOTE else f" [yellow]({escape(note)})[/yellow]" if note else ""
+    table.add_row(f"CLIP score (x100){mark}", f"{row['clip_score']:.2f}")
+    table.add_row(
+        f"CLIP R-precision (%, top-1 of {row['r_precision_candidates']}){mark}", f"{row['r_precision']:.2f}"
+    )
     table.add_section()
     protocol = [
         ("images", f"{row['num_images']} at {row['image_size']} px, passes: {row['passes'] or '-'}"),
@@ -809,6 +833,11 @@ def run_eval_command(
     as_json: bool = False,
 ) -> dict[str, Any]:
     """What `ratlip eval` does: check the mode, evaluate, append the CSV row, print."""
+    from ratlip_cli.bench import tune_cpu_allocator
+
+    # Inception activations are large, short-lived CPU tensors: without this glibc maps and
+    # page-faults them in anew for every batch (docs/benchmarks.md, "Evaluation speed").
+    tune_cpu_allocator(True)
     if (run is None) == (images is None):
         raise RatlipError("give either --run runs/NAME or --images DIR --captions FILE --dataset DIR")
     if settings.get("eval.num") is not None and settings.get("eval.passes") is not None:

@@ -52,6 +52,16 @@ def environment() -> dict[str, str]:
     return env
 
 
+def _clip_source(cfg: Config, arch: str, weights: str) -> tuple[str, bool]:
+    from ratlip_cli.clip_pretrain import IN_DOMAIN, in_domain_clip_path
+
+    if weights != IN_DOMAIN:
+        return clip_source(arch, weights, cfg.clip.cache_dir)
+    path = in_domain_clip_path(cfg)
+    state = "cached" if path.is_file() else "pretrained on first use (`ratlip pretrain-clip`), then cached"
+    return f"in-domain: {arch} trained on {cfg.data.root} ({state}) at {path}", True
+
+
 def show_info(cfg: Config) -> None:
     """Print a table of versions, devices and weight availability for the given config."""
     table = Table(title=f"ratlip {__version__}", show_header=False)
@@ -62,9 +72,9 @@ def show_info(cfg: Config) -> None:
             table.add_row(key, value)
     ok = "[green]available[/green]"
     missing = "[red]unavailable[/red]"
-    where, have = clip_source(cfg.clip.arch, cfg.clip.weights, cfg.clip.cache_dir)
+    where, have = _clip_source(cfg, cfg.clip.arch, cfg.clip.weights)
     table.add_row(f"model CLIP ({cfg.clip.arch})", f"{where}: {ok if have else missing}")
-    where, have = clip_source(cfg.eval.clip_arch, cfg.eval.clip_weights, cfg.clip.cache_dir)
+    where, have = _clip_source(cfg, cfg.eval.clip_arch, cfg.eval.clip_weights)
     table.add_row(f"eval CLIP ({cfg.eval.clip_arch})", f"{where}: {ok if have else missing}")
     where, have = inception_source(cfg.eval.inception)
     table.add_row("Inception-V3 (FID)", f"{where}: {ok if have else missing}")

@@ -225,3 +225,27 @@ def test_table_and_plot_show_mean_and_std_across_seeds(tmp_path):
     assert "12.00 ± 1.41" in text and "0 (RATLIP without RAT)" in text and "NOT FID" not in text
     ablate.plot_ablation(rows, ["cs", "fid"], tmp_path / "a.png")
     assert (tmp_path / "a.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    "eval_clip, mark",
+    [("ratlip-tiny random(seed 0)", "random CLIP: meaningless"),
+     ("in-domain CLIP (shapes): ratlip-shapes x.safetensors sha256:abc", "in-domain CLIP (shapes)"),
+     ("ViT-B-32-quickgelu openai", None)],
+)  # fmt: skip
+def test_table_and_plot_flag_the_evaluation_clip(tmp_path, monkeypatch, eval_clip, mark):
+    rows = [{"h": h, "seed": 0, "trainable_params": 1000, "clip_score": 1.0, "r_precision": 5.0, "eval_clip": eval_clip}
+            for h in (0, 16)]  # fmt: skip
+    console = Console(width=250, record=True)
+    console.print(ablate.results_table(rows, ["cs", "rp"], "t"))
+    header = console.export_text().splitlines()
+    text = " ".join(header)
+    if mark is None:
+        assert "random CLIP" not in text and "in-domain" not in text
+    else:
+        assert text.count(mark) == 2  # on the CS and on the R-precision column
+    titles = []
+    monkeypatch.setattr("matplotlib.axes.Axes.set_title", lambda self, label, *a, **k: titles.append(label))
+    ablate.plot_ablation(rows, ["cs"], tmp_path / "a.png")
+    expected = {None: "higher is better", "random CLIP: meaningless": "RANDOM CLIP", "in-domain CLIP (shapes)": "in-domain CLIP (shapes)"}
+    assert any(expected[mark] in t for t in titles), titles

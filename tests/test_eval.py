@@ -22,6 +22,7 @@ from ratlip_cli.data.prepared import write_prepared
 from ratlip_cli.data.raw import RawItem, ScanNotes, ScanResult
 from ratlip_cli.evaluate import EvalOptions, NOT_FID_MARK, load_test_split, plan_captions, run_eval_command
 from ratlip_cli.metrics import features as features_mod
+from ratlip_cli.metrics.clip_score import RANDOM_CLIP_NOTE
 
 runner = CliRunner()
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]
@@ -157,6 +158,10 @@ def test_cli_folder_mode_json_and_loud_random_tiny(tmp_path, dataset):
     data = json.loads(result.stdout.strip().splitlines()[-1])
     assert data["feature_extractor"] == NOT_FID_MARK and data["num_images"] == 8
     assert "NOT Inception" in result.stderr and "NOT FID" in result.stderr
+    # the random evaluation CLIP is flagged in the row (CSV/JSON) and next to both CLIP metrics
+    assert data["clip_metrics_note"] == RANDOM_CLIP_NOTE
+    table = " ".join(result.stderr.split())
+    assert table.count("RANDOM CLIP") >= 2 and "meaningless" in table
     # the real test images against themselves (centre-cropped and resized the same way): FID ~ 0
     assert data["fid"] < 1.0
 

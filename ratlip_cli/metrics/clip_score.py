@@ -20,12 +20,26 @@ from ratlip_cli.console import warn
 from ratlip_cli.errors import RatlipError
 
 RANDOM_CLIP_SEED = 0
+# Every table, CSV row and plot that shows CLIP score / R-precision carries one of these notes.
+RANDOM_CLIP_NOTE = "RANDOM CLIP: CLIP score and R-precision are meaningless"
+IN_DOMAIN_NOTE = "{label}: not comparable with published numbers"
+
+
+def clip_metrics_note(eval_clip: str) -> str:
+    """The warning that belongs next to CLIP metrics scored with the CLIP described by `eval_clip`
+    (a ClipScorer identity as stored in eval/ablation rows); "" for a pretrained CLIP."""
+    if " random(seed " in eval_clip or eval_clip.endswith(" random"):
+        return RANDOM_CLIP_NOTE
+    if eval_clip.startswith("in-domain CLIP ("):
+        return IN_DOMAIN_NOTE.format(label=eval_clip.split(")", 1)[0] + ")")
+    return ""
 
 
 class ClipScorer:
     """Normalised CLIP embeddings of uint8 images and of texts; `identity` records arch + weights."""
 
     def __init__(self, model, tokenizer, device: str | torch.device = "cpu", identity: str = "") -> None:
+        """`identity` names arch + weights; in-domain CLIPs start with "in-domain CLIP (<dataset>)"."""
         import open_clip
 
         self.model = model.to(device).eval()
@@ -35,6 +49,11 @@ class ClipScorer:
         pcfg = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
         kwargs = {k: pcfg[k] for k in ("mean", "std", "resize_mode", "interpolation", "fill_color") if k in pcfg}
         self.transform = open_clip.image_transform(model.visual.image_size, is_train=False, **kwargs)
+
+    @property
+    def note(self) -> str:
+        """The warning CLIP metrics from this scorer must carry ("" for a pretrained CLIP)."""
+        return clip_metrics_note(self.identity)
 
     @torch.no_grad()
     def embed_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
@@ -105,10 +124,13 @@ def _matching_activation(arch: str, weights: str) -> str:
     return arch
 
 
-def load_eval_clip(arch: str, weights: str, cache_dir: str = "", device: str | torch.device = "cpu") -> ClipScorer:
+def load_eval_clip(
+    arch: str, weights: str, cache_dir: str = "", device: str | torch.device = "cpu", label: str = ""
+) -> ClipScorer:
     """The evaluation CLIP via `ratlip_cli.weights.load_clip`, with errors naming the `eval.*` keys.
 
     `random` weights are drawn with a fixed seed so the (meaningless, test-only) scores repeat.
+    `label` (e.g. "in-domain CLIP (shapes)") is put in front of the scorer's identity.
     """
     from ratlip_cli.weights import clip_source, is_file_spec, load_clip
 
@@ -136,7 +158,8 @@ def load_eval_clip(arch: str, weights: str, cache_dir: str = "", device: str | t
         raise RatlipError(message) from None
     if weights == "random":
         warn(f"evaluation CLIP {arch} has random weights: CLIP score and R-precision are meaningless (tests only)")
-    return ClipScorer(model, tokenizer, device, _identity(arch, weights))
+    identity = _identity(arch, weights)
+    return ClipScorer(model, tokenizer, device, f"{label}: {identity}" if label else identity)
 
 
 def clip_score(image_emb: torch.Tensor, text_emb: torch.Tensor) -> float:

@@ -1,7 +1,8 @@
 """The frozen CLIP text tower as a family's `TextEncoder`, loaded the way a run needs it.
 
 A run with `clip.weights=random` draws its CLIP from a seed derived from `train.seed` and saves it
-as ``clip.safetensors`` in the run folder (rank 0), so a resumed run, `ratlip sample` and
+as ``clip.safetensors`` in the run folder (rank 0); with `clip.weights=in-domain` it loads the
+CLIP pretrained on the dataset (`ratlip_cli.clip_pretrain`, built on first use) and saves a copy there, so a resumed run, `ratlip sample` and
 `ratlip eval` rebuild exactly the same frozen network; an export records that file relative to
 itself (``source["file"]``).
 """
@@ -47,18 +48,31 @@ def _backbone(clip_model: nn.Module) -> nn.Module:
 
 
 def run_clip_text(cfg: Config, files: RunFiles, device: torch.device | str = "cpu") -> ClipText:
-    """The run's frozen CLIP: pretrained, or random from a derived seed (saved once in the run folder)."""
+    """The run's frozen CLIP: pretrained, in-domain or random from a derived seed (the last two
+    saved once in the run folder)."""
+    from ratlip_cli.clip_pretrain import IN_DOMAIN, ensure_in_domain_clip
     from ratlip_cli.weights import load_clip
 
     source: dict[str, Any] = {"arch": cfg.clip.arch, "weights": cfg.clip.weights, "file": None}
-    if cfg.clip.weights != "random":
+    if cfg.clip.weights not in ("random", IN_DOMAIN):
         clip_model, tokenizer = load_clip(cfg.clip.arch, cfg.clip.weights, cfg.clip.cache_dir)
     elif files.folder is not None and files.resuming:
         path = files.folder / CLIP_FILE
         if not path.is_file():
-            raise RatlipError(f"{path} is missing: this run used random CLIP weights saved there, so it cannot continue")
+            raise RatlipError(
+                f"{path} is missing: this run used {cfg.clip.weights} CLIP weights saved there, so it cannot continue"
+            )
         clip_model, tokenizer = load_clip(cfg.clip.arch, str(path), cfg.clip.cache_dir)
         source["file"] = str(path)
+    elif cfg.clip.weights == IN_DOMAIN:
+        clip_model, tokenizer = load_clip(cfg.clip.arch, str(ensure_in_domain_clip(cfg)), cfg.clip.cache_dir)
+        if files.folder is not None:
+            path = files.folder / CLIP_FILE
+            if files.main:
+                from ratlip_cli.export import save_clip_weights
+
+                save_clip_weights(clip_model, path)
+            source["file"] = str(path)
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(files.seed, "clip"))
@@ -95,8 +109,8 @@ def export_clip_text(source: dict[str, Any], cfg: Config, folder: Path) -> ClipT
                 "keep the export folder inside its run directory"
             )
         weights = str(file)
-    elif weights == "random":
-        raise RatlipError(f"{folder / 'generator.json'} used random CLIP weights but names no saved CLIP file; "
+    elif weights in ("random", "in-domain"):
+        raise RatlipError(f"{folder / 'generator.json'} used {weights} CLIP weights but names no saved CLIP file; "
                           "it cannot be rebuilt")
     clip_model, tokenizer = load_clip(cfg.clip.arch, weights, cfg.clip.cache_dir, device="cpu")
     return ClipText(_backbone(clip_model), tokenizer, source, clip_model)
