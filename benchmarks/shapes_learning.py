@@ -8,6 +8,11 @@ Two sub-commands (rerunnable; nothing here is a test):
     # score any export (a run directory, an export folder or a generator.safetensors)
     python benchmarks/shapes_learning.py score runs/shapes-bench [--num 0] [--seed 0]
 
+    # learning curves of one or more runs (one line per run/seed): colour, shape, background and
+    # all three vs images seen, from the runs' in-training evaluation (metrics.csv eval_* columns:
+    # EMA generator, every test caption), with the issue-13 targets dashed
+    python benchmarks/shapes_learning.py plot runs/shapes-bench [runs/other ...] --out docs/images/shapes-curves.png
+
 Scoring: the EMA generator draws one image per test-split image (its caption's phrasing rotating,
 each with its own fixed noise); the data module's shapes checker decides whether the image's main
 colour, shape and background match the caption. Reported for all test captions and for the 6
@@ -102,6 +107,40 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+TARGETS = {"eval_colour": 0.95, "eval_shape": 0.80, "eval_background": 0.90, "eval_all": 0.70}
+CHANCE = {"eval_colour": 1 / 6, "eval_shape": 1 / 3, "eval_background": 1 / 3, "eval_all": 1 / 54}
+
+
+def plot(runs: list[str], out: str, title: str = "") -> None:
+    """Four panels (colour, shape, background, all three) of match rate vs images seen, one line per run."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from ratlip_cli.train.run import read_metrics
+
+    fig = Figure(figsize=(10, 6.5), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 2, sharex=True).ravel()
+    for ax, col in zip(axes, TARGETS):
+        for run in runs:
+            rows = [r for r in read_metrics(Path(run) / "metrics.csv") if r.get(col) not in (None, "")]
+            if rows:
+                ax.plot([int(r["images"]) for r in rows], [float(r[col]) for r in rows], marker=".", label=Path(run).name)
+        ax.axhline(TARGETS[col], color="tab:green", ls="--", lw=1, label=f"target {TARGETS[col]:.2f}")
+        ax.axhline(CHANCE[col], color="gray", ls=":", lw=1, label="chance")
+        ax.set_title(col.replace("eval_", "") + (" three" if col == "eval_all" else ""), fontsize=10)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    for ax in axes[2:]:
+        ax.set_xlabel("training images seen")
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(title or "shapes: held-out test captions, EMA generator", fontsize=10)
+    fig.tight_layout()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    print(f"wrote {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -116,7 +155,14 @@ def main(argv: list[str] | None = None) -> int:
     p_score.add_argument("path")
     p_score.add_argument("--num", type=int, default=0)
     p_score.add_argument("--seed", type=int, default=0)
+    p_plot = sub.add_parser("plot", help="learning curves of runs into a PNG")
+    p_plot.add_argument("runs", nargs="+")
+    p_plot.add_argument("--out", default="docs/images/shapes-curves.png")
+    p_plot.add_argument("--title", default="")
     args = parser.parse_args(argv)
+    if args.cmd == "plot":
+        plot(args.runs, args.out, args.title)
+        return 0
     if args.cmd == "run":
         return run(args)
     print(json.dumps(score(args.path, args.num, args.seed), indent=2))

@@ -634,8 +634,13 @@ def _warn_protocol(extractor: FeatureExtractor, num_images: int) -> None:
 # ----------------------------------------------------------------------------- the two modes
 
 
-def _eval_tools(cfg: Config, device: torch.device) -> tuple[FeatureExtractor, ClipScorer]:
-    """Feature extractor and evaluation CLIP: loaded first, so missing weights fail before any work."""
+def _eval_tools(
+    cfg: Config, device: torch.device, run_dir: Path | None = None
+) -> tuple[FeatureExtractor, ClipScorer]:
+    """Feature extractor and evaluation CLIP: loaded first, so missing weights fail before any work.
+
+    `eval.clip_weights: in-domain` is the run's own copy of its in-domain CLIP when the run trained
+    with one, else the cache for `cfg` (pretrained now when missing)."""
     from ratlip_cli.clip_pretrain import IN_DOMAIN, ensure_in_domain_clip, in_domain_label
 
     ecfg = cfg.eval
@@ -646,7 +651,8 @@ def _eval_tools(cfg: Config, device: torch.device) -> tuple[FeatureExtractor, Cl
                 f"eval.clip_weights=in-domain is the CLIP pretrained for clip.arch {cfg.clip.arch}; "
                 f"set eval.clip_arch={cfg.clip.arch} (it is {ecfg.clip_arch})"
             )
-        weights = str(ensure_in_domain_clip(cfg))
+        own = run_dir / "clip.safetensors" if run_dir is not None and cfg.clip.weights == IN_DOMAIN else None
+        weights = str(own if own is not None and own.is_file() else ensure_in_domain_clip(cfg))
         clip = load_eval_clip(ecfg.clip_arch, weights, cfg.clip.cache_dir, device, label=in_domain_label(cfg))
     else:
         clip = load_eval_clip(ecfg.clip_arch, ecfg.clip_weights, cfg.clip.cache_dir, device)
@@ -694,7 +700,7 @@ def evaluate_run(run_dir: str | Path, settings: dict[str, Any], opts: EvalOption
         cfg = loaded.cfg
     cfg = apply_settings(cfg, settings)
     split = load_test_split(opts.dataset or cfg.data.root, opts.split)
-    extractor, clip = _eval_tools(cfg, device)
+    extractor, clip = _eval_tools(cfg, device, run_dir)
     if loaded is None:
         loaded = _load_generator(run_dir, device)
     captions = plan_captions(split, cfg.eval.passes, cfg.eval.num, opts.seed)

@@ -523,7 +523,7 @@ class Trainer:
             device=self.device, seed=self.tc.seed, batch_size=max(1, self.cfg.eval.batch_size),
         )
         return {"eval_colour": res["colour"], "eval_shape": res["shape"], "eval_background": res["background"],
-                "eval_n": res["n"]}
+                "eval_all": res["all"], "eval_n": res["n"]}
 
     def _progress(self):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn

@@ -25,7 +25,7 @@ import torch
 from ratlip_cli.config import Config
 from ratlip_cli.errors import RatlipError
 
-EVAL_COLUMNS = ["eval_colour", "eval_shape", "eval_background", "eval_n"]
+EVAL_COLUMNS = ["eval_colour", "eval_shape", "eval_background", "eval_all", "eval_n"]
 # Columns that depend on wall-clock time (everything else is reproducible on CPU).
 TIMING_COLUMNS = ["images_per_s", "elapsed_s"]
 
