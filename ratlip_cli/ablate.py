@@ -1,21 +1,26 @@
-"""`ratlip ablate`: the RAT hidden-size sweep (the paper's Table II) as one resumable command.
+"""`ratlip ablate`: a sweep of one config key as one resumable command; by default the RAT
+hidden-size sweep (the paper's Table II).
 
-For every (h, seed) of the grid ``--hidden`` x ``--seeds`` one model is trained with the project's
+The swept key is ``--sweep KEY=V1,V2,...`` (any config key, e.g. ``train.lr_g=0.0001,0.0002`` or
+``ecagan.carafe=true,false``); ``--hidden H1,H2`` is the shorthand for ``--sweep model.rat.hidden=...``.
+For every (value, seed) of the grid values x ``--seeds`` one model is trained with the project's
 `train()`, everything else equal (same config, data order, CLIP, noise and budget for a given seed),
 then evaluated with `ratlip eval`'s code (`evaluate.evaluate_run`) and, on the shapes dataset, with
 the shapes checker. The ablation folder holds::
 
     <out>/
       sweep.yaml       the sweep spec: every setting that makes rows comparable, and its hash
-      ablation.csv     one row per (h, seed), rewritten atomically as each row arrives
-      ablation.png     CS / FID / shapes match rate against h (log2 axis, h = 0 = RATLIP without RAT), params on a 2nd axis
-      h64-s0/ ...      the runs (a normal run directory each: config, checkpoints, export, eval.csv)
+      ablation.csv     one row per (value, seed), rewritten atomically as each row arrives
+      ablation.png     CS / FID / shapes match rate against the value (for h: log2 axis, h = 0 = RATLIP
+                       without RAT), params on a 2nd axis
+      h64-s0/ ...      the runs (a normal run directory each: config, checkpoints, export, eval.csv);
+                       carafe-false-s0/ ... for other keys (last part of the key, value, seed)
 
 Re-running the same command skips rows already in the CSV and resumes an interrupted training
 from its newest checkpoint; a different setting (preset, --config, --set, budget, metrics, eval
-protocol) is refused, because its rows would not be comparable. Only the sweep list (--hidden,
---seeds), --shard and settings that cannot change a number (paths, device, logging cadence) may
-change. ``--shard i/n`` takes every n-th cell of the grid (round robin), and ``--merge DIR...``
+protocol, swept key) is refused, because its rows would not be comparable. Only the value list
+(--sweep/--hidden, --seeds), --shard and settings that cannot change a number (paths, device,
+logging cadence) may change. ``--shard i/n`` takes every n-th cell of the grid (round robin), and ``--merge DIR...``
 joins the CSVs of shards of one sweep.
 """
 
@@ -43,8 +48,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from ratlip_cli import __version__
+from ratlip_cli.config import Config, parse_override, resolve_config, set_value, to_dict, validate
 from ratlip_cli.metrics.clip_score import RANDOM_CLIP_NOTE, clip_metrics_note
-from ratlip_cli.config import Config, parse_override, resolve_config, to_dict
 from ratlip_cli.console import console, warn
 from ratlip_cli.errors import RatlipError
 from ratlip_cli.models.params import PAPER_HIDDENS
@@ -60,8 +65,9 @@ EVAL_SEED = 0
 
 METRIC_NAMES = ("cs", "fid", "kid", "rp", "shapes")
 DEFAULT_METRICS = ("cs", "fid", "kid", "rp")
-# Swept by the ablation itself.
-SWEPT_KEYS = ("model.rat.hidden", "train.seed")
+# The default swept key (the paper's Table II) and the seed, swept by every ablation.
+RAT_KEY = "model.rat.hidden"
+SWEPT_KEYS = (RAT_KEY, "train.seed")
 # Settings that cannot change a row's numbers: paths, device, logging cadence, batching of eval.
 NEUTRAL_KEYS = frozenset(
     {
@@ -80,7 +86,9 @@ NEUTRAL_KEYS = frozenset(
     }
 )
 
-KEY_COLUMNS = ["h", "seed"]
+# sweep_key/value: the swept key and this row's value (old RAT-only CSVs lack them: h is the value);
+# h is the row's RAT hidden size whatever the swept key.
+KEY_COLUMNS = ["sweep_key", "value", "h", "seed"]
 PARAM_COLUMNS = [
     "bridge_params",
     "rat_params",
@@ -119,7 +127,8 @@ class AblateOptions:
     preset: str | None = None
     config: Path | None = None
     sets: list[str] = field(default_factory=list)
-    hiddens: str = ",".join(map(str, PAPER_HIDDENS))
+    hiddens: str | None = None
+    sweep: str | None = None
     seeds: str = "0"
     steps: int | None = None
     epochs: int | None = None
@@ -180,34 +189,105 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return i, n
 
 
-def grid(hiddens: Sequence[int], seeds: Sequence[int]) -> list[tuple[int, int]]:
-    """Every (h, seed) of the sweep, h-major in the order given."""
-    return [(h, s) for h in hiddens for s in seeds]
+@dataclass(frozen=True)
+class Axis:
+    """The swept config key and its values (as the text a --set would give)."""
+
+    key: str
+    values: tuple[str, ...]
+
+    @property
+    def is_rat(self) -> bool:
+        return self.key == RAT_KEY
 
 
-def shard_cells(cells: Sequence[tuple[int, int]], shard: tuple[int, int] | None) -> list[tuple[int, int]]:
-    """Shard i of n takes cells i-1, i-1+n, i-1+2n, ... of the grid (round robin: balanced across h)."""
+def parse_axis(opts: AblateOptions) -> Axis:
+    """The sweep of `opts`: --sweep KEY=V1,V2 or --hidden H1,H2 (default: the paper's hidden sizes)."""
+    if opts.sweep is not None and opts.hiddens is not None:
+        raise RatlipError("give --sweep or --hidden, not both (--hidden H1,H2 is --sweep model.rat.hidden=H1,H2)")
+    if opts.sweep is None:
+        hiddens = parse_int_list(opts.hiddens if opts.hiddens is not None else ",".join(map(str, PAPER_HIDDENS)),
+                                 "--hidden")
+        return Axis(RAT_KEY, tuple(map(str, hiddens)))
+    key, sep, text = str(opts.sweep).partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise RatlipError(f"--sweep expects KEY=V1,V2,... (e.g. ecagan.carafe=true,false), got '{opts.sweep}'")
+    if key == "train.seed":
+        raise RatlipError("--sweep train.seed: seeds are swept by --seeds")
+    if key in NEUTRAL_KEYS:
+        raise RatlipError(f"--sweep {key}: this key cannot change a result (paths, device, logging); sweep another key")
+    if key == RAT_KEY:
+        return Axis(RAT_KEY, tuple(map(str, parse_int_list(text, "--sweep model.rat.hidden"))))
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values:
+        raise RatlipError(f"--sweep {key}= needs at least one value")
+    twice = [v for k, v in enumerate(values) if v in values[:k]]
+    if twice:
+        raise RatlipError(f"--sweep {key} lists {twice[0]} twice")
+    return Axis(key, tuple(values))
+
+
+def grid(values: Sequence[Any], seeds: Sequence[int]) -> list[tuple[Any, int]]:
+    """Every (value, seed) of the sweep, value-major in the order given."""
+    return [(v, s) for v in values for s in seeds]
+
+
+def shard_cells(cells: Sequence[tuple[Any, int]], shard: tuple[int, int] | None) -> list[tuple[Any, int]]:
+    """Shard i of n takes cells i-1, i-1+n, i-1+2n, ... of the grid (round robin: balanced across values)."""
     if shard is None:
         return list(cells)
     i, n = shard
     return [c for k, c in enumerate(cells) if k % n == i - 1]
 
 
-def run_name(h: int, seed: int) -> str:
-    """The run folder of one cell inside the ablation folder."""
-    return f"h{h}-s{seed}"
+def run_name(value: Any, seed: int, key: str = RAT_KEY) -> str:
+    """The run folder of one cell inside the ablation folder: h64-s0 for the RAT sweep, else
+    <last part of the key>-<value>-s<seed> (e.g. carafe-false-s0)."""
+    if key == RAT_KEY:
+        return f"h{value}-s{seed}"
+    slug = re.sub(r"[^A-Za-z0-9.]+", "_", str(value)).strip("_") or "empty"
+    return f"{key.rsplit('.', 1)[-1]}-{slug}-s{seed}"
+
+
+def row_axis(row: dict[str, Any]) -> tuple[str, str]:
+    """(swept key, value) of a CSV row; rows of RAT-only CSVs (no sweep_key column) are h sweeps."""
+    key = row.get("sweep_key") or RAT_KEY
+    value = row.get("value")
+    return key, str(value if value not in (None, "") else row["h"])
+
+
+def row_key(row: dict[str, Any]) -> tuple[str, int]:
+    """(value, seed): what identifies a row within one sweep."""
+    return row_axis(row)[1], int(row["seed"])
+
+
+def rows_key(rows: Sequence[dict[str, Any]]) -> str:
+    """The swept key of an ablation's rows (RAT_KEY when there are none)."""
+    keys = {row_axis(r)[0] for r in rows}
+    if len(keys) > 1:
+        raise RatlipError(f"the rows sweep several keys ({', '.join(sorted(keys))}); one ablation sweeps one key")
+    return keys.pop() if keys else RAT_KEY
+
+
+def _value_order(value: str) -> tuple[int, float, str]:
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
 
 
 # ----------------------------------------------------------------------------- the sweep spec
 
 
-def sweep_config(opts: AblateOptions) -> Config:
+def sweep_config(opts: AblateOptions, axis: Axis | None = None) -> Config:
     """The config shared by every row: preset < --config < --set < budget and eval options."""
+    axis = axis or parse_axis(opts)
     sets = list(opts.sets or [])
     for text in sets:
         key, _ = parse_override(text)
-        if key in SWEPT_KEYS:
-            option = "--hidden" if key == "model.rat.hidden" else "--seeds"
+        if key in (axis.key, "train.seed"):
+            option = "--seeds" if key == "train.seed" else ("--hidden" if axis.is_rat else "--sweep")
             raise RatlipError(f"--set {key} is what the ablation sweeps; use {option} instead")
     given = (("--steps", opts.steps), ("--epochs", opts.epochs), ("--minutes", opts.minutes))
     budgets = [(n, v) for n, v in given if v is not None]
@@ -252,12 +332,16 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def sweep_spec(cfg: Config, metrics: Sequence[str]) -> dict[str, Any]:
-    """Everything that makes two rows comparable: the config (minus swept and neutral keys), metrics
-    and the evaluation seed, as flat dotted keys."""
+def sweep_spec(cfg: Config, metrics: Sequence[str], key: str = RAT_KEY) -> dict[str, Any]:
+    """Everything that makes two rows comparable: the config (minus swept and neutral keys), metrics,
+    the evaluation seed and (for a key other than model.rat.hidden) the swept key, as flat dotted keys."""
     flat = _flatten(to_dict(cfg))
-    settings = {k: v for k, v in sorted(flat.items()) if k not in NEUTRAL_KEYS and k not in SWEPT_KEYS}
-    return {"metrics": list(metrics), "eval_seed": EVAL_SEED, "config": settings}
+    swept = {key, "train.seed"}
+    settings = {k: v for k, v in sorted(flat.items()) if k not in NEUTRAL_KEYS and k not in swept}
+    spec: dict[str, Any] = {"metrics": list(metrics), "eval_seed": EVAL_SEED, "config": settings}
+    if key != RAT_KEY:
+        spec["sweep_key"] = key
+    return spec
 
 
 def spec_hash(spec: dict[str, Any]) -> str:
@@ -268,8 +352,10 @@ def spec_hash(spec: dict[str, Any]) -> str:
 
 def spec_differences(old: dict[str, Any], new: dict[str, Any], limit: int = 3) -> str:
     """'train.max_steps: 2 -> 3, metrics: [cs] -> [cs, fid]' (at most `limit` entries)."""
-    a = {**_flatten(old.get("config", {})), "metrics": old.get("metrics"), "eval_seed": old.get("eval_seed")}
-    b = {**_flatten(new.get("config", {})), "metrics": new.get("metrics"), "eval_seed": new.get("eval_seed")}
+    a = {**_flatten(old.get("config", {})), "metrics": old.get("metrics"), "eval_seed": old.get("eval_seed"),
+         "swept key": old.get("sweep_key", RAT_KEY)}
+    b = {**_flatten(new.get("config", {})), "metrics": new.get("metrics"), "eval_seed": new.get("eval_seed"),
+         "swept key": new.get("sweep_key", RAT_KEY)}
     keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     parts = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:limit]]
     if len(keys) > limit:
@@ -318,7 +404,7 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 
 def _sorted_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    return sorted(rows, key=lambda r: (int(r["h"]), int(r["seed"])))
+    return sorted(rows, key=lambda r: (_value_order(row_axis(r)[1]), int(r["seed"])))
 
 
 def _cell(value: Any) -> str:
@@ -332,7 +418,7 @@ def _cell(value: Any) -> str:
 
 
 def write_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    """Rewrite ablation.csv atomically, rows sorted by (h, seed), with the fixed columns."""
+    """Rewrite ablation.csv atomically, rows sorted by (value, seed), with the fixed columns."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, restval="", extrasaction="ignore")
     writer.writeheader()
@@ -462,13 +548,18 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def cell_config(cfg: Config, out: Path, h: int, seed: int) -> Config:
-    """The config of one cell: the sweep's, with h, seed and the run folder set."""
+def cell_config(cfg: Config, out: Path, value: Any, seed: int, key: str = RAT_KEY) -> Config:
+    """The config of one cell: the sweep's, with the swept key, seed and run folder set (and validated)."""
     c = copy.deepcopy(cfg)
-    c.model.rat.hidden = int(h)
     c.train.seed = int(seed)
     c.train.runs_dir = str(out)
-    c.train.name = run_name(h, seed)
+    c.train.name = run_name(value, seed, key)
+    try:
+        _, typed = parse_override(f"{key}={value}")
+        set_value(c, key, typed)
+        validate(c)
+    except RatlipError as exc:
+        raise RatlipError(f"--sweep {key}={value}: {exc}") from None
     return c
 
 
@@ -476,16 +567,19 @@ def cell_config(cfg: Config, out: Path, h: int, seed: int) -> Config:
 
 
 def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per h: seeds, and (mean, std) of every numeric column across seeds (std None for one seed)."""
+    """One entry per swept value: the value (and h for the RAT sweep), seeds, and (mean, std) of every
+    numeric column across seeds (std None for one seed)."""
     import numpy as np
 
-    by_h: dict[int, list[dict[str, Any]]] = {}
+    rat = rows_key(rows) == RAT_KEY
+    by_value: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        by_h.setdefault(int(r["h"]), []).append(r)
+        by_value.setdefault(row_axis(r)[1], []).append(r)
     out = []
-    for h in sorted(by_h):
-        group = by_h[h]
-        entry: dict[str, Any] = {"h": h, "seeds": sorted(int(r["seed"]) for r in group)}
+    for value in sorted(by_value, key=_value_order):
+        group = by_value[value]
+        entry: dict[str, Any] = {"value": value, "h": int(value) if rat else None,
+                                 "seeds": sorted(int(r["seed"]) for r in group)}
         for col in PARAM_COLUMNS + SCORE_COLUMNS + ["train_img_per_s", "train_s", "steps"]:
             vals = [v for v in (_num(r.get(col)) for r in group) if v is not None]
             if not vals:
@@ -518,8 +612,9 @@ def metrics_in(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def results_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str], title: str) -> Table:
-    """The Rich table of an ablation: one line per h, mean ± std across seeds."""
+    """The Rich table of an ablation: one line per swept value, mean ± std across seeds."""
     summary = summarize(rows)
+    key = rows_key(rows)
     not_fid = any(e["not_fid"] for e in summary)
     clip_note = next((e["clip_note"] for e in summary if e["clip_note"]), "")
     clip_mark = ""
@@ -548,13 +643,14 @@ def results_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str], title:
             ("shapes_background", "bg", ".3f"),
         ]
     cols += [("steps", "steps", ".0f"), ("train_img_per_s", "img/s", ".1f"), ("train_s", "train s", ".0f")]
-    table.add_column("h", justify="right", style="bold")
+    table.add_column("h" if key == RAT_KEY else key, justify="right", style="bold")
     table.add_column("seeds", justify="right")
     for _, title_, _ in cols:
         table.add_column(title_, justify="right")
     for e in summary:
         seeds = ",".join(map(str, e["seeds"]))
-        table.add_row(_h_label(e["h"]), seeds, *(_fmt(e[k], spec) for k, _, spec in cols))
+        label = _h_label(e["h"]) if key == RAT_KEY else e["value"]
+        table.add_row(escape(label), seeds, *(_fmt(e[k], spec) for k, _, spec in cols))
     return table
 
 
@@ -565,26 +661,28 @@ def _x_positions(hs: Sequence[int]) -> dict[int, float]:
     return {h: (math.log2(h) if h > 0 else left) for h in hs}
 
 
+def _value_positions(values: Sequence[str]) -> dict[str, float]:
+    """x of each swept value: the number itself when every value is a number, else its rank."""
+    try:
+        return {v: float(v) for v in values}
+    except ValueError:
+        return {v: float(k) for k, v in enumerate(values)}
+
+
 def plot_ablation(rows: Sequence[dict[str, Any]], metrics: Sequence[str], path: Path, title: str = "") -> None:
-    """ablation.png: one panel per plotted metric (CS, FID, shapes all-match) against h on a log2 axis,
-    h = 0 marked as RATLIP without RAT, trainable parameters (dashed) on a second axis. Written atomically."""
+    """ablation.png: one panel per plotted metric (CS, FID, shapes all-match) against the swept value
+    (for h: a log2 axis, h = 0 marked as RATLIP without RAT), trainable parameters (dashed) on a second
+    axis. Written atomically."""
+    if rows_key(rows) != RAT_KEY:
+        _plot_values(rows, metrics, path, title)
+        return
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     summary = summarize(rows)
     if not summary:
         return
-    not_fid = any(e["not_fid"] for e in summary)
-    clip_note = next((e["clip_note"] for e in summary if e["clip_note"]), "")
-    panels = []
-    if "cs" in metrics:
-        panels.append(("clip_score", f"CLIP score (x100) - {clip_note}" if clip_note else "CLIP score (x100), higher is better"))
-    if "fid" in metrics:
-        panels.append(("fid", "random-tiny features: NOT FID" if not_fid else "FID (clean-fid), lower is better"))
-    if "shapes" in metrics:
-        panels.append(("shapes_all", "shapes: all-match rate, higher is better"))
-    if not panels:
-        panels.append((None, "parameters"))
+    panels = _metric_panels(metrics, summary)
     hs = [e["h"] for e in summary]
     xs = _x_positions(hs)
     fig = Figure(figsize=(7.5, 3.0 * len(panels) + 0.6), dpi=110)
@@ -636,6 +734,68 @@ def plot_ablation(rows: Sequence[dict[str, Any]], metrics: Sequence[str], path: 
     os.replace(tmp, path)
 
 
+def _metric_panels(metrics: Sequence[str], summary: Sequence[dict[str, Any]]) -> list[tuple[str | None, str]]:
+    """(column, title) of each plot panel; NOT FID and the evaluation CLIP's caveat in the titles."""
+    not_fid = any(e["not_fid"] for e in summary)
+    clip_note = next((e["clip_note"] for e in summary if e["clip_note"]), "")
+    panels: list[tuple[str | None, str]] = []
+    if "cs" in metrics:
+        panels.append(("clip_score", f"CLIP score (x100) - {clip_note}" if clip_note else "CLIP score (x100), higher is better"))
+    if "fid" in metrics:
+        panels.append(("fid", "random-tiny features: NOT FID" if not_fid else "FID (clean-fid), lower is better"))
+    if "shapes" in metrics:
+        panels.append(("shapes_all", "shapes: all-match rate, higher is better"))
+    return panels or [(None, "parameters")]
+
+
+def _plot_values(rows: Sequence[dict[str, Any]], metrics: Sequence[str], path: Path, title: str) -> None:
+    """The plot of a sweep of any key other than the RAT hidden size: points (mean ± std over seeds)
+    at each value, joined when the values are numbers; trainable parameters on a second axis."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    summary = summarize(rows)
+    if not summary:
+        return
+    key = rows_key(rows)
+    panels = _metric_panels(metrics, summary)
+    values = [e["value"] for e in summary]
+    xs = _value_positions(values)
+    numeric = all(_value_order(v)[0] == 0 for v in values)
+    fig = Figure(figsize=(7.5, 3.0 * len(panels) + 0.6), dpi=110)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    params = [e["trainable_params"][0] for e in summary]
+    for ax, (col, label) in zip(axes, panels):
+        if col is not None:
+            pts = [(xs[e["value"]], e[col][0], e[col][1] or 0.0) for e in summary if e[col][0] is not None]
+            if pts:
+                x, y, err = zip(*pts)
+                ax.errorbar(x, y, yerr=err, marker="o", color="tab:blue", capsize=3,
+                            linestyle="-" if numeric else "none")
+            ax.set_ylabel(label.split(",")[0], color="tab:blue")
+            ax.set_title(label, fontsize=9)
+            ax.grid(True, alpha=0.3)
+        known = [(xs[v], p) for v, p in zip(values, params) if p is not None]
+        if known:
+            twin = ax.twinx() if col is not None else ax
+            twin.plot(*zip(*known), linestyle="--" if numeric else "none", marker=".", color="gray")
+            twin.set_ylabel("trainable parameters", color="gray")
+            twin.ticklabel_format(axis="y", style="plain", useOffset=False)
+    axes[-1].set_xticks([xs[v] for v in values])
+    axes[-1].set_xticklabels(values)
+    axes[-1].set_xlabel(key)
+    if not numeric:
+        axes[-1].set_xlim(-0.5, len(values) - 0.5)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, path)
+
+
 def print_table(table: Table) -> None:
     """Print a wide table without cutting numbers: into a file or pipe at its natural width."""
     from rich.measure import Measurement
@@ -678,14 +838,16 @@ def run_ablation(opts: AblateOptions) -> int:
 
     Returns the exit code (0, or 128 + signal number when a training was stopped by a signal).
     """
-    hiddens = parse_int_list(opts.hiddens, "--hidden")
+    axis = parse_axis(opts)
     seeds = parse_int_list(opts.seeds, "--seeds")
     metrics = parse_metrics(opts.metrics)
     shard = parse_shard(opts.shard)
-    cfg = sweep_config(opts)
+    cfg = sweep_config(opts, axis)
     _check_dataset_metrics(cfg, metrics)
     out = Path(opts.out) if opts.out else _default_out(cfg, shard)
-    spec = sweep_spec(cfg, metrics)
+    for value in axis.values:  # every value must make a valid config before anything trains
+        cell_config(cfg, out, value, seeds[0], axis.key)
+    spec = sweep_spec(cfg, metrics, axis.key)
     digest = spec_hash(spec)
 
     old = read_sweep(out)
@@ -699,57 +861,68 @@ def run_ablation(opts: AblateOptions) -> int:
     if foreign:
         other = ", ".join(sorted(map(str, foreign)))
         raise RatlipError(f"{out / CSV_FILE} holds rows of another sweep ({other}); choose another --out")
-    info = {
-        "hidden": sorted(set(hiddens) | set(old.get("hidden", []) if old else [])),
+    info: dict[str, Any] = {"sweep_key": axis.key} if not axis.is_rat else {}
+    if axis.is_rat:
+        info["hidden"] = sorted(set(map(int, axis.values)) | set(old.get("hidden", []) if old else []))
+    else:
+        earlier = [str(v) for v in (old.get("values", []) if old else [])]
+        info["values"] = earlier + [v for v in axis.values if v not in earlier]
+    info.update({
         "seeds": sorted(set(seeds) | set(old.get("seeds", []) if old else [])),
         "shard": f"{shard[0]}/{shard[1]}" if shard else None,
         "preset": cfg.preset,
         "ratlip": __version__,
-    }
+    })
     write_sweep(out, spec, info)
 
-    done = {(int(r["h"]), int(r["seed"])) for r in rows}
-    cells = shard_cells(grid(hiddens, seeds), shard)
+    done = {row_key(r) for r in rows}
+    cells = shard_cells(grid(axis.values, seeds), shard)
     todo = [c for c in cells if c not in done]
     where = f", shard {shard[0]}/{shard[1]}" if shard else ""
+    name = "h" if axis.is_rat else axis.key
+    n_values = len(axis.values)
     console.print(
-        f"ablation {out}: {len(hiddens)} h x {len(seeds)} seeds = {len(hiddens) * len(seeds)} runs{where}: "
+        f"ablation {out}: {n_values} {name} x {len(seeds)} seeds = {n_values * len(seeds)} runs{where}: "
         f"{len(cells)} here, {len(cells) - len(todo)} done, {len(todo)} to train",
         highlight=False,
         soft_wrap=True,
     )
     title = f"ratlip ablate {cfg.preset or ''} ({out.name})".strip()
     code = 0
-    for k, (h, seed) in enumerate(todo, start=1):
+    for k, (value, seed) in enumerate(todo, start=1):
         started = time.time()
-        c = cell_config(cfg, out, h, seed)
-        console.rule(f"[{k}/{len(todo)}] h={h} seed={seed}", style="dim")
-        trained = train_run(c, out / run_name(h, seed))
+        c = cell_config(cfg, out, value, seed, axis.key)
+        run = run_name(value, seed, axis.key)
+        console.rule(f"[{k}/{len(todo)}] {name}={value} seed={seed}", style="dim")
+        trained = train_run(c, out / run)
         if trained.stopped_by in ("SIGINT", "SIGTERM"):
             import signal
 
             console.print(
-                f"interrupted; re-run the same command to resume h={h} seed={seed} from its checkpoint", highlight=False
+                f"interrupted; re-run the same command to resume {name}={value} seed={seed} from its checkpoint",
+                highlight=False,
             )
             code = 128 + int(getattr(signal, trained.stopped_by))
             break
         scores = evaluate_cell(trained.run_dir, c, metrics, opts.device, opts.progress)
         row: dict[str, Any] = {
-            "h": h,
+            "sweep_key": axis.key,
+            "value": value,
+            "h": c.model.rat.hidden,
             "seed": seed,
             **trained.params,
             **scores,
             "steps": trained.steps,
             "images": trained.images,
             "device": trained.device,
-            "run": run_name(h, seed),
+            "run": run,
             "sweep": digest,
             "train_s": round(trained.seconds, 1),
             "train_img_per_s": round(trained.images / trained.seconds, 2) if trained.seconds > 0 else "",
             "wall_s": round(time.time() - started, 1),
             "time": _now(),
         }
-        rows = [r for r in rows if (int(r["h"]), int(r["seed"])) != (h, seed)] + [row]
+        rows = [r for r in rows if row_key(r) != (value, seed)] + [row]
         _publish(out, rows, metrics, title)
     if rows:
         if not todo:
@@ -785,14 +958,16 @@ def merge_ablations(dirs: Sequence[Path], out: Path | None = None) -> Path:
     existing = read_sweep(Path(out))
     if existing is not None and existing["spec_hash"] != first["spec_hash"]:
         raise RatlipError(f"{out} holds another sweep; choose another --out")
-    merged: dict[tuple[int, int], dict[str, str]] = {}
+    merged: dict[tuple[str, int], dict[str, str]] = {}
     for d in dirs:
         for r in read_rows(Path(d) / CSV_FILE):
             if r.get("sweep") != first["spec_hash"]:
                 raise RatlipError(f"{Path(d) / CSV_FILE} holds rows of another sweep ({r.get('sweep')})")
-            key = (int(r["h"]), int(r["seed"]))
+            key = row_key(r)
             if key in merged:
-                warn(f"h={key[0]} seed={key[1]} is in several folders; keeping the first ({merged[key].get('run')})")
+                name = "h" if row_axis(r)[0] == RAT_KEY else row_axis(r)[0]
+                warn(f"{name}={key[0]} seed={key[1]} is in several folders; keeping the first "
+                     f"({merged[key].get('run')})")
                 continue
             merged[key] = r
     rows = _sorted_rows(merged.values())
@@ -802,14 +977,19 @@ def merge_ablations(dirs: Sequence[Path], out: Path | None = None) -> Path:
             raise RatlipError(f"cannot merge: rows were scored with different {col} ({', '.join(sorted(values))})")
     spec = first.get("spec", {})
     metrics = list(spec.get("metrics") or metrics_in(rows))
-    info = {
-        "hidden": sorted({h for doc in docs for h in doc.get("hidden", [])}),
+    info: dict[str, Any] = {}
+    if first.get("sweep_key"):
+        info["sweep_key"] = first["sweep_key"]
+        info["values"] = list(dict.fromkeys(str(v) for doc in docs for v in doc.get("values", [])))
+    else:
+        info["hidden"] = sorted({h for doc in docs for h in doc.get("hidden", [])})
+    info.update({
         "seeds": sorted({s for doc in docs for s in doc.get("seeds", [])}),
         "shard": None,
         "preset": first.get("preset"),
         "merged_from": [str(d) for d in dirs],
         "ratlip": __version__,
-    }
+    })
     Path(out).mkdir(parents=True, exist_ok=True)
     write_sweep(Path(out), spec, info)
     title = f"ratlip ablate {first.get('preset') or ''} ({Path(out).name}, merged)".replace("  ", " ")
@@ -830,7 +1010,9 @@ def params_only(opts: AblateOptions) -> list[dict[str, int]]:
     from ratlip_cli.models.params import param_table
     from ratlip_cli.weights import load_clip
 
-    hiddens = parse_int_list(opts.hiddens, "--hidden")
+    if opts.sweep is not None:
+        raise RatlipError("--params-only counts the RAT sweep's parameters per h; give --hidden, not --sweep")
+    hiddens = [int(v) for v in parse_axis(opts).values]
     for text in opts.sets or []:
         key, _ = parse_override(text)
         if key == "model.rat.hidden":

@@ -495,12 +495,20 @@ def ablate(
         ),
     ] = None,
     hidden: Annotated[
-        str,
-        typer.Option("--hidden", help="Comma-separated RAT hidden sizes h to sweep; 0 is RATLIP without RAT (plain affines, no recurrence)."),
-    ] = "0,4,8,16,32,64,128",
+        Optional[str],
+        typer.Option("--hidden", help="Comma-separated RAT hidden sizes h to sweep; 0 is RATLIP without RAT (plain "
+                     "affines, no recurrence). Shorthand for --sweep model.rat.hidden=... \\[default: 0,4,8,16,32,64,128 "
+                     "when --sweep is not given].", show_default=False),
+    ] = None,
+    sweep: Annotated[
+        Optional[str],
+        typer.Option("--sweep", help="KEY=V1,V2,...: sweep any one config key instead of h, e.g. "
+                     "train.lr_g=0.0001,0.0002 or model.family=ratlip,galip (one run per value and seed).",
+                     show_default=False),
+    ] = None,
     seeds: Annotated[
         str,
-        typer.Option("--seeds", help="Comma-separated training seeds: one run per (h, seed); the table shows mean ± std."),
+        typer.Option("--seeds", help="Comma-separated training seeds: one run per (value, seed); the table shows mean ± std."),
     ] = "0",
     steps: Annotated[
         Optional[int], typer.Option("--steps", help="Budget: train every run for N steps (train.max_steps).")
@@ -523,14 +531,14 @@ def ablate(
         Optional[Path],
         typer.Option(
             "--out",
-            help="Ablation folder (sweep.yaml, ablation.csv, ablation.png, one run folder per h and seed) "
+            help="Ablation folder (sweep.yaml, ablation.csv, ablation.png, one run folder per value and seed) "
             "\\[default: runs/ablate-PRESET, runs/ablate-PRESET-shard-I-of-N with --shard].",
             show_default=False,
         ),
     ] = None,
     shard: Annotated[
         Optional[str],
-        typer.Option("--shard", help="i/n: run every n-th (h, seed) cell starting at the i-th, to share a sweep across n machines."),
+        typer.Option("--shard", help="i/n: run every n-th (value, seed) cell starting at the i-th, to share a sweep across n machines."),
     ] = None,
     params_only: Annotated[
         bool,
@@ -555,11 +563,11 @@ def ablate(
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No evaluation progress bars.")] = False,
 ) -> None:
-    """Sweep the RAT hidden size h (the paper's Table II) as one resumable command.
+    """Sweep one config key (by default the RAT hidden size h, the paper's Table II) as one resumable command.
 
-    Trains one model per (h, seed) with everything else equal, evaluates it with `ratlip eval`'s code, and writes OUT/ablation.csv, OUT/ablation.png and a Rich table. Re-run the same command to resume; other settings are refused. Guide: docs/ablation.md.
+    Trains one model per (value, seed) with everything else equal, evaluates it with `ratlip eval`'s code, and writes OUT/ablation.csv, OUT/ablation.png and a Rich table. Re-run the same command to resume; other settings are refused. Guide: docs/ablation.md.
 
-    Examples: ratlip ablate shapes --hidden 0,16,64 --steps 600 --metrics shapes;  ratlip ablate cub --params-only;  ratlip ablate --merge runs/ablate-cub-shard-1-of-2 runs/ablate-cub-shard-2-of-2
+    Examples: ratlip ablate shapes --hidden 0,16,64 --steps 600 --metrics shapes;  ratlip ablate shapes --sweep model.family=ratlip,galip --set model.rat.hidden=0 --steps 600 --metrics shapes;  ratlip ablate cub --params-only;  ratlip ablate --merge runs/ablate-cub-shard-1-of-2 runs/ablate-cub-shard-2-of-2
     """
     from ratlip_cli.ablate import AblateOptions, run_ablate_command
 
@@ -571,6 +579,7 @@ def ablate(
         config=config,
         sets=list(sets or []),
         hiddens=hidden,
+        sweep=sweep,
         seeds=seeds,
         steps=steps,
         epochs=epochs,
