@@ -107,7 +107,7 @@ METRIC_COLUMNS = {
     "rp": ["r_precision"],
     "shapes": ["shapes_all", "shapes_colour", "shapes_shape", "shapes_background", "shapes_size"],
 }
-PROTOCOL_COLUMNS = ["feature_extractor", "eval_clip", "clip_metrics_note", "eval_images", "steps", "images", "device", "run", "sweep"]
+PROTOCOL_COLUMNS = ["generator", "feature_extractor", "eval_clip", "clip_metrics_note", "eval_images", "steps", "images", "device", "run", "sweep"]
 # Columns that depend on wall-clock time or on when the row was made (left out when comparing rows).
 TIMING_COLUMNS = ["train_s", "train_img_per_s", "eval_s", "wall_s", "time"]
 SCORE_COLUMNS = [c for m in METRIC_NAMES for c in METRIC_COLUMNS[m]]
@@ -496,21 +496,21 @@ def train_run(cfg: Config, run_dir: Path) -> TrainedRun:
 
 
 def _shapes_scores(run_dir: Path, cfg: Config, device: str | None) -> dict[str, Any]:
-    """The shapes checker's match rates of the run's exported EMA generator on test captions."""
+    """The shapes checker's match rates of the run's exported generator (`eval.generator`) on test captions."""
     from ratlip_cli.data import load_prepared
     from ratlip_cli.evaluate import resolve_device
     from ratlip_cli.export import load_generator
     from ratlip_cli.train.shapes_eval import score_generator_on_shapes, shapes_eval_captions
 
     dev = resolve_device(device)
-    loaded = load_generator(run_dir, dev)
+    loaded = load_generator(run_dir, dev, cfg.eval.generator)
     captions = shapes_eval_captions(load_prepared(cfg.data.root), "test", cfg.eval.num)
     res = score_generator_on_shapes(
         loaded.generator, loaded.embed, captions, cfg.model.z_dim,
         device=dev, seed=EVAL_SEED, batch_size=max(1, cfg.eval.batch_size), distributed=False,
     )
     scores = {f"shapes_{k}": res[k] for k in ("all", "colour", "shape", "background", "size")}
-    return {**scores, "shapes_n": res["n"]}
+    return {**scores, "shapes_n": res["n"], "generator": loaded.which}
 
 
 def evaluate_cell(
@@ -536,6 +536,7 @@ def evaluate_cell(
         out["eval_clip"] = row["eval_clip"] if set(metrics) & {"cs", "rp"} else ""
         out["clip_metrics_note"] = row["clip_metrics_note"] if set(metrics) & {"cs", "rp"} else ""
         out["eval_images"] = row["num_images"]
+        out["generator"] = row["generator"]
     if "shapes" in metrics:
         scores = _shapes_scores(run_dir, cfg, device)
         out.update({k: v for k, v in scores.items() if k != "shapes_n"})

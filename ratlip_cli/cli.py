@@ -341,8 +341,16 @@ def sample(
             "fp32: faster (about 3x on CPU), but batch sizes may move a few pixels by one level.",
         ),
     ] = "fp64",
+    generator: Annotated[
+        Optional[str],
+        typer.Option(
+            "--generator",
+            help="ema (the moving average) or raw (the trained weights); default: the run's eval.generator "
+            "(raw for the paper presets cub, oxford, celeba-tiny, coco; ema otherwise).",
+        ),
+    ] = None,
 ) -> None:
-    """Generate captioned image grids from prompts with a trained run's EMA generator.
+    """Generate captioned image grids from prompts with a trained run's generator (EMA or raw).
 
     Example: ratlip sample "a big red circle on a blue background" "a small green square on a gray background" --n 8
     """
@@ -365,6 +373,7 @@ def sample(
             steps=steps,
             vary_noise=vary_noise,
             precision=precision,
+            generator=generator,
         )
     )
 
@@ -400,6 +409,14 @@ def eval_(
     ] = None,
     batch_size: Annotated[
         Optional[int], typer.Option("--batch-size", help="Images per generator / feature batch (eval.batch_size).")
+    ] = None,
+    generator: Annotated[
+        Optional[str],
+        typer.Option(
+            "--generator",
+            help="Run mode: ema (the moving average) or raw (the trained weights, what GALIP and RATLIP evaluate) "
+            "(eval.generator; default: the run's, raw for the paper presets cub, oxford, celeba-tiny, coco).",
+        ),
     ] = None,
     device: DeviceOpt = None,
     inception: Annotated[
@@ -460,7 +477,10 @@ def eval_(
         "eval.batch_size": batch_size,
         "eval.inception": inception,
         "eval.feature_extractor": feature_extractor,
+        "eval.generator": generator,
     }
+    if generator is not None and run is None:
+        raise RatlipError("--generator is for run mode (--run runs/NAME); folder mode scores given images")
     settings.update({k: v for k, v in explicit.items() if v is not None})
     run_eval_command(
         run,

@@ -143,6 +143,10 @@ class TrainConfig:
 class EvalConfig:
     """The evaluation protocol of `ratlip eval` (paper protocol by default)."""
 
+    # Which exported generator `ratlip eval` and `ratlip sample` use: ema (the moving average) or
+    # raw (the trained weights; what GALIP and RATLIP evaluate: the paper presets set raw).
+    generator: str = "ema"
+
     passes: int = 12
     num: int = 0
     batch_size: int = 64
@@ -176,6 +180,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.d_backbone": ("clip", "cnn"),
     "data.format": ("auto", "prepared", "shards"),
     "train.precision": ("fp32", "amp_bf16", "amp_fp16"),
+    "eval.generator": ("ema", "raw"),
     "eval.fid_mode": ("clean", "legacy_pytorch", "legacy_tensorflow"),
     "eval.feature_extractor": ("inception", "random-tiny"),
 }

@@ -7,7 +7,8 @@ one process, so the numbers are the same.
 
 Both modes feed the same scoring path with batches of uint8 RGB images and their captions:
 - run mode generates them in memory from the test split's captions with the run's exported EMA
-  generator (`ratlip_cli.export.load_generator`), optionally saving them (`save_images`);
+  or raw generator (`eval.generator`, `--generator`; the row's `generator` column says which)
+  (`ratlip_cli.export.load_generator`), optionally saving them (`save_images`);
 - folder mode reads them from disk with a captions CSV (`file,caption`).
 Reference statistics of the test split are cached on disk, keyed by everything that changes them.
 """
@@ -590,6 +591,7 @@ def _row(
         "time": _now(),
         "mode": mode,
         "source": source,
+        "generator": "",  # run mode: ema or raw (set by evaluate_run); folder mode: given images
         "num_images": len(got.captions),
         "passes": ecfg.passes if mode == "run" and ecfg.num == 0 else "",
         "fid": metrics["fid"],
@@ -659,14 +661,14 @@ def _eval_tools(
     return extractor, clip
 
 
-def _load_generator(run_dir: Path, device: torch.device):
+def _load_generator(run_dir: Path, device: torch.device, which: str | None = None):
     try:
         from ratlip_cli.export import load_generator
     except ImportError:
         raise RatlipError(
             "this install lacks ratlip_cli.export.load_generator (cannot load a run's generator)"
         ) from None
-    return load_generator(run_dir, device)
+    return load_generator(run_dir, device, which)
 
 
 def _start_processes(device: torch.device, opts: EvalOptions) -> None:
@@ -685,7 +687,7 @@ def run_config(run_dir: Path) -> Config | None:
 
 
 def evaluate_run(run_dir: str | Path, settings: dict[str, Any], opts: EvalOptions) -> dict[str, Any]:
-    """Generate images for the test split's captions with the run's exported EMA generator and score
+    """Generate images for the test split's captions with the run's exported generator (`eval.generator`) and score
     them; appends the row to `runs/NAME/eval.csv` (or `opts.out_csv`) and returns it."""
     started = time.time()
     run_dir = Path(run_dir).expanduser()
@@ -696,13 +698,13 @@ def evaluate_run(run_dir: str | Path, settings: dict[str, Any], opts: EvalOption
     cfg = run_config(run_dir)
     loaded = None
     if cfg is None:
-        loaded = _load_generator(run_dir, device)
+        loaded = _load_generator(run_dir, device, settings.get("eval.generator"))
         cfg = loaded.cfg
     cfg = apply_settings(cfg, settings)
     split = load_test_split(opts.dataset or cfg.data.root, opts.split)
     extractor, clip = _eval_tools(cfg, device, run_dir)
     if loaded is None:
-        loaded = _load_generator(run_dir, device)
+        loaded = _load_generator(run_dir, device, cfg.eval.generator)
     captions = plan_captions(split, cfg.eval.passes, cfg.eval.num, opts.seed)
     if dist.is_main():
         _warn_protocol(extractor, len(captions))
@@ -718,6 +720,7 @@ def evaluate_run(run_dir: str | Path, settings: dict[str, Any], opts: EvalOption
     row = None
     if dist.is_main():
         row = _row("run", run_dir.name, metrics, got, reference, cfg, opts, extractor, clip, device, started)
+        row["generator"] = getattr(loaded, "which", cfg.eval.generator)
         append_csv(Path(opts.out_csv) if opts.out_csv else run_dir / "eval.csv", row)
     return dist.broadcast_object(row)
 
@@ -809,6 +812,7 @@ def results_table(row: dict[str, Any]) -> Table:
     )
     table.add_section()
     protocol = [
+        ("generator", row.get("generator") or "- (images given)"),
         ("images", f"{row['num_images']} at {row['image_size']} px, passes: {row['passes'] or '-'}"),
         ("reference", f"{row['ref_images']} {row['split']} images of {row['dataset']} at {row['ref_size']} px"),
         ("features", f"{row['feature_extractor']}: {row['feature_weights']}"),

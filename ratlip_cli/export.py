@@ -1,15 +1,19 @@
-"""The exported EMA generator: `export/generator.safetensors` + `export/generator.json` (no pickle).
+"""The exported generators: `export/generator.safetensors` (EMA), `export/generator_raw.safetensors`
+(the trained weights themselves) + `export/generator.json` (no pickle).
 
 - ``generator.safetensors``: the EMA generator's own weights and BatchNorm statistics
-  (`trainable_state_dict`: the frozen CLIP is left out).
+  (`trainable_state_dict`: the frozen CLIP is left out); ``generator_raw.safetensors``: the same
+  for the raw (trained, not averaged) generator, which GALIP and RATLIP evaluate. Exports written
+  before the raw file existed hold the EMA generator only.
 - ``generator.json``: ``format``, ``format_version``, ``ratlip_version``, ``family``, ``step``,
   ``images_seen``, the resolved ``config`` (which rebuilds the generator through its model family,
   `config.model.family`) and ``clip``: the family's description of its frozen text encoder (for
   CLIP families: arch, weights spec, and ``file``: the run's ``clip.safetensors`` relative to the
   JSON when the run used random CLIP weights, so the exact frozen CLIP is rebuilt).
 
-`load_generator(path, device)` takes a run directory, an export folder, or the ``.safetensors``
-(or ``.json``) file and returns a `LoadedGenerator` in eval mode.
+`load_generator(path, device, which)` takes a run directory, an export folder, or a ``.safetensors``
+(or ``.json``) file and returns a `LoadedGenerator` in eval mode; `which` ("ema" or "raw", default:
+the export config's `eval.generator`) picks the generator of a folder.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ from ratlip_cli.errors import RatlipError
 FORMAT = "ratlip-generator"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "generator.safetensors"
+RAW_WEIGHTS_FILE = "generator_raw.safetensors"
 CONFIG_FILE = "generator.json"
+GENERATOR_FILES = {"ema": WEIGHTS_FILE, "raw": RAW_WEIGHTS_FILE}
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -61,8 +67,10 @@ def export_generator(
     clip_file: str | Path | None = None,
     step: int = 0,
     images_seen: int = 0,
+    raw: nn.Module | None = None,
 ) -> Path:
-    """Write ``out_dir/generator.safetensors`` and ``out_dir/generator.json``; returns the weights path.
+    """Write ``out_dir/generator.safetensors``, ``generator_raw.safetensors`` (when `raw`, the trained
+    generator, is given) and ``generator.json``; returns the EMA weights path.
 
     ``generator`` is the EMA generator; ``text`` the run's `TextEncoder` (its ``source`` is
     recorded). Without ``text``, the config's CLIP is recorded, with ``clip_file`` the run's saved
@@ -75,7 +83,9 @@ def export_generator(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in trainable_state_dict(generator).items()}
+    def weights_of(module: nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().contiguous().clone() for k, v in trainable_state_dict(module).items()}
+
     meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "step": str(int(step))}
     if text is not None:
         source = text.source
@@ -90,10 +100,13 @@ def export_generator(
         "step": int(step),
         "images_seen": int(images_seen),
         "clip": clip_info,
+        "generators": {"ema": WEIGHTS_FILE, **({"raw": RAW_WEIGHTS_FILE} if raw is not None else {})},
         "config": to_dict(cfg),
     }
     weights = out_dir / WEIGHTS_FILE
-    _atomic_write_bytes(weights, save(state, metadata=meta))
+    if raw is not None:
+        _atomic_write_bytes(out_dir / RAW_WEIGHTS_FILE, save(weights_of(raw), metadata={**meta, "generator": "raw"}))
+    _atomic_write_bytes(weights, save(weights_of(generator), metadata={**meta, "generator": "ema"}))
     _atomic_write_bytes(out_dir / CONFIG_FILE, (json.dumps(doc, indent=2) + "\n").encode("utf-8"))
     return weights
 
@@ -113,6 +126,7 @@ class LoadedGenerator:
     step: int = 0
     images_seen: int = 0
     text: Any = None
+    which: str = "ema"  # "ema" or "raw": which of the run's generators this is
 
     @property
     def device(self) -> torch.device:
@@ -134,18 +148,27 @@ class LoadedGenerator:
         return self.generator(z.to(self.device, torch.float32), s).float().clamp(-1, 1)
 
 
-def resolve_export_paths(path: str | Path) -> tuple[Path, Path]:
-    """(weights, json) for a run directory, an export folder, or a .safetensors / .json file."""
+def resolve_export_paths(path: str | Path, which: str = "ema") -> tuple[Path, Path]:
+    """(weights, json) for a run directory or an export folder (generator `which`), or a .safetensors / .json file."""
+    if which not in GENERATOR_FILES:
+        raise RatlipError(f"unknown generator '{which}'; choose ema or raw")
     path = Path(path).expanduser()
     if path.is_dir():
         folder = path / "export" if (path / "export").is_dir() else path
-        weights, doc = folder / WEIGHTS_FILE, folder / CONFIG_FILE
+        weights, doc = folder / GENERATOR_FILES[which], folder / CONFIG_FILE
+        if not weights.is_file() and which == "raw" and (folder / WEIGHTS_FILE).is_file():
+            raise RatlipError(
+                f"{folder} holds no raw generator ({RAW_WEIGHTS_FILE}; exports written before ratlip "
+                "kept it have the EMA generator only): use --generator ema, or resume the run to re-export"
+            )
         if not weights.is_file():
             raise RatlipError(
                 f"no exported generator in {path} (expected {weights}); train first or pass the .safetensors file"
             )
     elif path.suffix == ".json":
-        doc, weights = path, path.with_suffix(".safetensors")
+        doc, weights = path, path.parent / GENERATOR_FILES[which]
+    elif path.name == RAW_WEIGHTS_FILE:
+        weights, doc = path, path.parent / CONFIG_FILE
     else:
         weights, doc = path, path.with_suffix(".json")
     if not weights.is_file():
@@ -157,7 +180,10 @@ def resolve_export_paths(path: str | Path) -> tuple[Path, Path]:
 
 def read_export_config(path: str | Path) -> dict[str, Any]:
     """The parsed ``generator.json`` of an export (validated format)."""
-    _weights, doc_path = resolve_export_paths(path)
+    path = Path(path).expanduser()
+    doc_path = path if path.suffix == ".json" else resolve_export_paths(path)[1]
+    if not doc_path.is_file():
+        raise RatlipError(f"export config not found: {doc_path}")
     try:
         doc = json.loads(doc_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -169,15 +195,32 @@ def read_export_config(path: str | Path) -> dict[str, Any]:
     return doc
 
 
-def load_generator(path: str | Path, device: str | torch.device = "cpu") -> LoadedGenerator:
-    """Rebuild an exported EMA generator (with its frozen CLIP and tokenizer) in eval mode on ``device``."""
+def export_which(path: str | Path, which: str | None) -> str:
+    """The generator ("ema" or "raw") a load of `path` means: `which`, the file's own kind, or the
+    export config's `eval.generator` (the paper presets evaluate the raw generator)."""
+    path = Path(path).expanduser()
+    if path.is_file() and path.suffix == ".safetensors":
+        own = "raw" if path.name == RAW_WEIGHTS_FILE else "ema"
+        if which is not None and which != own:
+            raise RatlipError(f"{path} is the {own} generator but --generator {which} was asked for; pass the export folder")
+        return own
+    if which is not None:
+        return which
+    doc = read_export_config(path)
+    return str(((doc.get("config") or {}).get("eval") or {}).get("generator", "ema"))
+
+
+def load_generator(path: str | Path, device: str | torch.device = "cpu", which: str | None = None) -> LoadedGenerator:
+    """Rebuild an exported generator (EMA or raw, see `export_which`) with its frozen text encoder and
+    tokenizer, in eval mode on ``device``."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from ratlip_cli.models.params import load_trainable_state_dict
     from ratlip_cli.models.registry import get_family
 
-    weights, doc_path = resolve_export_paths(path)
+    which = export_which(path, which)
+    weights, doc_path = resolve_export_paths(path, which)
     doc = read_export_config(doc_path)
     try:
         cfg = from_dict(doc["config"])
@@ -196,4 +239,4 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Load
         raise RatlipError(f"{weights} does not match the architecture in {doc_path.name}: {exc}") from None
     generator.to(device).eval().requires_grad_(False)
     return LoadedGenerator(generator, text.module, text.tokenizer, cfg, int(doc.get("step", 0)),
-                           int(doc.get("images_seen", 0)), text)
+                           int(doc.get("images_seen", 0)), text, which)

@@ -494,12 +494,13 @@ def resolve_weights(run: Optional[str | Path], weights: Optional[str | Path], ru
     return path, f"run {path} (the most recent under {Path(runs_dir)}/)"
 
 
-def load_weights(path: Path, device: torch.device):
-    """`export.load_generator`, with any failure turned into a one-line error."""
+def load_weights(path: Path, device: torch.device, which: Optional[str] = None):
+    """`export.load_generator` (generator `which`: ema, raw, or None for the run's default), with any
+    failure turned into a one-line error."""
     from ratlip_cli.export import load_generator
 
     try:
-        return load_generator(path, device)
+        return load_generator(path, device, which)
     except RatlipError:
         raise
     except Exception as exc:  # mismatched shapes, corrupt files, wrong architecture
@@ -533,6 +534,7 @@ class SampleOptions:
     steps: int = 8
     vary_noise: Optional[bool] = None  # None: vary for prompt rows, fixed for --interpolate
     precision: str = "fp64"
+    generator: Optional[str] = None  # "ema" or "raw"; None: the export config's eval.generator
 
 
 def _collect_prompts(opts: SampleOptions) -> list[str]:
@@ -560,8 +562,11 @@ def run_sample(opts: SampleOptions) -> Path:
         raise RatlipError(f"unknown --precision '{opts.precision}'; choose one of: {', '.join(PRECISIONS)}")
     path, source = resolve_weights(opts.run, opts.weights, opts.runs_dir)
     device = resolve_device(opts.device)
-    _say(f"sampling from {source} on {device}")
-    loaded = prepare_generator(load_weights(path, device), opts.precision)
+    if opts.generator not in (None, "ema", "raw"):
+        raise RatlipError(f"unknown --generator '{opts.generator}'; choose ema or raw")
+    loaded = load_weights(path, device, opts.generator)
+    _say(f"sampling from {source} ({loaded.which} generator) on {device}")
+    loaded = prepare_generator(loaded, opts.precision)
     checked = check_prompts(prompts, loaded.tokenizer, context_length(loaded))
     kept = [p.kept for p in checked]
     vary = opts.vary_noise if opts.vary_noise is not None else not opts.interpolate

@@ -107,6 +107,7 @@ def test_parameter_counts_grow_with_h(sweep):
         values = [int(r[col]) for r in rows][1:]  # h > 0: RAT MLPs read h_t, so counts grow with h
         assert values == sorted(set(values)), col
     assert int(rows[0]["rat_params"]) == 0  # h = 0 is RATLIP without RAT: no recurrence at all
+    assert all(r["generator"] == "ema" for r in rows)  # the tiny preset's eval.generator, recorded per row
     assert len({r["discriminator_trainable"] for r in rows}) == 1
     # The trained models' counts are the params table's.
     cfg = resolve_config("tiny")

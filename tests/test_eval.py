@@ -83,7 +83,7 @@ def run_dir(tmp_path, dataset, tiny_clip, monkeypatch) -> Path:
     save_config(cfg, run / "config.yaml")
     model, tokenizer = tiny_clip
     loaded = LoadedGenerator(StubGenerator(cfg.model.z_dim, 32), StubBackbone(model), tokenizer, cfg)
-    monkeypatch.setattr(evaluate, "_load_generator", lambda path, device: loaded)
+    monkeypatch.setattr(evaluate, "_load_generator", lambda path, device, which=None: loaded)
     return run
 
 
@@ -209,7 +209,7 @@ def test_run_mode_with_a_real_exported_generator(tmp_path, dataset):
     clip_model, _ = load_clip(cfg.clip.arch, cfg.clip.weights)
     models = build_models(cfg, clip_model)
     save_clip_weights(clip_model, run / "clip.safetensors")
-    export_generator(models.generator, cfg, run / "export", clip_file=run / "clip.safetensors")
+    export_generator(models.generator, cfg, run / "export", clip_file=run / "clip.safetensors", raw=models.generator)
     save_config(cfg, run / "config.yaml")
 
     gen = tmp_path / "generated"
@@ -218,6 +218,13 @@ def test_run_mode_with_a_real_exported_generator(tmp_path, dataset):
     assert result.exit_code == 0, result.output
     from_run = json.loads(result.stdout.strip().splitlines()[-1])
     assert from_run["mode"] == "run" and from_run["num_images"] == 10 and from_run["image_size"] == cfg.model.image_size
+    assert from_run["generator"] == "ema"  # the tiny preset's eval.generator
+    raw_args = ["eval", "--run", str(run), "--num", "10", "--device", "cpu", "--generator", "raw", "--json", "--quiet"]
+    result = runner.invoke(app, raw_args)
+    assert result.exit_code == 0, result.output
+    from_raw = json.loads(result.stdout.strip().splitlines()[-1])
+    assert from_raw["generator"] == "raw" and from_raw["clip_score"] == pytest.approx(from_run["clip_score"])
+    assert [r["generator"] for r in csv.DictReader(open(run / "eval.csv"))] == ["ema", "raw"]
 
     args = ["eval", "--images", str(gen), "--captions", str(gen / "captions.csv"), "--dataset", str(dataset)]
     args += ["--preset", "tiny", "--set", f"eval.cache_dir={tmp_path / 'cache'}"]
@@ -225,6 +232,7 @@ def test_run_mode_with_a_real_exported_generator(tmp_path, dataset):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     from_folder = json.loads(result.stdout.strip().splitlines()[-1])
+    assert from_folder["generator"] == ""  # folder mode: the images were given
     for key in METRICS:
         assert from_folder[key] == pytest.approx(from_run[key], rel=1e-9, abs=1e-9), key
     assert (run / "eval.csv").is_file()

@@ -404,7 +404,7 @@ class Trainer:
             torch.manual_seed(derive_seed(self.tc.seed, "torch", self.rank, self.step))
 
     def save_checkpoint(self) -> Path | None:
-        """Checkpoint (all ranks take part: RNG states are gathered) and export the EMA generator (rank 0)."""
+        """Checkpoint (all ranks take part: RNG states are gathered) and export the EMA and raw generators (rank 0)."""
         state = self._state()
         path = None
         if self.main:
@@ -418,7 +418,8 @@ class Trainer:
         from ratlip_cli.export import export_generator
 
         return export_generator(
-            self.ema.module, self.cfg, self.paths.export, text=self.nets.text, step=self.step, images_seen=self.images
+            self.ema.module, self.cfg, self.paths.export, text=self.nets.text, step=self.step, images_seen=self.images,
+            raw=self.step_fn.ema_source,
         )
 
     # ---- one step ----------------------------------------------------------------------------------
