@@ -710,6 +710,40 @@ def report(
     write_report(folder, out, max_grids)
 
 
+@app.command(name="import")
+@friendly
+def import_(
+    checkpoint: Annotated[
+        Path,
+        typer.Argument(
+            help="A GALIP or RATLIP release checkpoint (state_dict.pth holding netG, netD and netC).",
+            show_default=False,
+        ),
+    ],
+    preset: Annotated[
+        Optional[str],
+        typer.Option("--preset", help="The preset the release was trained at (cub, coco, oxford, celeba-tiny, ...)."),
+    ] = "cub",
+    name: Annotated[
+        Optional[str], typer.Option("--name", help="Run name: the run folder is runs/NAME (train.runs_dir/NAME).")
+    ] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+) -> None:
+    """Turn a released GALIP/RATLIP checkpoint into a ratlip run (config, export, step-0 checkpoint).
+
+    model.family, model.rat.mode and model.rat.hidden are read from the file; the rest comes from the
+    preset (the release's CLIP is OpenAI ViT-B/32: pass it with --set clip.weights=FILE offline).
+    Then `ratlip sample --run runs/NAME`, `ratlip eval --run runs/NAME` and
+    `ratlip train --resume runs/NAME` work on it.
+
+    Example: ratlip import GALIP_CUB/state_dict.pth --preset cub --name galip-cub
+    """
+    from ratlip_cli.release import import_release_run
+
+    import_release_run(checkpoint, preset, config, list(sets or []), name)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

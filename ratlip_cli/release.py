@@ -182,3 +182,113 @@ def load_release(models, release: ReleaseCheckpoint) -> None:
         _fit(kind, trainable_state_dict(module), state, source)
     for _kind, module, state in pairs:
         load_trainable_state_dict(module, state)
+
+
+def _check_clip_matches(release: ReleaseCheckpoint, clip_model: nn.Module) -> bool:
+    """Whether the CLIP weights inside the release's NetG (its mapper's) equal the loaded CLIP's."""
+    visual = clip_model.visual
+    pairs = (("mapping.CLIP_ViT.conv1.weight", visual.conv1.weight),
+             ("mapping.CLIP_ViT.positional_embedding", visual.positional_embedding))
+    for key, ours in pairs:
+        theirs = release.netG.get(key)
+        if theirs is None:
+            continue
+        if tuple(theirs.shape) != tuple(ours.shape) or not torch.allclose(theirs.float(), ours.detach().float().cpu(), atol=1e-3):
+            return False
+    return True
+
+
+def _initial_checkpoint(cfg, models) -> dict:
+    """A step-0 training checkpoint of imported weights (fresh optimisers, EMA = the weights), in the
+    layout `ratlip train --resume` reads (`Trainer._state`)."""
+    from ratlip_cli.models import trainable_parameters, trainable_state_dict
+    from ratlip_cli.config import to_dict
+    from ratlip_cli import __version__
+    from ratlip_cli.train.checkpoint import capture_rng
+    from ratlip_cli.train.ema import EmaGenerator
+    from ratlip_cli.train.loop import derive_seed
+
+    tc = cfg.train
+    betas = (float(tc.betas[0]), float(tc.betas[1]))
+
+    def unique(params):
+        seen, out = set(), []
+        for p in params:
+            if id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+        return out
+
+    g, d, head = models.generator, models.discriminator, models.head
+    opt_g = torch.optim.Adam(unique(trainable_parameters(g)), lr=tc.lr_g, betas=betas)
+    opt_d = torch.optim.Adam(unique(trainable_parameters(d) + trainable_parameters(head)), lr=tc.lr_d, betas=betas)
+    ema = EmaGenerator(g, tc.ema_halflife_kimg, tc.ema_rampup)
+    noise = torch.Generator().manual_seed(derive_seed(tc.seed, "noise", 0))
+    return {
+        "step": 0, "epoch": 0, "step_in_epoch": 0, "images": 0, "elapsed_s": 0.0,
+        "world_size": 1, "batch_size": tc.batch_size,
+        "generator": trainable_state_dict(g), "discriminator": trainable_state_dict(d),
+        "head": trainable_state_dict(head), "ema": ema.state_dict(),
+        "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "scaler": {},
+        "rng": [capture_rng()], "noise_rng": [noise.get_state()],
+        "log_acc": {}, "nonfinite_total": 0, "nonfinite_streak": 0,
+        "config": to_dict(cfg), "package_version": __version__,
+    }
+
+
+def import_release_run(
+    path: str | Path,
+    preset: str | None,
+    config_file: str | Path | None = None,
+    overrides: list[str] | None = None,
+    name: str | None = None,
+) -> Path:
+    """`ratlip import`: turn a release checkpoint into a run folder (config, export, step-0 checkpoint).
+
+    `model.family`, `model.rat.mode` and `model.rat.hidden` come from the file (`detect_release`);
+    `--set` may still change any key, but the weights must then fit. Returns the run folder.
+    """
+    from ratlip_cli.config import resolve_config, save_config
+    from ratlip_cli.console import console
+    from ratlip_cli.export import export_generator, save_clip_weights
+    from ratlip_cli.models import build_models
+    from ratlip_cli.train.checkpoint import save_checkpoint
+    from ratlip_cli.train.run import RunPaths, new_run_paths
+    from ratlip_cli.weights import load_clip
+
+    release = read_release_checkpoint(path)
+    inferred = [f"model.family={release.family}", f"model.rat.hidden={release.rat_hidden}"]
+    if release.rat_hidden:
+        inferred.append("model.rat.mode=authors")
+    if name:
+        inferred.append(f"train.name={name}")
+    cfg = resolve_config(preset, config_file, [*inferred, *(overrides or [])])
+    paths: RunPaths = new_run_paths(cfg)
+    clip_model, _ = load_clip(cfg.clip.arch, cfg.clip.weights, cfg.clip.cache_dir)
+    models = build_models(cfg, clip_model)
+    load_release(models, release)
+    for module in models.modules().values():
+        module.eval()
+    kind = f"{release.family}" + (f", authors' RAT h = {release.rat_hidden}" if release.rat_hidden else "")
+    if not _check_clip_matches(release, clip_model):
+        from ratlip_cli.console import warn
+
+        warn(
+            f"the CLIP image tower stored in {Path(path).name} differs from clip.weights={cfg.clip.weights}: "
+            "the generator's mapper will not behave as trained (pass the CLIP the release used, OpenAI ViT-B/32)"
+        )
+    paths.make()
+    clip_file = None
+    if cfg.clip.weights == "random":
+        clip_file = paths.clip
+        save_clip_weights(clip_model, clip_file)
+    save_config(cfg, paths.config)
+    # The release keeps no EMA: both exported generators are the released weights.
+    export_generator(models.generator, cfg, paths.export, clip_file=clip_file, raw=models.generator)
+    save_checkpoint(_initial_checkpoint(cfg, models), paths.checkpoints, cfg.train.keep_checkpoints)
+    console.print(
+        f"imported {Path(path).name} ({kind}) into {paths.root}: `ratlip sample --run {paths.root} ...`, "
+        f"`ratlip eval --run {paths.root}`, `ratlip train --resume {paths.root}`",
+        highlight=False,
+    )
+    return paths.root

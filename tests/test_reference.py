@@ -31,7 +31,7 @@ TOL = 1e-5
 def _cfg(family: str, *extra: str):
     overrides = [f"{k}={json.dumps(v)}" for k, v in META["config"].items()]
     overrides += [f"model.ngf={META['ngf'][family]}", f"model.family={family}", "clip.arch=" + META["clip_arch"]]
-    overrides += [f"clip.weights={FIXTURES / 'clip.safetensors'}"]
+    overrides += ["clip.weights=random"]
     if family == "galip":
         overrides.append("model.rat.hidden=0")
     else:
@@ -39,10 +39,18 @@ def _cfg(family: str, *extra: str):
     return resolve_config(None, overrides=overrides + list(extra))
 
 
+def _ref_clip():
+    """The fixtures' tiny CLIP: the reference run's image tower (stored), a random text tower (unused)."""
+    torch.manual_seed(0)
+    model, _ = load_clip(META["clip_arch"], "random")
+    visual = {k[len("visual."):]: v for k, v in load_file(str(FIXTURES / "clip_visual.safetensors")).items()}
+    model.visual.load_state_dict(visual, strict=True)
+    return model
+
+
 @pytest.fixture(scope="module")
 def ref_clip():
-    model, _ = load_clip(META["clip_arch"], str(FIXTURES / "clip.safetensors"))
-    return model
+    return _ref_clip()
 
 
 def _imported(family: str, clip):
@@ -131,3 +139,75 @@ def test_release_param_counts_equal_ours_in_authors_mode():
         cfg = resolve_config("cub", overrides=base + ["model.rat.mode=authors", f"model.rat.hidden={h}"])
         assert param_counts(build_models(cfg, clip))["generator"]["trainable"] == row["netG"], h
     assert counts["ratlip"]["64"]["netG"] == 53_771_379
+
+
+def test_import_command_makes_a_run_that_samples(tmp_path):
+    """`ratlip import` on a GALIP-format file: a run folder that `ratlip sample` draws from, whose
+    generator gives the reference output, and whose checkpoint holds the imported weights."""
+    from typer.testing import CliRunner
+
+    from ratlip_cli.cli import app
+    from ratlip_cli.export import load_generator, save_clip_weights
+    from ratlip_cli.train.checkpoint import latest_checkpoint
+
+    runner = CliRunner()
+    sets = [f"{k}={json.dumps(v)}" for k, v in META["config"].items()]
+    # The fixtures' CLIP image tower, saved as a whole open_clip model file for clip.weights.
+    clip_file = tmp_path / "clip.safetensors"
+    save_clip_weights(_ref_clip(), clip_file)
+    sets += [f"model.ngf={META['ngf']['galip']}", f"clip.arch={META['clip_arch']}",
+             f"clip.weights={clip_file}", f"train.runs_dir={tmp_path / 'runs'}"]
+    args = ["import", str(FIXTURES / "galip_state_dict.pth"), "--preset", "tiny", "--name", "galip"]
+    for text in sets:
+        args += ["--set", text]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "galip"
+    for which in ("ema", "raw"):
+        loaded = load_generator(run, "cpu", which)
+        assert loaded.cfg.model.family == "galip"
+        with torch.no_grad():
+            assert (loaded.generator(IO["z"], IO["s"]) - IO["galip_g"]).abs().max().item() < TOL
+    _, state = latest_checkpoint(run / "checkpoints")
+    assert state["step"] == 0 and "blocks.0.c1.conv.weight" in state["generator"]
+    result = runner.invoke(app, ["sample", "a bird", "--run", str(run), "--n", "2", "--out", str(tmp_path / "g.png")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "g.png").stat().st_size > 0
+    again = runner.invoke(app, args)  # the run exists now: refused, one line
+    assert again.exit_code == 2 and "already holds a run" in again.output
+    bad = tmp_path / "bad.pth"
+    bad.write_text("hello")
+    result = runner.invoke(app, ["import", str(bad), "--preset", "tiny"])
+    assert result.exit_code == 2 and "not a readable torch checkpoint" in result.output
+    wrong = runner.invoke(app, [*args[:4], "--name", "x", *[a for t in sets for a in ("--set", t)], "--set", "model.ngf=16"])
+    assert wrong.exit_code == 2 and "does not fit this config" in wrong.output
+
+
+def test_training_continues_from_an_imported_release(tmp_path):
+    """`ratlip train --resume` on an imported run: starts at step 0 from the released weights and trains."""
+    from typer.testing import CliRunner
+
+    from ratlip_cli.cli import app
+    from ratlip_cli.data import generate_shapes
+    from ratlip_cli.export import save_clip_weights
+    from ratlip_cli.train.checkpoint import latest_checkpoint
+
+    data = tmp_path / "shapes32"
+    generate_shapes(data, size=32)
+    clip_file = tmp_path / "clip.safetensors"
+    save_clip_weights(_ref_clip(), clip_file)
+    sets = [f"{k}={json.dumps(v)}" for k, v in META["config"].items()]
+    sets += [f"model.ngf={META['ngf']['ratlip']}", f"clip.arch={META['clip_arch']}", f"clip.weights={clip_file}",
+             f"train.runs_dir={tmp_path / 'runs'}", f"data.root={data}", "train.max_steps=2", "train.sample_every=0",
+             "train.batch_size=2"]
+    args = ["import", str(FIXTURES / "ratlip_state_dict.pth"), "--preset", "tiny", "--name", "r"]
+    result = CliRunner().invoke(app, [*args, *[a for t in sets for a in ("--set", t)]])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "r"
+    _, start = latest_checkpoint(run / "checkpoints")
+    result = CliRunner().invoke(app, ["train", "--resume", str(run)])
+    assert result.exit_code == 0, result.output
+    _, end = latest_checkpoint(run / "checkpoints")
+    assert end["step"] == 2 and end["config"]["model"]["rat"]["mode"] == "authors"
+    moved = [k for k in start["generator"] if not torch.equal(start["generator"][k], end["generator"][k])]
+    assert moved  # the imported weights were trained further

@@ -11,7 +11,7 @@ What it does, with the reference code unchanged except for the constants of step
 1. Builds a tiny random open_clip ViT (`ratlip-ref-tiny`: width 16, 12 blocks, 7x7 token grid,
    embedding 16) and wraps its image tower in a shim with the attribute names of OpenAI's `clip`
    package and sequence-first (L, N, D) transformer blocks, which is what the reference code reads
-   (open_clip's blocks are batch-first since 2.26).
+   (open_clip's blocks are batch-first since 2.26). Its image tower is saved (clip_visual.safetensors).
 2. Imports GALIP's `code/models/GALIP.py` and RATLIP's `code/models/RATLIP.py` with their
    hard-coded CLIP sizes (768 width, 512 embedding), last generator size (224), bridge widths
    (64/32) and RAT hidden size (64) replaced by the tiny model's (each replacement must match the
@@ -232,7 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     clip_model.requires_grad_(False)
     width = clip_model.visual.transformer.width
     embed = clip_model.visual.output_dim
-    save_file({k: v.half().contiguous() for k, v in clip_model.state_dict().items()}, str(out / "clip.safetensors"))
+    # Only the image tower is stored (the reference networks read nothing else); tests build the
+    # text tower randomly.
+    visual = {f"visual.{k}": v.half().contiguous() for k, v in clip_model.visual.state_dict().items()}
+    save_file(visual, str(out / "clip_visual.safetensors"))
     shim = ShimCLIP(clip_model)
 
     z = torch.randn(BATCH, NZ, generator=gen)
