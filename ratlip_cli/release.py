@@ -200,36 +200,27 @@ def _check_clip_matches(release: ReleaseCheckpoint, clip_model: nn.Module) -> bo
 
 def _initial_checkpoint(cfg, models) -> dict:
     """A step-0 training checkpoint of imported weights (fresh optimisers, EMA = the weights), in the
-    layout `ratlip train --resume` reads (`Trainer._state`)."""
-    from ratlip_cli.models import trainable_parameters, trainable_state_dict
-    from ratlip_cli.config import to_dict
+    layout `ratlip train --resume` reads: the family's training step writes its own part."""
+    from types import SimpleNamespace
+
     from ratlip_cli import __version__
+    from ratlip_cli.config import to_dict
+    from ratlip_cli.models.family import Networks
+    from ratlip_cli.models.registry import get_family
     from ratlip_cli.train.checkpoint import capture_rng
     from ratlip_cli.train.ema import EmaGenerator
     from ratlip_cli.train.loop import derive_seed
 
     tc = cfg.train
-    betas = (float(tc.betas[0]), float(tc.betas[1]))
-
-    def unique(params):
-        seen, out = set(), []
-        for p in params:
-            if id(p) not in seen:
-                seen.add(id(p))
-                out.append(p)
-        return out
-
-    g, d, head = models.generator, models.discriminator, models.head
-    opt_g = torch.optim.Adam(unique(trainable_parameters(g)), lr=tc.lr_g, betas=betas)
-    opt_d = torch.optim.Adam(unique(trainable_parameters(d) + trainable_parameters(head)), lr=tc.lr_d, betas=betas)
-    ema = EmaGenerator(g, tc.ema_halflife_kimg, tc.ema_rampup)
+    trainable = {"generator": models.generator, "discriminator": models.discriminator, "head": models.head}
+    nets = Networks(SimpleNamespace(module=models.backbone), models.generator, trainable, cfg.model.z_dim)
     noise = torch.Generator().manual_seed(derive_seed(tc.seed, "noise", 0))
+    step = get_family(cfg).training_step(cfg, nets, torch.device("cpu"), noise)
+    ema = EmaGenerator(step.ema_source, tc.ema_halflife_kimg, tc.ema_rampup)
     return {
         "step": 0, "epoch": 0, "step_in_epoch": 0, "images": 0, "elapsed_s": 0.0,
         "world_size": 1, "batch_size": tc.batch_size,
-        "generator": trainable_state_dict(g), "discriminator": trainable_state_dict(d),
-        "head": trainable_state_dict(head), "ema": ema.state_dict(),
-        "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "scaler": {},
+        **step.state_dict(), "ema": ema.state_dict(),
         "rng": [capture_rng()], "noise_rng": [noise.get_state()],
         "log_acc": {}, "nonfinite_total": 0, "nonfinite_streak": 0,
         "config": to_dict(cfg), "package_version": __version__,

@@ -21,7 +21,8 @@ from ratlip_cli.models.family import Family, Networks, RunFiles, TextEncoder, Tr
 
 
 class RatlipFamily(Family):
-    """RATLIP (arXiv 2405.08114); `model.rat.hidden=0` is GALIP's generator."""
+    """RATLIP (arXiv 2405.08114): the authors' NetG; `model.rat.hidden=0` is RATLIP without RAT
+    (GALIP's generator is `model.family: galip`, same code path, plain convs)."""
 
     name = "ratlip"
     summary = "RATLIP: GALIP with a recurrent affine transformation (RAT) bridge (arXiv 2405.08114)"
