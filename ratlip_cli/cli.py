@@ -739,9 +739,10 @@ def import_(
 
     Example: ratlip import GALIP_CUB/state_dict.pth --preset cub --name galip-cub
     """
-    from ratlip_cli.release import import_release_run
+    from ratlip_cli.models.registry import get_family
 
-    import_release_run(checkpoint, preset, config, list(sets or []), name)
+    # GALIP's and RATLIP's files are both read by the RATLIP family package (GALIP's shares its code).
+    get_family("ratlip").import_release(checkpoint, preset, config, list(sets or []), name)
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 The fixtures in tests/fixtures/reference were written by tools/make_reference_fixtures.py from
 tobran/GALIP `code/models/GALIP.py` and OxygenLu/RATLIP `code/models/RATLIP.py` (their sha256 are in
 meta.json): random weights in the release's checkpoint layout, fixed inputs, and the reference
-networks' eval-mode fp32 outputs. Here the weights go through the importer (`ratlip_cli.release`)
+networks' eval-mode fp32 outputs. Here the weights go through the importer (`ratlip_cli.models.ratlip.release`)
 into ratlip's networks, which must give the same outputs (max abs diff < 1e-5).
 """
 
@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from ratlip_cli.config import resolve_config
 from ratlip_cli.errors import RatlipError
 from ratlip_cli.models import build_models, param_counts
-from ratlip_cli.release import read_release_checkpoint, load_release
+from ratlip_cli.models.ratlip.release import load_release, read_release_checkpoint
 from ratlip_cli.weights import load_clip
 
 FIXTURES = Path(__file__).parent / "fixtures" / "reference"

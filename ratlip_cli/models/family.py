@@ -202,3 +202,10 @@ class Family(ABC):
     def randomise_generator(self, generator: nn.Module, seed: int) -> None:
         """Move an initial generator off its initialisation (bench's precision comparison); default: no-op."""
         return None
+
+    def import_release(self, path: Path, preset: str | None, config_file: Path | None,
+                       overrides: list[str], name: str | None) -> Path:
+        """`ratlip import`: turn a released checkpoint of this family's authors into a run folder."""
+        from ratlip_cli.errors import RatlipError
+
+        raise RatlipError(f"model.family {self.name} cannot import released checkpoints")

@@ -65,6 +65,13 @@ class RatlipFamily(Family):
                                  discriminator=t["discriminator"], head=t["head"])
         return param_counts(models)
 
+    def import_release(self, path: Path, preset: str | None, config_file: Path | None,
+                       overrides: list[str], name: str | None) -> Path:
+        """GALIP's and RATLIP's released `state_dict.pth` as a run (see `models/ratlip/release.py`)."""
+        from ratlip_cli.models.ratlip.release import import_release_run
+
+        return import_release_run(path, preset, config_file, overrides, name)
+
     @torch.no_grad()
     def randomise_generator(self, generator: nn.Module, seed: int, scale: float = 0.01, image_std: float = 0.5) -> None:
         """Move the generator off its initialisation so every layer matters for a precision comparison.
