@@ -453,17 +453,22 @@ class TrainedRun:
     device: str
 
 
-def _param_columns(counts: dict[str, dict[str, int]]) -> dict[str, int]:
+def _param_columns(counts: dict[str, dict[str, int]]) -> dict[str, int | None]:
+    """The CSV's parameter columns; a part the family does not have (bridge, RAT: RATLIP's) is None."""
+
+    def count(part: str, kind: str) -> int | None:
+        return counts[part][kind] if part in counts else None
+
     return {
-        "bridge_params": counts["bridge"]["trainable"],
-        "rat_params": counts["rat"]["trainable"],
-        "generator_trainable": counts["generator"]["trainable"],
-        "generator_total": counts["generator"]["total"],
-        "discriminator_trainable": counts["discriminator"]["trainable"],
-        "discriminator_total": counts["discriminator"]["total"],
-        "head_params": counts["head"]["trainable"],
-        "trainable_params": counts["total"]["trainable"],
-        "total_params": counts["total"]["total"],
+        "bridge_params": count("bridge", "trainable"),
+        "rat_params": count("rat", "trainable"),
+        "generator_trainable": count("generator", "trainable"),
+        "generator_total": count("generator", "total"),
+        "discriminator_trainable": count("discriminator", "trainable"),
+        "discriminator_total": count("discriminator", "total"),
+        "head_params": count("head", "trainable"),
+        "trainable_params": count("total", "trainable"),
+        "total_params": count("total", "total"),
     }
 
 

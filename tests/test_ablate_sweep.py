@@ -98,3 +98,12 @@ def test_sweep_of_any_key_trains_each_value_and_resumes(workdir, tmp_path):
     assert again.exit_code == 0 and "2 done, 0 to train" in again.output.replace("\n", " ")
     other = runner.invoke(app, args(workdir, out, "--set", "train.lr_d=0.001"))
     assert other.exit_code == 2 and "other settings" in other.output
+
+
+def test_param_columns_of_a_family_without_bridge_or_rat():
+    part = {"trainable": 5, "frozen": 1, "total": 6}
+    cols = ablate._param_columns({"generator": part, "discriminator": part, "head": part, "text_encoder": part,
+                                  "total": {"trainable": 15, "frozen": 4, "total": 19}})
+    assert cols["bridge_params"] is None and cols["rat_params"] is None
+    assert (cols["generator_trainable"], cols["generator_total"], cols["trainable_params"], cols["total_params"]) == (
+        5, 6, 15, 19)
