@@ -143,7 +143,7 @@ class ReferenceSplit:
     root: Path
     split: str
     keys: list[str]
-    paths: list[Path]
+    paths: list[Any]  # Path per image; for tar shards a TarMember (a byte range of a shard)
     captions: list[list[str]]
     fingerprint: str
     _pool: tuple[list[str], dict[str, frozenset[int]]] | None = field(default=None, repr=False)
@@ -174,9 +174,28 @@ def _load_prepared(root: Path):
     return load_prepared(root)
 
 
-def load_test_split(root: str | Path, split: str = "test") -> ReferenceSplit:
-    """Read `split` of the prepared dataset at `root` (images, captions, a content fingerprint)."""
+def _shard_split(ds, root: Path, split: str) -> ReferenceSplit:
+    """`load_test_split` for tar shards: images are byte ranges of the shards, in key order; the
+    fingerprint is computed as for the prepared format (equal images give equal fingerprints)."""
+    if split not in ds.splits:
+        raise RatlipError(f"dataset {root} has no '{split}' images (splits present: {', '.join(ds.splits) or 'none'})")
+    rows = sorted(ds.index_split(split), key=lambda r: r[0])
+    digest = hashlib.sha1(f"{split}\n".encode())
+    for key, caps, member in rows:
+        digest.update(f"{key}\t{member.size}\t{len(caps)}\n".encode())
+    if not any(caps for _, caps, _ in rows):
+        raise RatlipError(f"the '{split}' split of {root} has no captions")
+    return ReferenceSplit(root, split, [r[0] for r in rows], [r[2] for r in rows], [r[1] for r in rows],
+                          digest.hexdigest())
+
+
+def load_test_split(root: str | Path, split: str = "test", shard_url: str = "") -> ReferenceSplit:
+    """Read `split` of the dataset (prepared or tar shards) at `root`: images, captions, a content fingerprint."""
+    from ratlip_cli.data.shards import is_shard_dataset, load_shards
+
     root = Path(root).expanduser()
+    if is_shard_dataset(root):
+        return _shard_split(load_shards(root, shard_url), root, split)
     ds = _load_prepared(root)
     images = ds.images
     rows = images[images["split"] == split]
@@ -265,7 +284,7 @@ def load_reference_image(path: Path, size: int) -> np.ndarray:
     """A reference image as the generator would draw it: RGB, centre square crop, PIL bicubic to
     `size` x `size`, uint8."""
     try:
-        with Image.open(path) as im:
+        with Image.open(path.open() if hasattr(path, "offset") else path) as im:  # a file, or a TarMember
             img = im.convert("RGB")
     except OSError as exc:
         raise RatlipError(f"cannot read reference image {path}: {exc}") from None
@@ -701,7 +720,7 @@ def evaluate_run(run_dir: str | Path, settings: dict[str, Any], opts: EvalOption
         loaded = _load_generator(run_dir, device, settings.get("eval.generator"))
         cfg = loaded.cfg
     cfg = apply_settings(cfg, settings)
-    split = load_test_split(opts.dataset or cfg.data.root, opts.split)
+    split = load_test_split(opts.dataset or cfg.data.root, opts.split, "" if opts.dataset else cfg.data.shard_url)
     extractor, clip = _eval_tools(cfg, device, run_dir)
     if loaded is None:
         loaded = _load_generator(run_dir, device, cfg.eval.generator)

@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 from ratlip_cli.data.prepared import (
     JOURNAL,
@@ -456,6 +456,20 @@ def decode_sample(index: int, member: str, parts: dict[str, bytes]) -> Sample:
     return Sample(key=str(meta.get("key", member)), index=index, image=image, captions=captions)
 
 
+class TarMember(NamedTuple):
+    """An image stored as the byte range [offset, offset + size) of a tar file."""
+
+    path: Path
+    offset: int
+    size: int
+
+    def open(self):
+        """A binary file object of the image."""
+        from ratlip_cli.data.raw import open_source
+
+        return open_source(self.path, (self.offset, self.size))
+
+
 @dataclass
 class ShardInfo:
     """One shard of the manifest."""
@@ -511,6 +525,41 @@ class ShardSet:
     def split_captions(self, split: str, limit: int = 0) -> list[list[str]]:
         """The captions of a split's samples in shard order (the first `limit` samples when > 0)."""
         return [s.captions for s in self.iter_split(split, limit)]
+
+    def index_split(self, split: str) -> list[tuple[str, list[str], TarMember]]:
+        """(key, captions, where its image lies) per sample of a split, in shard order; for local shards only
+        (evaluation reads reference images by byte range, in key order)."""
+        out = []
+        for shard in self.split_shards(split):
+            location = self.location(shard)
+            if location.startswith("pipe:"):
+                raise RatlipError(
+                    f"reading split '{split}' by image needs local shards, but data.shard_url is a pipe; "
+                    f"copy the {split}/ shards next to {self.root / MANIFEST} and unset data.shard_url"
+                )
+            tar, _ = _open_tar(location)
+            groups: dict[str, dict[str, Any]] = {}
+            order: list[str] = []
+            with tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    key, ext = split_member(member.name)
+                    if key not in groups:
+                        groups[key] = {}
+                        order.append(key)
+                    if ext in IMAGE_EXTS:
+                        groups[key]["image"] = TarMember(Path(location), member.offset_data, member.size)
+                    elif ext in ("txt", "json"):
+                        fh = tar.extractfile(member)
+                        groups[key][ext] = fh.read() if fh is not None else b""
+            for i, key in enumerate(order):
+                g = groups[key]
+                if "image" not in g:
+                    raise RatlipError(f"sample '{key}' of shard {location} has no image; prepare the dataset again")
+                sample = decode_sample(i, key, {k: v for k, v in g.items() if k != "image"})
+                out.append((sample.key, sample.captions, g["image"]))
+        return out
 
     def split_pairs(self, split: str):
         """Every (key, path, caption_idx, text) of one split sorted by key, caption_idx, like
