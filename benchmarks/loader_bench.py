@@ -19,6 +19,13 @@ a training step costs 202 GFLOP per image (`ratlip bench cub`, train step, docs/
 an H100 SXM's dense bf16 rate is 989 TFLOP/s (NVIDIA's datasheet); at the 50% of that rate that
 issue 19 targets for the generator, one GPU consumes 989e12 * 0.5 / 202e9 = 2,448 images/s.
 `--gpu-images-per-s` replaces that figure (e.g. with `ratlip bench cub --device cuda`'s train-step row).
+
+`--formats folder,shards` also writes the same images as tar shards (`write_shards`, the bytes of
+`--format shards`) and times `ratlip train`'s shard loader on them (`ShardStream`: whole batches
+built in the workers, shuffle buffer `--shuffle-buffer`, 4 streams), next to the folder loader.
+Worker memory: the largest proportional set size (PSS, /proc/PID/smaps_rollup) of any loader worker
+process, sampled after every batch (PSS splits pages shared with the parent fairly, so it is what
+each worker adds).
 """
 
 from __future__ import annotations
@@ -75,6 +82,31 @@ def make_dataset(folder: Path, n: int) -> Path:
     return out
 
 
+def make_shards(folder: Path, shard_mb: float) -> Path:
+    """The images of `make_dataset` as tar shards (same decoder and JPEG bytes), all in train."""
+    from ratlip_cli.data.raw import RawItem, ScanNotes, ScanResult
+    from ratlip_cli.data.shards import write_shards
+
+    raw = folder / "raw"
+    items = [RawItem(key=p.stem, split="train", captions=[f"a small bird number {int(p.stem[4:])} with a red head "
+                                                          "and white belly", f"bird {int(p.stem[4:])} perched on a branch"],
+                     src=p) for p in sorted(raw.glob("bird*.jpg"))]
+    out = folder / "shards"
+    write_shards(out, "folder", raw, ScanResult(items, ScanNotes()), size=304, image_format="jpg", workers=1,
+                 shard_mb=shard_mb)
+    return out
+
+
+def _pss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def stage_times(dataset, tokenizer, n: int) -> dict[str, float]:
     """Median seconds per image of each stage, in this process."""
     from torch.utils.data import default_collate
@@ -110,19 +142,30 @@ def stage_times(dataset, tokenizer, n: int) -> dict[str, float]:
     return out
 
 
-def loader_rate(dataset, workers: int, batch: int, epochs: int) -> float:
-    """Images/s of the DataLoader over `epochs` passes, the first batch (worker start-up) excluded."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers,
-                                         drop_last=True, persistent_workers=workers > 0)
-    images, start = 0, None
+def loader_rate(dataset, workers: int, batch: int, epochs: int) -> tuple[float, float]:
+    """(images/s, largest worker PSS in MB) of the DataLoader over `epochs` passes, the first batch
+    (worker start-up) excluded. A ShardStream batches itself; a map-style dataset is batched here."""
+    streaming = isinstance(dataset, torch.utils.data.IterableDataset)
+    if streaming:
+        loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers)
+    else:
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers,
+                                             drop_last=True, persistent_workers=workers > 0)
+    images, start, pss = 0, None, 0.0
     for epoch in range(epochs):
-        dataset.set_epoch(epoch)
-        for batch_data in loader:
+        if streaming:
+            dataset.set_position(epoch, 0)
+        else:
+            dataset.set_epoch(epoch)
+        it = iter(loader)
+        for batch_data in it:
+            if workers:
+                pss = max([pss] + [_pss_mb(w.pid) for w in getattr(it, "_workers", [])])
             if start is None:
                 start = time.perf_counter()
                 continue
             images += batch_data["image"].shape[0]
-    return images / (time.perf_counter() - start)
+    return images / (time.perf_counter() - start), pss
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu-images-per-s", type=float, default=ASSUMED_GPU_IMAGES_PER_S,
                         help="what one GPU training step consumes (default: the assumption in the docstring)")
     parser.add_argument("--data", type=Path, help="keep the synthetic dataset here (default: a temp folder)")
+    parser.add_argument("--formats", default="folder", help="folder, shards or folder,shards: the loaders to time")
+    parser.add_argument("--shuffle-buffer", type=int, default=1000, help="shards: data.shuffle_buffer")
+    parser.add_argument("--shard-mb", type=float, default=1000, help="shards: target shard size in MB")
     args = parser.parse_args(argv)
 
     from ratlip_cli.config import DataConfig
@@ -157,15 +203,33 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(f"  {name:32s} {seconds * 1e3:7.3f}\n")
         total = sum(stages.values())
         sys.stdout.write(f"  {'sum':32s} {total * 1e3:7.3f}  -> {1 / total:.0f} images/s for one core\n\n")
-        sys.stdout.write("| workers | images/s | per worker |\n|---:|---:|---:|\n")
+        loaders = {}
+        for fmt in args.formats.split(","):
+            if fmt == "folder":
+                loaders[fmt] = dataset
+            elif fmt == "shards":
+                from ratlip_cli.data.shards import load_shards
+                from ratlip_cli.data.stream import ShardStream
+
+                scfg = DataConfig(name="cub", root=str(folder / "shards"), prepared_size=304, load_size=304,
+                                  crop_size=256, flip=True, shuffle_buffer=args.shuffle_buffer, streams=4)
+                loaders[fmt] = ShardStream(load_shards(make_shards(folder, args.shard_mb)), "train", scfg, tokenizer,
+                                           args.batch, seed=0)
+            else:
+                parser.error(f"unknown format {fmt!r}: use folder and/or shards")
+        sys.stdout.write("| format | workers | images/s | per worker | worker PSS MB |\n|---|---:|---:|---:|---:|\n")
         per_worker = []
         for w in [int(x) for x in args.workers.split(",")]:
-            rate = loader_rate(dataset, w, args.batch, args.epochs)
-            per = rate / max(w, 1)
-            if w > 0:
-                per_worker.append(per)
-            sys.stdout.write(f"| {w} | {rate:.0f} | {per:.0f} |\n")
-            sys.stdout.flush()
+            for fmt, ds in loaders.items():
+                if fmt == "shards" and w > 0 and 4 % w:
+                    continue  # workers must divide the 4 streams
+                rate, pss = loader_rate(ds, w, args.batch, args.epochs)
+                per = rate / max(w, 1)
+                if w > 0 and fmt == "folder":
+                    per_worker.append(per)
+                sys.stdout.write(f"| {fmt} | {w} | {rate:.0f} | {per:.0f} | {pss:.0f} |\n" if w else
+                                 f"| {fmt} | {w} | {rate:.0f} | {per:.0f} | - |\n")
+                sys.stdout.flush()
     need = HEADROOM * args.gpu_images_per_s
     best = max(per_worker) if per_worker else 1 / total
     sys.stdout.write(

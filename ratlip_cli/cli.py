@@ -23,7 +23,7 @@ app = typer.Typer(
 
 PresetArg = Annotated[
     Optional[str],
-    typer.Argument(help="Preset (dataset) name: cub, oxford, celeba-tiny, coco, shapes or tiny."),
+    typer.Argument(help="Preset (dataset) name: cub, oxford, celeba-tiny, coco, cc12m, shapes or tiny."),
 ]
 ConfigOpt = Annotated[
     Optional[Path],
@@ -191,7 +191,7 @@ def train(
     preset: Annotated[
         Optional[str],
         typer.Argument(
-            help="Preset (dataset) name: cub, oxford, celeba-tiny, coco, shapes or tiny (default: shapes; "
+            help="Preset (dataset) name: cub, oxford, celeba-tiny, coco, cc12m, shapes or tiny (default: shapes; "
             "with --resume: the run's own)."
         ),
     ] = None,

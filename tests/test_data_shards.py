@@ -226,3 +226,22 @@ def test_webdataset_package_reads_our_shards(tmp_path):
         assert sample["__key__"] == member_key(meta["key"]) and "jpg" in sample
         got[meta["key"]] = sample["txt"].decode().splitlines()
     assert got == captions
+
+
+def test_reading_from_mid_shard_seeks_by_the_manifest_index(tmp_path, monkeypatch):
+    monkeypatch.setattr(shards_mod, "INDEX_EVERY", 4)
+    src = tmp_path / "src"
+    _folder(src, 30)
+    prepare_dataset("folder", src, tmp_path / "s", 32, fmt="shards", workers=1)
+    shard = load_shards(tmp_path / "s").split_shards("train")[0]
+    assert len(shard.index) == -(-shard.samples // 4) and shard.index[0] == 0
+    path = str(tmp_path / "s" / shard.name)
+    full = list(shards_mod.iter_tar_groups(path))
+    assert len(full) == shard.samples
+    with tarfile.open(path) as tar:  # each indexed offset is the header of that sample's first member
+        starts = {m.offset: shards_mod.split_member(m.name)[0] for m in tar}
+    assert [starts[o] for o in shard.index] == [full[4 * k][1] for k in range(len(shard.index))]
+    for start in range(shard.samples):
+        got = list(shards_mod.iter_tar_groups(path, lambda i, s=start: i >= s, None, start, shard.index))
+        assert got == full[start:]
+    assert list(shards_mod.iter_tar_groups(path, None, 9, 5, shard.index)) == full[4:9]  # from the indexed sample 4

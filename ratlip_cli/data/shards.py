@@ -24,7 +24,7 @@ import subprocess
 import tarfile
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
@@ -50,6 +50,9 @@ FORMAT = "ratlip-shards"
 FORMAT_VERSION = 1
 DEFAULT_SHARD_MB = 1000
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+# The manifest keeps the byte offset of every INDEX_EVERY-th sample of a shard, so a reader that
+# starts mid-shard seeks close to its first sample instead of parsing every header before it.
+INDEX_EVERY = 256
 _BLOCK = 512
 
 
@@ -103,6 +106,7 @@ class _ShardWriter:
         self.tar = tarfile.open(self.tmp, mode="w", format=tarfile.PAX_FORMAT)
         self.keys: list[str] = []
         self.captions = 0
+        self.index: list[int] = []  # byte offset of samples 0, INDEX_EVERY, 2 * INDEX_EVERY, ...
 
     @property
     def bytes(self) -> int:
@@ -116,6 +120,8 @@ class _ShardWriter:
         self.tar.addfile(info, io.BytesIO(data))
 
     def add(self, item: RawItem, image: bytes, image_format: str, width: int, height: int) -> None:
+        if len(self.keys) % INDEX_EVERY == 0:
+            self.index.append(self.tar.offset)
         stem = member_key(item.key)
         meta = {"key": item.key, "split": item.split, "captions": item.captions, "width": width, "height": height}
         self._add(f"{stem}.{image_format}", image)
@@ -136,6 +142,7 @@ class _ShardWriter:
             "captions": self.captions,
             "bytes": self.path.stat().st_size,
             "sha256": file_sha256(self.path),
+            "index": self.index,
         }
 
 
@@ -390,51 +397,70 @@ def split_member(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
-def _open_tar(location: str):
-    """(tarfile, process or None) for a local path or a `pipe:COMMAND` that writes the tar to stdout."""
+def _open_tar(location: str, offset: int = 0):
+    """(tarfile, process or None, file or None) for a local path (read from byte `offset`, a member
+    header) or a `pipe:COMMAND` that writes the tar to stdout; the caller closes all three."""
     if location.startswith("pipe:"):
         proc = subprocess.Popen(location[5:], shell=True, stdout=subprocess.PIPE)
         try:
-            return tarfile.open(fileobj=proc.stdout, mode="r|"), proc
+            return tarfile.open(fileobj=proc.stdout, mode="r|"), proc, None
         except tarfile.TarError as exc:
             if proc.wait() != 0:
                 raise RatlipError(f"the shard command `{location[5:]}` failed with exit status {proc.returncode}") from None
             raise RatlipError(f"the shard command `{location[5:]}` wrote no tar: {exc}") from None
     try:
-        return tarfile.open(location, mode="r:"), None
+        if not offset:
+            return tarfile.open(location, mode="r:"), None, None
+        fh = open(location, "rb")
+        fh.seek(offset)
+        try:
+            return tarfile.open(fileobj=fh, mode="r:"), None, fh
+        except BaseException:
+            fh.close()
+            raise
     except (OSError, tarfile.TarError) as exc:
         raise RatlipError(f"cannot read shard {location}: {exc}") from None
 
 
-def iter_tar_groups(location: str, want=None, stop: int | None = None) -> Iterator[tuple[int, str, dict[str, bytes]]]:
-    """(index, member key, {ext: bytes}) per sample of a tar, in order, up to sample `stop`; samples
-    whose index `want(i)` rejects are skipped without reading their data (a seek on local files)."""
-    tar, proc = _open_tar(location)
-    index, current, parts, keep, complete = -1, None, {}, True, False
+def iter_tar_groups(
+    location: str, want=None, stop: int | None = None, start: int = 0, index: list[int] | tuple = ()
+) -> Iterator[tuple[int, str, dict[str, bytes]]]:
+    """(index, member key, {ext: bytes}) per sample of a tar, in order, from sample `start` (or earlier)
+    up to sample `stop`; samples whose index `want(i)` rejects are skipped without reading their data
+    (a seek on local files). `index` (the manifest's offsets of every INDEX_EVERY-th sample) lets a
+    local read begin near `start`."""
+    k = min(start // INDEX_EVERY, len(index) - 1) if index and start > 0 and not location.startswith("pipe:") else 0
+    tar, proc, fh = _open_tar(location, index[k] if k > 0 else 0)
+    i, current, parts, keep, complete = k * INDEX_EVERY - 1, None, {}, True, False
     try:
-        for member in tar:
+        while True:
+            member = tar.next()
+            if member is None:
+                complete = True
+                break
+            tar.members.clear()  # TarFile keeps every header it read; a shard has tens of thousands
             if not member.isfile():
                 continue
             key, ext = split_member(member.name)
             if key != current:
                 if current is not None and keep:
-                    yield index, current, parts
-                index, current, parts = index + 1, key, {}
-                if stop is not None and index >= stop:
+                    yield i, current, parts
+                i, current, parts = i + 1, key, {}
+                if stop is not None and i >= stop:
                     current = None
                     break
-                keep = want is None or want(index)
+                keep = want is None or want(i)
             if keep:
-                fh = tar.extractfile(member)
-                parts[ext] = fh.read() if fh is not None else b""
-        else:
-            complete = True
+                data = tar.extractfile(member)
+                parts[ext] = data.read() if data is not None else b""
         if current is not None and keep:
-            yield index, current, parts
+            yield i, current, parts
     except tarfile.TarError as exc:
         raise RatlipError(f"shard {location} is damaged: {exc}") from None
     finally:
         tar.close()
+        if fh is not None:
+            fh.close()
         if proc is not None:
             if proc.stdout is not None:
                 proc.stdout.close()
@@ -480,6 +506,7 @@ class ShardInfo:
     captions: int
     bytes: int
     sha256: str
+    index: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -537,7 +564,7 @@ class ShardSet:
                     f"reading split '{split}' by image needs local shards, but data.shard_url is a pipe; "
                     f"copy the {split}/ shards next to {self.root / MANIFEST} and unset data.shard_url"
                 )
-            tar, _ = _open_tar(location)
+            tar, _, _ = _open_tar(location)
             groups: dict[str, dict[str, Any]] = {}
             order: list[str] = []
             with tar:
@@ -605,7 +632,8 @@ def load_shards(root: str | Path, url: str = "") -> ShardSet:
     if url and "{name}" not in url:
         raise RatlipError(f"data.shard_url must contain {{name}} (the shard's path in the manifest), got '{url}'")
     try:
-        shards = [ShardInfo(**{k: s[k] for k in ShardInfo.__dataclass_fields__}) for s in manifest["shards"]]
+        fields = ShardInfo.__dataclass_fields__
+        shards = [ShardInfo(**{k: s[k] for k in fields if k in s or k != "index"}) for s in manifest["shards"]]
     except (KeyError, TypeError):
         raise RatlipError(f"{path} has a malformed shard list; prepare the dataset again") from None
     return ShardSet(root=root, manifest=manifest, shards=shards, url=url)

@@ -188,7 +188,8 @@ class ShardStream(IterableDataset):
                 def want(i: int, s=s) -> bool:
                     return i >= s.start and (s.pos + i - s.start) not in used
 
-                for index, member, parts in iter_tar_groups(location, want, stop=s.stop):
+                info = self.infos[s.shard]
+                for index, member, parts in iter_tar_groups(location, want, s.stop, s.start, info.index):
                     yield s.pos + index - s.start, decode_sample(index, member, parts)
 
         reader, loaded = inputs(), {}
