@@ -154,3 +154,33 @@ def test_training_kill_and_resume_sees_exactly_one_epoch(tmp_path, shard_root, m
     for part in ("generator", "discriminator", "ema"):
         for k in a[part]:
             assert torch.equal(a[part][k], b[part][k]), f"{part}.{k}"
+
+
+def test_sigterm_to_the_process_group_checkpoints_at_the_step_and_resumes_exactly(tmp_path, shard_root):
+    """torchrun and SLURM signal the whole process group: the loader workers must not die of it
+    before the training process checkpoints at the step boundary."""
+    import multiprocessing
+    import os
+    import signal
+
+    train(_tiny(tmp_path, shard_root, "straight", "train.epochs=0", "train.max_steps=6"))
+
+    def group_sigterm(step):
+        # The signal reaches the workers first; the training process (busy in its step, or waiting
+        # for the next batch) gets it a step later: it must still find its workers alive.
+        if step == 3:
+            workers = multiprocessing.active_children()
+            assert workers  # data.num_workers=2: the loader's worker processes
+            for p in workers:
+                os.kill(p.pid, signal.SIGTERM)
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    res = train(_tiny(tmp_path, shard_root, "killed", "train.epochs=0", "train.max_steps=6"), on_step=group_sigterm)
+    assert res.stopped_by == "SIGTERM" and res.step == 4
+    run = tmp_path / "runs" / "killed"
+    assert train(resume_config(run), resume=run).step == 6
+    _, a = latest_checkpoint(tmp_path / "runs" / "straight" / "checkpoints")
+    _, b = latest_checkpoint(run / "checkpoints")
+    for k in a["generator"]:
+        assert torch.equal(a["generator"][k], b["generator"][k]), k

@@ -225,6 +225,17 @@ class StopFlag:
             signal.signal(sig, old)
 
 
+def ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader worker init: leave SIGINT/SIGTERM to the training process.
+
+    torchrun, SLURM and Ctrl-C signal a whole process group; a loader worker killed by the signal
+    would make the training process fail before it checkpoints, instead of stopping at the step
+    boundary (`StopFlag`). The DataLoader shuts its workers down itself.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 # ---------------------------------------------------------------------------------------------
 # the trainer
 
@@ -451,7 +462,8 @@ class Trainer:
         nw = max(0, int(self.cfg.data.num_workers))
         if self.sampler is self.dataset:  # a ShardStream
             return torch.utils.data.DataLoader(
-                self.dataset, batch_size=None, num_workers=nw, pin_memory=self.device.type == "cuda"
+                self.dataset, batch_size=None, num_workers=nw, pin_memory=self.device.type == "cuda",
+                worker_init_fn=ignore_stop_signals,
             )
         g = torch.Generator().manual_seed(derive_seed(self.tc.seed, "workers", self.rank, self.epoch, self.step_in_epoch))
         return torch.utils.data.DataLoader(
@@ -461,6 +473,7 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
             generator=g,
+            worker_init_fn=ignore_stop_signals,
         )
 
     def _log_row(self, extra: dict[str, Any] | None = None) -> dict[str, Any] | None:
