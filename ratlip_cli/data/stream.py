@@ -35,12 +35,7 @@ from ratlip_cli.config import DataConfig
 from ratlip_cli.data.dataset import augment
 from ratlip_cli.data.shards import ShardSet, decode_sample, iter_tar_groups
 from ratlip_cli.errors import RatlipError
-
-
-def _seed(*parts: Any) -> int:
-    from ratlip_cli.train.loop import derive_seed
-
-    return derive_seed(*parts)
+from ratlip_cli.seeds import derive_seed
 
 
 def shuffle_order(n: int, buffer: int, seed: int) -> list[int]:
@@ -156,7 +151,7 @@ class ShardStream(IterableDataset):
     def shard_order(self, epoch: int) -> list[int]:
         """The split's shards (indices) in epoch `epoch`'s order."""
         order = list(range(len(self.infos)))
-        random.Random(_seed(self.seed, "shard-order", epoch)).shuffle(order)
+        random.Random(derive_seed(self.seed, "shard-order", epoch)).shuffle(order)
         return order
 
     def stream_plan(self, epoch: int, stream: int) -> tuple[list[Segment], int]:
@@ -172,7 +167,7 @@ class ShardStream(IterableDataset):
         """(global id, Sample) of stream `stream` from batch `first_batch` on, in shuffle-buffer order."""
         segments, batches = self.stream_plan(epoch, stream)
         n = batches * self.batch_size
-        order = shuffle_order(n, self.buffer, _seed(self.seed, "buffer", epoch, self.rank, stream))
+        order = shuffle_order(n, self.buffer, derive_seed(self.seed, "buffer", epoch, self.rank, stream))
         skip = first_batch * self.batch_size
         used = set(order[:skip])
         starts = [s.pos for s in segments]
