@@ -37,7 +37,7 @@ import torch
 def score(path: str | Path, num: int = 0, seed: int = 0, device: str = "cpu") -> dict:
     """Match rates of an export's EMA generator on the test split (all captions and novel combos only)."""
     from ratlip_cli.data import load_prepared
-    from ratlip_cli.export import load_generator
+    from ratlip_cli.export import load_generator, noise_dim
     from ratlip_cli.train.shapes_eval import score_generator_on_shapes, shapes_eval_captions
 
     loaded = load_generator(path, device)
@@ -46,7 +46,7 @@ def score(path: str | Path, num: int = 0, seed: int = 0, device: str = "cpu") ->
     for label, novel in (("all", False), ("novel", True)):
         caps = shapes_eval_captions(prepared, "test", num, novel_only=novel)
         res = score_generator_on_shapes(
-            loaded.generator, loaded.embed, caps, loaded.cfg.model.z_dim,
+            loaded.generator, loaded.embed, caps, noise_dim(loaded),
             device=device, seed=seed, batch_size=64, distributed=False,
         )
         out[label] = {k: round(res[k], 4) for k in ("colour", "shape", "background", "size", "all")} | {"n": res["n"]}

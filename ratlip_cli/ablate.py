@@ -315,6 +315,11 @@ def sweep_config(opts: AblateOptions, axis: Axis | None = None) -> Config:
     if opts.device is not None:
         extra.append(f"train.device={opts.device}")
     cfg = resolve_config(opts.preset or DEFAULT_PRESET, opts.config, sets + extra)
+    from ratlip_cli.models.registry import get_family
+
+    if not get_family(cfg).has_rat:
+        raise RatlipError(f"ratlip ablate sweeps the RAT hidden size; model.family={cfg.model.family} has no RAT "
+                          "(train its variants with `ratlip train ... --set` and compare them with `ratlip eval`)")
     tc = cfg.train
     if tc.max_steps <= 0 and tc.epochs <= 0 and tc.max_minutes <= 0:
         raise RatlipError("the sweep has no training budget; give --steps N, --epochs N or --minutes M")
@@ -504,14 +509,14 @@ def _shapes_scores(run_dir: Path, cfg: Config, device: str | None) -> dict[str, 
     """The shapes checker's match rates of the run's exported generator (`eval.generator`) on test captions."""
     from ratlip_cli.data import load_prepared
     from ratlip_cli.evaluate import resolve_device
-    from ratlip_cli.export import load_generator
+    from ratlip_cli.export import load_generator, noise_dim
     from ratlip_cli.train.shapes_eval import score_generator_on_shapes, shapes_eval_captions
 
     dev = resolve_device(device)
     loaded = load_generator(run_dir, dev, cfg.eval.generator)
     captions = shapes_eval_captions(load_prepared(cfg.data.root), "test", cfg.eval.num)
     res = score_generator_on_shapes(
-        loaded.generator, loaded.embed, captions, cfg.model.z_dim,
+        loaded.generator, loaded.embed, captions, noise_dim(loaded),
         device=dev, seed=EVAL_SEED, batch_size=max(1, cfg.eval.batch_size), distributed=False,
     )
     scores = {f"shapes_{k}": res[k] for k in ("all", "colour", "shape", "background", "size")}

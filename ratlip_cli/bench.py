@@ -388,6 +388,9 @@ def _run(options: BenchOptions, device: torch.device, tuned: bool) -> list[dict[
     from ratlip_cli.models.registry import get_family
 
     base = resolve_config(options.preset, overrides=["clip.weights=random", *options.sets])
+    if not get_family(base).has_rat:
+        raise RatlipError(f"ratlip bench sweeps the RAT hidden size; model.family={base.model.family} has no RAT "
+                          "(its training speed is metrics.csv's images_per_s)")
     hiddens = options.hiddens if options.hiddens is not None else sorted({0, base.model.rat.hidden})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(options.seed)

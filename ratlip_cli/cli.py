@@ -203,7 +203,7 @@ def train(
             "--resume",
             help="Continue the run in this directory (runs/NAME) from its newest valid checkpoint, with its own "
             "config; --set may change budget keys (train.max_steps, train.epochs, train.max_minutes, ...) "
-            "but not model.* or clip.*.",
+            "but not model.*, clip.* or dmgan.*.",
         ),
     ] = None,
     device: DeviceOpt = None,
@@ -228,6 +228,8 @@ def train(
     ] = False,
 ) -> None:
     """Train a RATLIP model on a prepared dataset (default preset: the built-in `shapes`).
+
+    --set model.family=dmgan trains DM-GAN instead (after `ratlip pretrain-text` on the same dataset).
 
     Writes runs/NAME/ (config.yaml, metrics.csv, samples/, checkpoints/, export/).
 
@@ -270,6 +272,39 @@ def pretrain_clip(
 
     report = run_pretrain_command(_resolve(preset or "shapes", config, sets), out)
     print_report(report, as_json=json_out)
+@app.command(name="pretrain-text")
+@friendly
+def pretrain_text(
+    preset: Annotated[
+        Optional[str],
+        typer.Argument(help="Preset (dataset) name: cub, oxford, celeba-tiny, coco, shapes or tiny (default: shapes)."),
+    ] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    device: DeviceOpt = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option("--out", help="Output folder (damsm.out) \\[default: <train.runs_dir>/damsm-<data.name>, "
+                     "where the dmgan family looks]."),
+    ] = None,
+    restart: Annotated[
+        bool,
+        typer.Option("--restart", help="Start over, discarding the checkpoint in the output folder "
+                     "(by default a rerun continues from it)."),
+    ] = False,
+    print_config: Annotated[
+        bool, typer.Option("--print-config", help="Print the resolved config as YAML and exit.")
+    ] = False,
+) -> None:
+    """Pretrain AttnGAN's DAMSM text and image encoders (the dmgan family's text encoder) on a prepared dataset.
+
+    Settings: the damsm.* config keys (e.g. --set damsm.max_minutes=5, damsm.image_encoder=cnn).
+    Rerunning the same command continues from the folder's checkpoint; at the end the encoders
+    are saved with their held-out DAMSM R-precision and recall@1.
+    """
+    from ratlip_cli.pretrain_text import run_pretrain_text_command
+
+    run_pretrain_text_command(preset, config, sets, device, out, restart, print_config)
 
 
 @app.command()
@@ -349,6 +384,11 @@ def sample(
             "(raw for the paper presets cub, oxford, celeba-tiny, coco; ema otherwise).",
         ),
     ] = None,
+    all_stages: Annotated[
+        bool,
+        typer.Option("--all-stages", help="Multi-stage generators (model.family=dmgan): one row per stage "
+                     "for every prompt (earlier stages upsampled to the last size); default: the last stage only."),
+    ] = False,
 ) -> None:
     """Generate captioned image grids from prompts with a trained run's generator (EMA or raw).
 
@@ -374,6 +414,7 @@ def sample(
             vary_noise=vary_noise,
             precision=precision,
             generator=generator,
+            all_stages=all_stages,
         )
     )
 

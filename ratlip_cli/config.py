@@ -87,6 +87,64 @@ class ModelConfig:
 
 
 @dataclass
+class DamsmConfig:
+    """AttnGAN's DAMSM text and image encoders and `ratlip pretrain-text` (defaults: cfg/DAMSM/bird.yml)."""
+
+    embedding_dim: int = 256
+    word_dim: int = 300
+    dropout: float = 0.5
+    words_num: int = 18
+    # inception: AttnGAN's frozen Inception-v3 trunk (offline TF ImageNet weights);
+    # cnn: a small CNN trained jointly with the text encoder (CPU-sized data such as shapes).
+    image_encoder: str = "inception"
+    cnn_width: int = 32
+    batch_size: int = 48
+    epochs: int = 600
+    max_steps: int = 0
+    max_minutes: float = 0.0
+    lr: float = 0.002
+    # Per-epoch learning-rate factor, applied while lr > lr / 10 (AttnGAN's schedule).
+    lr_decay: float = 0.98
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+    rnn_grad_clip: float = 0.25
+    gamma1: float = 4.0
+    gamma2: float = 5.0
+    gamma3: float = 10.0
+    # AttnGAN builds a new Adam every epoch (its moments restart); false keeps one optimiser.
+    reset_optimizer_each_epoch: bool = False
+    # Output folder of `ratlip pretrain-text`; empty: <train.runs_dir>/damsm-<data.name>.
+    out: str = ""
+    checkpoint_every: int = 200
+    log_every: int = 50
+    seed: int = 0
+
+
+@dataclass
+class DmganConfig:
+    """DM-GAN generator, discriminators and optimisation (defaults: cfg/bird_DMGAN.yml).
+
+    Image sizes: the last stage is data.crop_size, each earlier stage half the next.
+    """
+
+    gf_dim: int = 64
+    df_dim: int = 32
+    z_dim: int = 100
+    condition_dim: int = 100
+    r_num: int = 2
+    branch_num: int = 3
+    # TRAIN.SMOOTH.LAMBDA: weight of the DAMSM loss on the generator.
+    damsm_weight: float = 5.0
+    kl_weight: float = 1.0
+    lr_g: float = 2.0e-4
+    lr_d: float = 2.0e-4
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+    # correct: each sample's word padding is masked; reference: the released code's mask layout.
+    memory_mask: str = "correct"
+    # `ratlip pretrain-text` output folder (or its damsm.json); empty: <train.runs_dir>/damsm-<data.name>.
+    text_encoder: str = ""
+
+
+@dataclass
 class DataConfig:
     """Where the prepared dataset lives and how training images are augmented."""
 
@@ -172,6 +230,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    damsm: DamsmConfig = field(default_factory=DamsmConfig)
+    dmgan: DmganConfig = field(default_factory=DmganConfig)
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -183,6 +243,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "eval.generator": ("ema", "raw"),
     "eval.fid_mode": ("clean", "legacy_pytorch", "legacy_tensorflow"),
     "eval.feature_extractor": ("inception", "random-tiny"),
+    "damsm.image_encoder": ("inception", "cnn"),
+    "dmgan.memory_mask": ("correct", "reference"),
 }
 
 
@@ -392,6 +454,23 @@ def validate(cfg: Config) -> None:
         )
     if len(cfg.train.betas) != 2:
         raise RatlipError(f"config key 'train.betas' expects two numbers, got {cfg.train.betas}")
+    for key in ("damsm.betas", "dmgan.betas"):
+        section, name = key.split(".")
+        if len(getattr(getattr(cfg, section), name)) != 2:
+            raise RatlipError(f"config key '{key}' expects two numbers, got {getattr(getattr(cfg, section), name)}")
+    positive_dm = {
+        "damsm.embedding_dim": cfg.damsm.embedding_dim, "damsm.word_dim": cfg.damsm.word_dim,
+        "damsm.words_num": cfg.damsm.words_num, "damsm.batch_size": cfg.damsm.batch_size,
+        "damsm.cnn_width": cfg.damsm.cnn_width, "dmgan.gf_dim": cfg.dmgan.gf_dim, "dmgan.df_dim": cfg.dmgan.df_dim,
+        "dmgan.z_dim": cfg.dmgan.z_dim, "dmgan.condition_dim": cfg.dmgan.condition_dim,
+    }
+    for key, value in positive_dm.items():
+        if value <= 0:
+            raise RatlipError(f"config key '{key}' must be positive, got {value}")
+    if cfg.damsm.batch_size < 2:
+        raise RatlipError("config key 'damsm.batch_size' must be at least 2 (DAMSM needs mismatched pairs in a batch)")
+    if cfg.dmgan.branch_num not in (1, 2, 3):
+        raise RatlipError(f"config key 'dmgan.branch_num' must be 1, 2 or 3, got {cfg.dmgan.branch_num}")
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

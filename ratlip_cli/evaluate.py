@@ -402,7 +402,9 @@ def generate_batches(
     """Images from `loaded` (LoadedGenerator: generator, backbone, tokenizer, cfg) for `captions`
     (only the batches beginning at `starts`, when given)."""
     gen, backbone, tokenizer = loaded.generator, loaded.backbone, loaded.tokenizer
-    z_dim = loaded.cfg.model.z_dim
+    from ratlip_cli.export import noise_dim
+
+    z_dim = noise_dim(loaded)
     gen.eval()
     for start in range(0, len(captions), batch_size) if starts is None else starts:
         caps = list(captions[start : start + batch_size])
@@ -411,6 +413,28 @@ def generate_batches(
             sentence = backbone.encode_text(tokenizer(caps).to(device))[0]
             images = gen(z, sentence)
         yield ImageBatch(to_uint8(images), caps, start)
+
+
+def embed_batches(batches: Iterable[ImageBatch], scorer, out: tuple[list[torch.Tensor], list[str]]
+                  ) -> Iterator[ImageBatch]:
+    """Pass batches through, appending ``scorer``'s image embeddings and the captions to ``out``."""
+    for batch in batches:
+        out[0].append(scorer.embed_images(batch.images))
+        out[1].extend(batch.captions)
+        yield batch
+
+
+def scorer_r_precision(scorer, image_emb: torch.Tensor, captions: list[str], split: ReferenceSplit,
+                       ecfg: EvalConfig, seed: int) -> dict[str, Any]:
+    """R-precision (%) with a family's own encoders (DM-GAN: AttnGAN's DAMSM R-precision): each image's
+    code against its caption and ``r_precision_candidates - 1`` wrong captions drawn as for CLIP R-precision."""
+    pool, excluded_by_text = split.pool()
+    pool_index = {t: i for i, t in enumerate(pool)}
+    excluded = [set(excluded_by_text.get(c, ())) | ({pool_index[c]} if c in pool_index else set()) for c in captions]
+    negatives = sample_negatives(excluded, len(pool), ecfg.r_precision_candidates - 1, seed)
+    rp = r_precision(image_emb, scorer.embed_texts(list(captions)), scorer.embed_texts(pool), negatives)
+    key = scorer.name.lower()
+    return {f"{key}_r_precision": rp, f"{key}_r_precision_candidates": int(negatives.shape[1]) + 1}
 
 
 def save_batches(batches: Iterable[ImageBatch], folder: Path) -> Iterator[ImageBatch]:
@@ -735,11 +759,20 @@ def evaluate_run(run_dir: str | Path, settings: dict[str, Any], opts: EvalOption
         )
         if opts.save_images:
             batches = save_batches(batches, Path(opts.save_images))
+        scorer = loaded.text.retrieval_scorer() if getattr(loaded, "text", None) is not None else None
+        extra: tuple[list[torch.Tensor], list[str]] = ([], [])
+        if scorer is not None and dist.get_world_size() > 1:
+            if dist.is_main():
+                warn(f"{scorer.name} R-precision is computed by single-process evaluation only; not reported")
+        elif scorer is not None:
+            batches = embed_batches(batches, scorer, extra)
         metrics, got, reference = _score(batches, mine, cfg, opts, split, extractor, clip, bars, "generating + scoring")
     row = None
     if dist.is_main():
         row = _row("run", run_dir.name, metrics, got, reference, cfg, opts, extractor, clip, device, started)
         row["generator"] = getattr(loaded, "which", cfg.eval.generator)
+        if extra[0]:
+            row.update(scorer_r_precision(scorer, torch.cat(extra[0]), extra[1], split, cfg.eval, opts.seed))
         append_csv(Path(opts.out_csv) if opts.out_csv else run_dir / "eval.csv", row)
     return dist.broadcast_object(row)
 
@@ -829,6 +862,9 @@ def results_table(row: dict[str, Any]) -> Table:
     table.add_row(
         f"CLIP R-precision (%, top-1 of {row['r_precision_candidates']}){mark}", f"{row['r_precision']:.2f}"
     )
+    if row.get("damsm_r_precision", "") != "":
+        table.add_row(f"DAMSM R-precision (%, top-1 of {row['damsm_r_precision_candidates']}, the run's encoders)",
+                      f"{row['damsm_r_precision']:.2f}")
     table.add_section()
     protocol = [
         ("generator", row.get("generator") or "- (images given)"),

@@ -132,6 +132,10 @@ class LoadedGenerator:
     def device(self) -> torch.device:
         return next(self.generator.parameters()).device
 
+    @property
+    def z_dim(self) -> int:
+        return noise_dim(self)
+
     @torch.no_grad()
     def embed(self, captions: Sequence[str]) -> torch.Tensor:
         """The generator's text condition for ``captions`` (fp32, on the generator's device)."""
@@ -143,9 +147,15 @@ class LoadedGenerator:
         """Images (B, 3, S, S) clamped to [-1, 1] for ``captions`` (noise from ``seed`` unless ``z`` is given)."""
         if z is None:
             gen = torch.Generator().manual_seed(int(seed))
-            z = torch.randn(len(captions), self.cfg.model.z_dim, generator=gen)
+            z = torch.randn(len(captions), self.z_dim, generator=gen)
         s = self.embed(captions)
         return self.generator(z.to(self.device, torch.float32), s).float().clamp(-1, 1)
+
+
+def noise_dim(loaded: Any) -> int:
+    """Length of one image's noise vector for a loaded generator: the generator's ``z_dim`` (DM-GAN's
+    includes its conditioning augmentation's draw), else ``model.z_dim``."""
+    return int(getattr(loaded.generator, "z_dim", loaded.cfg.model.z_dim))
 
 
 def resolve_export_paths(path: str | Path, which: str = "ema") -> tuple[Path, Path]:

