@@ -317,9 +317,9 @@ def sweep_config(opts: AblateOptions, axis: Axis | None = None) -> Config:
     cfg = resolve_config(opts.preset or DEFAULT_PRESET, opts.config, sets + extra)
     from ratlip_cli.models.registry import get_family
 
-    if not get_family(cfg).has_rat:
-        raise RatlipError(f"ratlip ablate sweeps the RAT hidden size; model.family={cfg.model.family} has no RAT "
-                          "(train its variants with `ratlip train ... --set` and compare them with `ratlip eval`)")
+    if axis.is_rat and not get_family(cfg).has_rat:
+        raise RatlipError(f"model.family={cfg.model.family} has no RAT to sweep; sweep one of its keys with "
+                          "--sweep KEY=V1,V2 (e.g. --sweep dmgan.damsm_weight=1,5)")
     tc = cfg.train
     if tc.max_steps <= 0 and tc.epochs <= 0 and tc.max_minutes <= 0:
         raise RatlipError("the sweep has no training budget; give --steps N, --epochs N or --minutes M")
