@@ -39,7 +39,7 @@ def main() -> None:
                           min_size=64)
     gen = EcaganGenerator(ngf=32, nef=64, ncf=100, z_dim=100, base_size=16, r_num=2, carafe=CarafeSettings())
     gen.apply(init_weights)
-    gen.reset_carafe()
+    gen.reset_after_init()
     gen.eval()
     b = args.batch
     with torch.no_grad():

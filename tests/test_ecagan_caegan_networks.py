@@ -82,7 +82,7 @@ def test_ecagan_stage_shapes_and_batch_independence():
     torch.manual_seed(1)
     ec = EcaganGenerator(**SMALL, carafe=CarafeSettings(k_up=3, k_enc=3, compressed=4), attention="eca")
     ec.apply(init_weights)
-    ec.reset_carafe()
+    ec.reset_after_init()
     assert all(m.encoder.weight.std() < 0.01 for m in ec.modules() if isinstance(m, CARAFE))
     ec.eval()
     z, s, w, m, eps = _inputs(3)

@@ -18,6 +18,8 @@ FAMILIES: dict[str, str] = {
     "ratlip": "ratlip_cli.models.ratlip",
     "galip": "ratlip_cli.models.galip",
     "dmgan": "ratlip_cli.models.dmgan",
+    "ecagan": "ratlip_cli.models.ecagan",
+    "caegan": "ratlip_cli.models.caegan",
 }
 
 

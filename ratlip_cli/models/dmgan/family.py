@@ -22,19 +22,34 @@ RATLIP_ONLY_KEYS = ("train.lr_g", "train.lr_d", "train.betas", "train.ma_gp_weig
                     "train.clip_sim_weight", "train.channels_last")
 
 
-def build_dmgan(cfg: Config, nef: int, words_num: int) -> tuple[nn.Module, nn.ModuleList]:
-    """The wrapped generator and the per-stage discriminators (DM-GAN's initialisation, global RNG)."""
+def dmgan_generator(cfg: Config, nef: int, base_size: int) -> nn.Module:
+    """DM-GAN's generator of `cfg` (the `dmgan` section) for text features of width `nef`."""
+    from ratlip_cli.models.dmgan.networks import DmganGenerator
+
+    dm = cfg.dmgan
+    return DmganGenerator(ngf=dm.gf_dim, nef=nef, ncf=dm.condition_dim, z_dim=dm.z_dim, branch_num=dm.branch_num,
+                          base_size=base_size, r_num=dm.r_num, mask_layout=dm.memory_mask)
+
+
+def build_dmgan(cfg: Config, nef: int, words_num: int, make_generator=dmgan_generator
+                ) -> tuple[nn.Module, nn.ModuleList]:
+    """The wrapped generator and the per-stage discriminators (DM-GAN's initialisation, global RNG).
+
+    ``make_generator(cfg, nef, base_size)`` builds the inner generator (families built on DM-GAN
+    pass their own); a generator with ``reset_after_init()`` gets it called after DM-GAN's init.
+    """
     from ratlip_cli.models.dmgan.adapter import DmganImageGenerator
-    from ratlip_cli.models.dmgan.networks import DmganDiscriminator, DmganGenerator, init_weights
+    from ratlip_cli.models.dmgan.networks import DmganDiscriminator, init_weights
     from ratlip_cli.models.dmgan.sizes import stage_sizes
 
     dm = cfg.dmgan
     sizes = stage_sizes(cfg.data.crop_size, dm.branch_num)
-    g = DmganGenerator(ngf=dm.gf_dim, nef=nef, ncf=dm.condition_dim, z_dim=dm.z_dim, branch_num=dm.branch_num,
-                       base_size=sizes[0], r_num=dm.r_num, mask_layout=dm.memory_mask)
+    g = make_generator(cfg, nef, sizes[0])
     ds = nn.ModuleList(DmganDiscriminator(k, ndf=dm.df_dim, nef=nef, base_size=sizes[0]) for k in range(dm.branch_num))
     g.apply(init_weights)
     ds.apply(init_weights)
+    if hasattr(g, "reset_after_init"):
+        g.reset_after_init()
     return DmganImageGenerator(g, nef, words_num), ds
 
 
@@ -50,8 +65,17 @@ class DmganFamily(Family):
 
         return run_damsm_text(cfg, files, device)
 
+    def make_generator(self, cfg: Config, nef: int, base_size: int) -> nn.Module:
+        """The inner generator (a family built on DM-GAN overrides this, and `make_step`)."""
+        return dmgan_generator(cfg, nef, base_size)
+
+    def make_step(self, cfg: Config, nets: Networks, device: torch.device, noise: torch.Generator) -> TrainingStep:
+        from ratlip_cli.models.dmgan.step import DmganStep
+
+        return DmganStep(cfg, nets, device, noise)
+
     def build(self, cfg: Config, text: TextEncoder) -> Networks:
-        gen, ds = build_dmgan(cfg, text.dim, text.context_length)
+        gen, ds = build_dmgan(cfg, text.dim, text.context_length, self.make_generator)
         trainable = {"generator": gen, "discriminator": ds, "head": nn.Module()}
         nets = Networks(text, gen, trainable, gen.z_dim)
         return nets.to(text.device)
@@ -59,16 +83,15 @@ class DmganFamily(Family):
     def training_step(self, cfg: Config, nets: Networks, device: torch.device, noise: torch.Generator) -> TrainingStep:
         from ratlip_cli import dist
         from ratlip_cli.console import console
-        from ratlip_cli.models.dmgan.step import DmganStep
 
         if dist.is_main():
-            console.print("model family dmgan: optimisers and loss weights come from dmgan.*; "
+            console.print(f"model family {self.name}: optimisers and loss weights come from dmgan.*; "
                           f"{', '.join(RATLIP_ONLY_KEYS)} apply to the ratlip and galip families only",
                           highlight=False, soft_wrap=True)
-        return DmganStep(cfg, nets, device, noise)
+        return self.make_step(cfg, nets, device, noise)
 
     def build_generator(self, cfg: Config, text: TextEncoder) -> nn.Module:
-        return build_dmgan(cfg, text.dim, text.context_length)[0]
+        return build_dmgan(cfg, text.dim, text.context_length, self.make_generator)[0]
 
     def export_source(self, source: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         from ratlip_cli.models.dmgan.text import export_damsm_source

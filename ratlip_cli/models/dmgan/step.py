@@ -57,6 +57,16 @@ class DmganStep(TrainingStep):
         d = self.encoders.dcfg
         self.gammas = (d.gamma1, d.gamma2, d.gamma3)
 
+    def generator_forward(self, z: torch.Tensor, sentence: torch.Tensor, words: torch.Tensor, mask: torch.Tensor,
+                          eps: torch.Tensor, real: torch.Tensor):
+        """G's forward pass in a step (families built on DM-GAN may also read the real image)."""
+        return self.G(z, sentence, words, mask, eps=eps)
+
+    def extra_generator_losses(self, fakes: list[torch.Tensor], reals: list[torch.Tensor], sentence: torch.Tensor,
+                               words: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+        """Weighted generator terms a derived family adds (logged after g_kl, in `loss_columns` order)."""
+        return []
+
     @property
     def ema_source(self) -> nn.Module:
         return self.wrapper
@@ -108,7 +118,7 @@ class DmganStep(TrainingStep):
         z = torch.randn(b, dm.z_dim, generator=self.noise).to(dev)
         eps = torch.randn(b, dm.condition_dim, generator=self.noise).to(dev)
         with amp():
-            fakes, _maps, mu, logvar = self.G(z, sentence, words, mask, eps=eps)
+            fakes, _maps, mu, logvar = self.generator_forward(z, sentence, words, mask, eps, real)
         fakes = [f.float() for f in fakes]
         fp16 = self.scaler.is_enabled()
 
@@ -138,10 +148,12 @@ class DmganStep(TrainingStep):
         s0, s1 = sent_loss(code.float(), sentence, exclude, self.gammas[2])
         damsm = dm.damsm_weight * (w0 + w1 + s0 + s1)
         kl = dm.kl_weight * kl_loss(mu.float(), logvar.float())
-        total = adv + damsm + kl
+        extra = self.extra_generator_losses(fakes, reals, sentence, words, mask)
+        total = adv + damsm + kl + sum(extra, torch.zeros((), device=dev))
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
-        g_vec = dist.average_gradients(self.g_params, torch.stack([total, damsm, kl]).detach().float()).cpu()
+        g_vec = torch.stack([total, damsm, kl, *extra]).detach().float()
+        g_vec = dist.average_gradients(self.g_params, g_vec).cpu()
         for net in self.D:
             net.requires_grad_(True)
         if not torch.isfinite(g_vec).all():

@@ -59,7 +59,7 @@ class EcaganGenerator(DmganGenerator):
         super().__init__(ngf, nef, ncf, z_dim, branch_num, base_size, r_num, mask_layout)
         self.h_net1 = EcaganInitStage(ngf, z_dim, ncf, base_size, carafe, attention)
 
-    def reset_carafe(self) -> None:
+    def reset_after_init(self) -> None:
         """Give every CARAFE block its own initialisation again (call after DM-GAN's `init_weights`)."""
         for module in self.modules():
             if isinstance(module, CARAFE):
