@@ -839,6 +839,18 @@ def _default_out(cfg: Config, shard: tuple[int, int] | None) -> Path:
     return Path(cfg.train.runs_dir) / name
 
 
+def log_hparams(run_dir: Path, cfg: Config, row: dict[str, Any]) -> None:
+    """The cell's swept settings and final metrics in its TensorBoard folder, for the HParams view
+    (`tensorboard --logdir runs/ablate-PRESET` lists every cell)."""
+    from ratlip_cli.train.tensorboard import RunBoard
+
+    settings = {"h": int(row["h"]), "seed": int(row["seed"]), "family": cfg.model.family,
+                "preset": cfg.preset or "", "steps": int(row["steps"])}
+    board = RunBoard(run_dir)
+    board.hparams(settings, {k: row.get(k) for k in SCORE_COLUMNS + ["trainable_params"]})
+    board.close()
+
+
 def _check_dataset_metrics(cfg: Config, metrics: Sequence[str]) -> None:
     if "shapes" in metrics and cfg.data.name != "shapes":
         raise RatlipError(f"--metrics shapes needs the shapes dataset (data.name is '{cfg.data.name}')")
@@ -935,6 +947,7 @@ def run_ablation(opts: AblateOptions) -> int:
         }
         rows = [r for r in rows if row_key(r) != (value, seed)] + [row]
         _publish(out, rows, metrics, title)
+        log_hparams(out / run_name(h, seed), c, row)
     if rows:
         if not todo:
             plot_ablation(rows, metrics, out / PLOT_FILE, title)

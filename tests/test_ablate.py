@@ -250,3 +250,21 @@ def test_table_and_plot_flag_the_evaluation_clip(tmp_path, monkeypatch, eval_cli
     ablate.plot_ablation(rows, ["cs"], tmp_path / "a.png")
     expected = {None: "higher is better", "random CLIP: meaningless": "RANDOM CLIP", "in-domain CLIP (shapes)": "in-domain CLIP (shapes)"}
     assert any(expected[mark] in t for t in titles), titles
+
+
+def test_every_cell_logs_its_h_and_final_metrics_as_tensorboard_hparams(sweep):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, _ = sweep
+    _, rows = read_csv(out / "ablation.csv")
+    for r in rows:
+        acc = EventAccumulator(str(out / r["run"] / "tensorboard" / "hparams"))
+        acc.Reload()
+        start = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+        from tensorboard.plugins.hparams import plugin_data_pb2
+
+        info = plugin_data_pb2.HParamsPluginData.FromString(start).session_start_info
+        assert info.hparams["h"].number_value == int(r["h"]) and info.hparams["seed"].number_value == 0
+        assert [e.value for e in acc.Scalars("final/clip_score")] == [pytest.approx(float(r["clip_score"]), rel=1e-6)]
+        assert [e.value for e in acc.Scalars("final/shapes_all")] == [pytest.approx(float(r["shapes_all"]), abs=1e-6)]
+        assert list((out / r["run"] / "tensorboard").glob("events.out.tfevents.*"))  # the training curves

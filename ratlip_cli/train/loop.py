@@ -38,7 +38,9 @@ from ratlip_cli.errors import RatlipError
 from ratlip_cli.seeds import derive_seed
 from ratlip_cli.train.checkpoint import capture_rng, latest_checkpoint, restore_rng, save_checkpoint
 from ratlip_cli.train.ema import EmaGenerator
-from ratlip_cli.train.run import MetricsLog, RunPaths, new_run_paths, save_sample_grid
+from ratlip_cli.train.budget import StopPlan, format_duration, stop_plan
+from ratlip_cli.train.run import MetricsLog, RunPaths, new_run_paths, save_sample_grid, write_environment
+from ratlip_cli.train.tensorboard import RunBoard
 
 # Config sections whose change would make a checkpoint's weights meaningless.
 ARCHITECTURE_SECTIONS = ("model", "clip", "dmgan")
@@ -361,6 +363,8 @@ class Trainer:
         if self.main:
             save_config(cfg, self.paths.config)
             self.metrics.start(keep_until_step=self.step if state is not None else None)
+            write_environment(self.paths.root, self.device, self.world)
+        self.board = RunBoard(self.paths.root, resume_step=self.step if state is not None else None, enabled=self.main)
 
     # ---- state ---------------------------------------------------------------------------------
     def _new_acc(self) -> dict[str, float]:
@@ -422,6 +426,7 @@ class Trainer:
             path = save_checkpoint(state, self.paths.checkpoints, self.tc.keep_checkpoints)
             self.export()
             self.last_checkpoint = path
+            self.board.flush()  # everything up to the checkpoint is on disk; a resume purges what follows
         dist.barrier()
         return path
 
@@ -439,13 +444,6 @@ class Trainer:
         return self.step_fn(batch)
 
     # ---- the loop ----------------------------------------------------------------------------------
-    def _planned_steps(self) -> int | None:
-        spe = self.sampler.steps_per_epoch
-        plans = [self.tc.epochs * spe] if self.tc.epochs > 0 else []
-        if self.tc.max_steps > 0:
-            plans.append(self.tc.max_steps)
-        return min(plans) if plans else None
-
     def _done_reason(self) -> str | None:
         if self.tc.max_steps > 0 and self.step >= self.tc.max_steps:
             return "max_steps"
@@ -494,8 +492,15 @@ class Trainer:
             row.update(extra)
         if self.main:
             self.metrics.write(row)
+            self.board.scalars(self.step, row)
+            self.board.learning_rates(self.step, self._learning_rates())
         self.acc = self._new_acc()
         return row
+
+    def _learning_rates(self) -> dict[str, float]:
+        """The current learning rate of every optimiser the step object holds, by attribute name."""
+        return {name: opt.param_groups[0]["lr"] for name, opt in vars(self.step_fn).items()
+                if isinstance(opt, torch.optim.Optimizer)}
 
     def _sample(self) -> None:
         """A grid from the EMA generator: fixed noise, fixed train and test captions (rank 0 only)."""
@@ -523,7 +528,9 @@ class Trainer:
             images = self.ema.module(z, self._embed([c or " " for c in captions])).float()
         mask = torch.tensor([bool(c) for c in captions], dtype=images.dtype, device=images.device).view(-1, 1, 1, 1)
         images = images.clamp(-1, 1) * mask + (1 - mask)  # blank cells for missing captions
-        save_sample_grid(images, labels, self.paths.samples / f"step-{self.step:08d}.png", ncols)
+        path = self.paths.samples / f"step-{self.step:08d}.png"
+        save_sample_grid(images, labels, path, ncols)
+        self.board.grid(self.step, path)
 
     def _embed(self, captions: list[str]):
         text = self.nets.text
@@ -539,8 +546,17 @@ class Trainer:
         return {"eval_colour": res["colour"], "eval_shape": res["shape"], "eval_background": res["background"],
                 "eval_all": res["all"], "eval_n": res["n"]}
 
+    def _stop_plan(self) -> StopPlan:
+        """The budget that will stop this run first, from the step rate of this process so far."""
+        done = self.step - self._start_step
+        spent = self.elapsed - self._start_elapsed
+        rate = done / spent if done > 0 and spent > 0 else None
+        tc = self.tc
+        return stop_plan(self.step, self.elapsed, self.sampler.steps_per_epoch, tc.max_steps, tc.epochs,
+                         tc.max_minutes, rate)
+
     def _progress(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         enabled = self.main and console.is_terminal
         return Progress(
@@ -548,7 +564,7 @@ class Trainer:
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            TimeRemainingColumn(),
+            TextColumn("{task.fields[plan]}"),
             TextColumn("{task.fields[info]}"),
             console=console,
             disable=not enabled,
@@ -559,8 +575,11 @@ class Trainer:
         return bool(self.loss_columns) and row.get(self.loss_columns[0], "") != ""
 
     def _plain_log(self, row: dict[str, Any]) -> None:
-        planned = self._planned_steps()
-        parts = [f"step {row['step']}" + (f"/{planned}" if planned else ""), f"epoch {row['epoch']:.2f}"]
+        plan = self._stop_plan()
+        total = ""
+        if plan.total_steps is not None:
+            total = f"/{'~' if plan.rule == 'max_minutes' else ''}{plan.total_steps}"
+        parts = [f"step {row['step']}{total}", f"epoch {row['epoch']:.2f}"]
         if self._has_losses(row):
             parts.append(self.step_fn.describe(row))
         if row.get("images_per_s", "") != "":
@@ -570,6 +589,9 @@ class Trainer:
                          f"background {row['eval_background']:.2f}")
         if self.nonfinite_total:
             parts.append(f"non-finite {self.nonfinite_total}")
+        if plan.rule:
+            eta = f"ETA {format_duration(plan.eta_s)} " if plan.eta_s is not None else ""
+            parts.append(f"{eta}({plan.label})")
         console.print(" | ".join(parts), highlight=False, soft_wrap=True)
 
     def _debug_dump(self) -> None:
@@ -595,11 +617,13 @@ class Trainer:
             self._sample()
         self.step_fn.train()
         progress, bar_on = self._progress()
-        planned = self._planned_steps()
         last_checkpoint_step = self.step if self.resumed_from is not None else -1
         elapsed_before, loop_start = self.elapsed, time.perf_counter()
+        self._start_step, self._start_elapsed = self.step, self.elapsed
+        plan = self._stop_plan()
         with StopFlag() as stop, progress:
-            task = progress.add_task("train", total=planned, completed=self.step, epoch=self.epoch + 1, info="")
+            task = progress.add_task("train", total=plan.total_steps, completed=self.step, epoch=self.epoch + 1,
+                                     info="", plan=plan.describe(self.step))
             while stop_reason is None:
                 t_fetch = time.perf_counter()
                 for batch in self._loader():
@@ -650,8 +674,11 @@ class Trainer:
                     if tc.checkpoint_every > 0 and self.step % tc.checkpoint_every == 0 and self.nonfinite_streak == 0:
                         self.save_checkpoint()
                         last_checkpoint_step = self.step
-                    progress.update(task, completed=self.step, epoch=self.epoch + 1)
                     self.elapsed = elapsed_before + (time.perf_counter() - loop_start)
+                    if bar_on:
+                        plan = self._stop_plan()
+                        progress.update(task, completed=self.step, epoch=self.epoch + 1, total=plan.total_steps,
+                                        plan=plan.describe(self.step))
 
                     if self.on_step is not None:
                         self.on_step(self.step)
@@ -676,6 +703,7 @@ class Trainer:
         elif self.main:
             self.export()
         export = self.paths.export / "generator.safetensors"
+        self.board.close()
         self._debug_dump()
         if self.main:
             how = {

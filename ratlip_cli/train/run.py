@@ -9,6 +9,8 @@
       checkpoints/ckpt-XXXXXXXX.pt       the newest `train.keep_checkpoints`
       export/generator.safetensors + generator.json   the EMA generator for `ratlip sample`
       clip.safetensors       the frozen CLIP, when the run used random CLIP weights
+      tensorboard/           TensorBoard event files (ratlip_cli/train/tensorboard.py)
+      environment.json       versions, machine and devices of the (latest) training process
 
 Only rank 0 writes here.
 """
@@ -142,3 +144,15 @@ def save_sample_grid(images: torch.Tensor, captions: list[str], path: Path, ncol
     tmp.replace(path)
     lines = [f"row {i // ncols + 1}, col {i % ncols + 1}: {c}" for i, c in enumerate(captions)]
     path.with_suffix(".txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def write_environment(root: Path, device: torch.device, world_size: int) -> None:
+    """`environment.json`: where the run (its latest start) trained, for `ratlip report` (rank 0)."""
+    import json
+
+    from ratlip_cli.info import environment
+
+    env = {**environment(), "device": str(device), "processes": str(world_size)}
+    tmp = root / ".environment.json.tmp"
+    tmp.write_text(json.dumps(env, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(root / "environment.json")
