@@ -65,7 +65,7 @@ def main() -> None:
     a = p.parse_args()
 
     from ratlip_cli import models as current
-    from ratlip_cli.bench import tune_cpu_allocator
+    from ratlip_cli.profiling import tune_cpu_allocator
     from ratlip_cli.config import resolve_config
     from ratlip_cli.models.registry import get_family
     from ratlip_cli.weights import load_clip

@@ -27,7 +27,7 @@ def main() -> None:
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     a = p.parse_args()
 
-    from ratlip_cli.bench import tune_cpu_allocator
+    from ratlip_cli.profiling import tune_cpu_allocator
     from ratlip_cli.config import resolve_config
     from ratlip_cli.models import build_models
     from ratlip_cli.weights import load_clip

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import ctypes
 import math
 import os
 import platform
@@ -55,6 +54,7 @@ import torch
 from ratlip_cli.config import resolve_config, set_value
 from ratlip_cli.console import console, warn
 from ratlip_cli.errors import RatlipError
+from ratlip_cli.profiling import malloc_trim, tune_cpu_allocator
 
 COLUMNS = [
     "preset",
@@ -115,43 +115,7 @@ class BenchOptions:
 
 
 # ---------------------------------------------------------------------------------------------
-# machine helpers
-
-
-def tune_cpu_allocator(enable: bool = True) -> bool:
-    """Make glibc malloc keep large freed blocks (no mmap/munmap per tensor); returns whether it applied.
-
-    ``M_MMAP_MAX = 0`` serves every allocation from the heap and ``M_TRIM_THRESHOLD = -1`` never
-    gives freed heap memory back, so the next forward or training step reuses already-mapped pages
-    instead of page-faulting them in again (measured: about 850,000 minor faults per fp32 forward +
-    backward of the generator at batch 4 with glibc's defaults, none once tuned). The process keeps its
-    peak memory. ``enable=False`` sets glibc's default values again (its dynamic mmap threshold stays
-    off). Process-wide; a no-op where glibc is not the allocator.
-    """
-    libc = _libc()
-    if libc is None or not hasattr(libc, "mallopt"):
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4
-    if enable:
-        ok = libc.mallopt(m_mmap_max, 0) and libc.mallopt(m_trim_threshold, -1)
-    else:
-        ok = libc.mallopt(m_mmap_max, 65536) and libc.mallopt(m_trim_threshold, 128 * 1024)
-    return bool(ok)
-
-
-def _libc():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-
-
-def _malloc_trim() -> None:
-    libc = _libc()
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
+# machine helpers (the allocator ones live in profiling.py: `ratlip train` applies them too)
 
 
 def _rss_bytes() -> int:
@@ -181,7 +145,7 @@ class MemoryMeter:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.start = self.peak = torch.cuda.memory_allocated(self.device)
         else:
-            _malloc_trim()
+            malloc_trim()
             self.start = self.peak = _rss_bytes()
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
@@ -429,7 +393,7 @@ def _run(options: BenchOptions, device: torch.device, tuned: bool) -> list[dict[
 
     for hidden in hiddens:
         _bench_hidden(hidden, options, device, text, emit)
-        _malloc_trim()
+        malloc_trim()
 
     if options.show:
         show_table(rows)

@@ -229,6 +229,9 @@ class TrainConfig:
     clip_sim_weight: float = 4.0
     precision: str = "fp32"
     channels_last: bool = True
+    # CPU threads of a training process (torch.set_num_threads); 0: torch's default (OMP_NUM_THREADS or
+    # the cores). On a CPU shared with other jobs 1 is often faster (docs/benchmarks.md).
+    threads: int = 0
     ema_halflife_kimg: float = 10.0
     ema_rampup: float = 0.05
     seed: int = 0
@@ -502,6 +505,8 @@ def validate(cfg: Config) -> None:
         raise RatlipError(
             f"config key 'model.prompt_blocks' must be increasing block indices, got {cfg.model.prompt_blocks}"
         )
+    if cfg.train.threads < 0:
+        raise RatlipError(f"config key 'train.threads' must be >= 0 (0: torch's default), got {cfg.train.threads}")
     if len(cfg.train.betas) != 2:
         raise RatlipError(f"config key 'train.betas' expects two numbers, got {cfg.train.betas}")
     for key in ("damsm.betas", "dmgan.betas"):

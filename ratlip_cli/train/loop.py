@@ -283,6 +283,10 @@ class Trainer:
         self.distributed = dist.init_from_env(self.device.type)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.main = dist.is_main()
+        if self.device.type == "cpu":
+            from ratlip_cli.profiling import apply_cpu_settings
+
+            self.cpu_settings = apply_cpu_settings(tc.threads)
         if tc.precision == "amp_fp16" and self.device.type == "cpu" and self.main:
             warn("amp_fp16 on CPU is slow and only useful for testing; amp_bf16 or fp32 are the CPU choices")
 
@@ -306,6 +310,8 @@ class Trainer:
                 console.print(f"resuming run {self.paths.root} from {self.resumed_from.name}", highlight=False)
             else:
                 console.print(f"run directory: {self.paths.root}", highlight=False)
+            if self.device.type == "cpu":
+                console.print(f"cpu: {self.cpu_settings}", highlight=False)
         dist.barrier()
 
         # The family's frozen text encoder (a random CLIP is saved in the run folder once), then its

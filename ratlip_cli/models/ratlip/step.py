@@ -23,6 +23,7 @@ from ratlip_cli import dist
 from ratlip_cli.config import Config
 from ratlip_cli.losses import d_hinge_loss, g_loss, ma_gp, mismatched
 from ratlip_cli.models.family import Networks, StepOutput, TrainingStep
+from ratlip_cli.optim import adam
 from ratlip_cli.models.params import load_trainable_state_dict, set_trainable, trainable_parameters, trainable_state_dict
 from ratlip_cli.precision import autocast
 from ratlip_cli.train.run import metrics_columns
@@ -75,8 +76,8 @@ class RatlipStep(TrainingStep):
         self.d_params = _unique(trainable_parameters(self.D) + trainable_parameters(self.head))
         self.buffers = _float_buffers(self.backbone, self.G, self.D, self.head)
         betas = (float(tc.betas[0]), float(tc.betas[1]))
-        self.opt_g = torch.optim.Adam(self.g_params, lr=tc.lr_g, betas=betas)
-        self.opt_d = torch.optim.Adam(self.d_params, lr=tc.lr_d, betas=betas)
+        self.opt_g = adam(self.g_params, lr=tc.lr_g, betas=betas)
+        self.opt_d = adam(self.d_params, lr=tc.lr_d, betas=betas)
         self.scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "amp_fp16")
 
     @property
