@@ -844,8 +844,8 @@ def log_hparams(run_dir: Path, cfg: Config, row: dict[str, Any]) -> None:
     (`tensorboard --logdir runs/ablate-PRESET` lists every cell)."""
     from ratlip_cli.train.tensorboard import RunBoard
 
-    settings = {"h": int(row["h"]), "seed": int(row["seed"]), "family": cfg.model.family,
-                "preset": cfg.preset or "", "steps": int(row["steps"])}
+    settings = {str(row["sweep_key"]): row["value"], "h": int(row["h"]), "seed": int(row["seed"]),
+                "family": cfg.model.family, "preset": cfg.preset or "", "steps": int(row["steps"])}
     board = RunBoard(run_dir)
     board.hparams(settings, {k: row.get(k) for k in SCORE_COLUMNS + ["trainable_params"]})
     board.close()
@@ -947,7 +947,7 @@ def run_ablation(opts: AblateOptions) -> int:
         }
         rows = [r for r in rows if row_key(r) != (value, seed)] + [row]
         _publish(out, rows, metrics, title)
-        log_hparams(out / run_name(h, seed), c, row)
+        log_hparams(out / run, c, row)
     if rows:
         if not todo:
             plot_ablation(rows, metrics, out / PLOT_FILE, title)

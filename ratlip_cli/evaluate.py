@@ -898,7 +898,7 @@ def run_eval_command(
     as_json: bool = False,
 ) -> dict[str, Any]:
     """What `ratlip eval` does: check the mode, evaluate, append the CSV row, print."""
-    from ratlip_cli.bench import tune_cpu_allocator
+    from ratlip_cli.profiling import tune_cpu_allocator
 
     # Inception activations are large, short-lived CPU tensors: without this glibc maps and
     # page-faults them in anew for every batch (docs/benchmarks.md, "Evaluation speed").
