@@ -67,12 +67,15 @@ def _params_helpers() -> set[str]:
 
 
 def _model_imports(path: Path) -> set[str]:
-    """The ratlip_cli.models modules a module imports (the package itself only for more than the params helpers)."""
+    """The ratlip_cli.models modules a module imports names from (not counting the params helpers
+    re-exported by ratlip_cli.models, nor constants)."""
     out: set[str] = set()
     helpers = _params_helpers()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ratlip_cli.models"):
             if node.module == "ratlip_cli.models" and all(a.name in helpers for a in node.names):
+                continue
+            if all(a.name.isupper() for a in node.names):  # constants (e.g. CLIP's normalisation)
                 continue
             out.add(node.module or "")
         elif isinstance(node, ast.Import):
