@@ -35,7 +35,6 @@ import io
 import json
 import logging
 import math
-import os
 import re
 import shutil
 import time
@@ -52,6 +51,7 @@ from ratlip_cli.config import Config, parse_override, resolve_config, set_value,
 from ratlip_cli.metrics.clip_score import RANDOM_CLIP_NOTE, clip_metrics_note
 from ratlip_cli.console import console, warn
 from ratlip_cli.errors import RatlipError
+from ratlip_cli.files import atomic_write, write_text
 from ratlip_cli.models.params import PAPER_HIDDENS
 
 SWEEP_FORMAT = "ratlip-ablate"
@@ -384,17 +384,10 @@ def read_sweep(folder: Path) -> dict[str, Any] | None:
     return doc
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_sweep(folder: Path, spec: dict[str, Any], info: dict[str, Any]) -> None:
     """Write `sweep.yaml`: format, hash, informational fields (sweep lists, shard), then the spec."""
     doc = {"format": SWEEP_FORMAT, "version": SWEEP_VERSION, "spec_hash": spec_hash(spec), **info, "spec": spec}
-    _write_text_atomic(folder / SWEEP_FILE, yaml.safe_dump(doc, sort_keys=False))
+    write_text(folder / SWEEP_FILE, yaml.safe_dump(doc, sort_keys=False))
 
 
 # ----------------------------------------------------------------------------- rows (CSV)
@@ -429,7 +422,7 @@ def write_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     writer.writeheader()
     for row in _sorted_rows(rows):
         writer.writerow({k: _cell(row.get(k)) for k in COLUMNS})
-    _write_text_atomic(path, buf.getvalue())
+    write_text(path, buf.getvalue())
 
 
 def _num(value: Any) -> float | None:
@@ -739,10 +732,7 @@ def plot_ablation(rows: Sequence[dict[str, Any]], metrics: Sequence[str], path: 
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png"))
 
 
 def _metric_panels(metrics: Sequence[str], summary: Sequence[dict[str, Any]]) -> list[tuple[str | None, str]]:

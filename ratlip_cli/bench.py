@@ -37,7 +37,6 @@ page-faulted (and zeroed by the kernel) anew on every forward. `tune_cpu_allocat
 from __future__ import annotations
 
 import contextlib
-import csv
 import math
 import os
 import platform
@@ -507,16 +506,9 @@ def _train_row(cfg, family, nets, device, hidden, precision, options: BenchOptio
 
 def write_csv(rows: list[dict[str, Any]], path: str | Path) -> None:
     """Write the rows with every column of `COLUMNS`, atomically."""
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({c: row.get(c, "") for c in COLUMNS})
-    tmp.replace(path)
+    from ratlip_cli.files import write_csv as write_csv_file
+
+    write_csv_file(path, COLUMNS, ([row.get(c, "") for c in COLUMNS] for row in rows))
 
 
 TABLE_COLUMNS = [

@@ -244,6 +244,8 @@ class TrainConfig:
     keep_checkpoints: int = 3
     eval_every: int = 0
     max_nonfinite: int = 20
+    # Distinct training images that may turn out unreadable (skipped with a warning) before the run stops.
+    max_unreadable: int = 10
 
 
 @dataclass
@@ -572,10 +574,9 @@ def to_yaml(cfg: Config) -> str:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML, atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(to_yaml(cfg), encoding="utf-8")
-    tmp.replace(path)
+    from ratlip_cli.files import write_text
+
+    write_text(path, to_yaml(cfg))
 
 
 def load_config(path: str | Path) -> Config:

@@ -23,7 +23,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from ratlip_cli.dist import resolve_device
 from ratlip_cli.config import Config, EvalConfig, load_config, set_value, validate
 from ratlip_cli.console import console, err_console, warn
 from ratlip_cli.errors import RatlipError
+from ratlip_cli.files import atomic_write, write_text
 from ratlip_cli.metrics.clip_score import (
     RANDOM_CLIP_NOTE,
     ClipScorer,
@@ -298,18 +298,6 @@ def load_reference_image(path: Path, size: int) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def _save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _load_reference_cache(path: Path, split: ReferenceSplit, extractor: FeatureExtractor) -> ReferenceStats | None:
     """The cached reference statistics, or None (with a warning when the file is there but unusable)."""
     if not path.is_file():
@@ -371,9 +359,8 @@ def reference_statistics(
         "ratlip": __version__,
     }
     root = psd_sqrt(stats.sigma)  # FID's costly eigendecomposition, done once per reference
-    _save_npz_atomic(
-        path, mu=stats.mu, sigma=stats.sigma, sigma_sqrt=root, features=feats, meta=np.array(json.dumps(meta))
-    )
+    arrays = dict(mu=stats.mu, sigma=stats.sigma, sigma_sqrt=root, features=feats, meta=np.array(json.dumps(meta)))
+    atomic_write(path, lambda fh: np.savez(fh, **arrays))
     return ReferenceStats(stats, feats, path, meta, root)
 
 
@@ -444,14 +431,14 @@ def save_batches(batches: Iterable[ImageBatch], folder: Path) -> Iterator[ImageB
     for batch in batches:
         for img, cap in zip(batch.images, batch.captions):
             name = f"{len(rows):06d}.png"
-            Image.fromarray(img).save(folder / name)
+            atomic_write(folder / name, lambda fh, img=img: Image.fromarray(img).save(fh, format="PNG"), fsync=False)
             rows.append((name, cap))
         yield batch
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["file", "caption"])
     writer.writerows(rows)
-    _write_text_atomic(folder / "captions.csv", buf.getvalue())
+    write_text(folder / "captions.csv", buf.getvalue())
 
 
 def read_captions_file(path: str | Path, images_dir: str | Path) -> list[tuple[Path, str]]:
@@ -812,13 +799,6 @@ def evaluate_folder(
 # ----------------------------------------------------------------------------- output
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def append_csv(path: Path, row: dict[str, Any]) -> None:
     """Append `row` to a CSV (created with a header); a file with other columns is rewritten with the union."""
     header = list(row)
@@ -838,7 +818,7 @@ def append_csv(path: Path, row: dict[str, Any]) -> None:
     writer = csv.DictWriter(buf, fieldnames=header, restval="")
     writer.writeheader()
     writer.writerows(rows)
-    _write_text_atomic(path, buf.getvalue())
+    write_text(path, buf.getvalue())
 
 
 def results_table(row: dict[str, Any]) -> Table:

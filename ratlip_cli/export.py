@@ -6,10 +6,14 @@
   for the raw (trained, not averaged) generator, which GALIP and RATLIP evaluate. Exports written
   before the raw file existed hold the EMA generator only.
 - ``generator.json``: ``format``, ``format_version``, ``ratlip_version``, ``family``, ``step``,
-  ``images_seen``, the resolved ``config`` (which rebuilds the generator through its model family,
+  ``images_seen``, ``weights_sha256`` (file name -> sha256 of every weights file, checked by
+  `load_generator`), the resolved ``config`` (which rebuilds the generator through its model family,
   `config.model.family`) and ``clip``: the family's description of its frozen text encoder (for
   CLIP families: arch, weights spec, and ``file``: the run's ``clip.safetensors`` relative to the
   JSON when the run used random CLIP weights, so the exact frozen CLIP is rebuilt).
+
+All files are written together (`ratlip_cli.files.write_files`): a failed write leaves the previous
+export whole. Identical runs give byte-identical weights (sorted safetensors header).
 
 `load_generator(path, device, which)` takes a run directory, an export folder, or a ``.safetensors``
 (or ``.json``) file and returns a `LoadedGenerator` in eval mode; `which` ("ema" or "raw", default:
@@ -18,8 +22,8 @@ the export config's `eval.generator`) picks the generator of a folder.
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,6 +34,7 @@ from torch import nn
 from ratlip_cli import __version__
 from ratlip_cli.config import Config, from_dict, to_dict
 from ratlip_cli.errors import RatlipError
+from ratlip_cli.files import WriteError, json_text, safetensors_bytes, sha256_file, write_files, write_safetensors
 
 FORMAT = "ratlip-generator"
 FORMAT_VERSION = 1
@@ -39,23 +44,10 @@ CONFIG_FILE = "generator.json"
 GENERATOR_FILES = {"ema": WEIGHTS_FILE, "raw": RAW_WEIGHTS_FILE}
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_clip_weights(clip_model: nn.Module, path: str | Path) -> None:
     """Save a (random) open_clip model's state as safetensors so `load_clip` can rebuild it exactly."""
-    from safetensors.torch import save
-
     state = {k: v.detach().cpu().contiguous().clone() for k, v in clip_model.state_dict().items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(path, save(state, metadata={"format": "open_clip state_dict", "saved_by": f"ratlip {__version__}"}))
+    write_safetensors(path, state, {"format": "open_clip state_dict", "saved_by": f"ratlip {__version__}"})
 
 
 def export_generator(
@@ -76,8 +68,6 @@ def export_generator(
     recorded). Without ``text``, the config's CLIP is recorded, with ``clip_file`` the run's saved
     random CLIP (None when the config names pretrained weights).
     """
-    from safetensors.torch import save
-
     from ratlip_cli.models.params import trainable_state_dict
     from ratlip_cli.models.registry import get_family
 
@@ -92,6 +82,9 @@ def export_generator(
     else:
         source = {"arch": cfg.clip.arch, "weights": cfg.clip.weights, "file": str(clip_file) if clip_file else None}
     clip_info = get_family(cfg).export_source(source, out_dir)
+    files = {WEIGHTS_FILE: safetensors_bytes(weights_of(generator), {**meta, "generator": "ema"})}
+    if raw is not None:
+        files[RAW_WEIGHTS_FILE] = safetensors_bytes(weights_of(raw), {**meta, "generator": "raw"})
     doc = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -99,15 +92,16 @@ def export_generator(
         "family": cfg.model.family,
         "step": int(step),
         "images_seen": int(images_seen),
+        "weights_sha256": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
         "clip": clip_info,
         "generators": {"ema": WEIGHTS_FILE, **({"raw": RAW_WEIGHTS_FILE} if raw is not None else {})},
         "config": to_dict(cfg),
     }
     weights = out_dir / WEIGHTS_FILE
-    if raw is not None:
-        _atomic_write_bytes(out_dir / RAW_WEIGHTS_FILE, save(weights_of(raw), metadata={**meta, "generator": "raw"}))
-    _atomic_write_bytes(weights, save(weights_of(generator), metadata={**meta, "generator": "ema"}))
-    _atomic_write_bytes(out_dir / CONFIG_FILE, (json.dumps(doc, indent=2) + "\n").encode("utf-8"))
+    try:
+        write_files({**{out_dir / n: d for n, d in files.items()}, out_dir / CONFIG_FILE: json_text(doc).encode("utf-8")})
+    except WriteError as exc:
+        raise RatlipError(f"{exc}; the export of step {step} was not written and {out_dir} is unchanged") from None
     return weights
 
 
@@ -205,6 +199,23 @@ def read_export_config(path: str | Path) -> dict[str, Any]:
     return doc
 
 
+def verify_weights(weights: Path, doc: dict[str, Any], doc_path: Path) -> None:
+    """Refuse weights whose sha256 differs from the one the export's JSON records for that file
+    (exports from before ratlip recorded it are not checked)."""
+    want = (doc.get("weights_sha256") or {}).get(weights.name)
+    if not want:
+        return
+    try:
+        got = sha256_file(weights)
+    except OSError as exc:
+        raise RatlipError(f"cannot read {weights}: {exc.strerror or exc}") from None
+    if got != want:
+        raise RatlipError(
+            f"{weights} does not match {doc_path.name} (sha256 {got[:12]}..., recorded {want[:12]}...): "
+            "the weights were changed or damaged after export; export again or restore the file"
+        )
+
+
 def export_which(path: str | Path, which: str | None) -> str:
     """The generator ("ema" or "raw") a load of `path` means: `which`, the file's own kind, or the
     export config's `eval.generator` (the paper presets evaluate the raw generator)."""
@@ -240,6 +251,7 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu", which: 
     text = family.export_text_encoder(doc.get("clip") or {}, cfg, doc_path.parent)
     generator = family.build_generator(cfg, text)
     try:
+        verify_weights(weights, doc, doc_path)
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise RatlipError(f"{weights} is not a readable safetensors file ({type(exc).__name__})") from None

@@ -30,6 +30,7 @@ from rich.markup import escape
 from ratlip_cli.dist import resolve_device
 from ratlip_cli.console import console, err_console, warn
 from ratlip_cli.errors import RatlipError
+from ratlip_cli.files import atomic_write, write_text
 
 PRECISIONS = {"fp64": torch.float64, "fp32": torch.float32}
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
@@ -432,18 +433,11 @@ def image_format(path: str | Path) -> str:
 
 
 def save_image(image: Image.Image, path: str | Path) -> Path:
-    """Write an image in the format its extension names, atomically (temp file + rename)."""
+    """Write an image in the format its extension names, atomically (`ratlip_cli.files`)."""
     path = Path(path)
     fmt = image_format(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {"optimize": True}
-        image.save(tmp, format=fmt, **options)
-        tmp.replace(path)
-    except OSError as exc:
-        raise RatlipError(f"cannot write {path}: {exc.strerror or exc}") from None
-    return path
+    options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {"optimize": True}
+    return atomic_write(path, lambda fh: image.save(fh, format=fmt, **options))
 
 
 def slug(text: str, limit: int = 40) -> str:
@@ -679,10 +673,7 @@ def _save_individual(folder: Path, images: torch.Tensor, checked: list[Prompt], 
             save_image(to_pil(images[r, c]), folder / f"{stem}.png")
             text = f"{checked[0].kept} -> {checked[1].kept}" if interpolating else checked[r].kept
             writer.writerow([f"{stem}.png", r, c, seeds[r][c], text])
-    try:
-        (folder / "seeds.csv").write_text(table.getvalue(), encoding="utf-8")
-    except OSError as exc:
-        raise RatlipError(f"cannot write {folder / 'seeds.csv'}: {exc.strerror or exc}") from None
+    write_text(folder / "seeds.csv", table.getvalue())
 
 
 __all__ = [

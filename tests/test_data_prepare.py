@@ -17,6 +17,7 @@ from ratlip_cli.data.cub import bbox_crop_box
 from ratlip_cli.data.prepare import prepare_dataset, resolve_defaults
 from ratlip_cli.data.prepared import load_prepared
 from ratlip_cli.errors import RatlipError
+from ratlip_cli.files import temp_path
 
 RED, BLUE, GREEN = (220, 20, 20), (20, 20, 220), (20, 200, 20)
 
@@ -282,7 +283,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     def flaky_save(img, dst, image_format):
         calls["n"] += 1
         if calls["n"] > 4:  # die half-way through writing the 5th image
-            Path(str(dst) + ".tmp").write_bytes(b"half")
+            temp_path(dst).write_bytes(b"half")
             raise Interrupted
         real_save(img, dst, image_format)
 

@@ -7,6 +7,7 @@ tiny ops make steps 10-100x slower whenever another process takes a core.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 from pathlib import Path
@@ -174,10 +175,10 @@ def test_checkpoint_write_failure_keeps_previous(tmp_path, monkeypatch):
 
     def broken_save(obj, f, *a, **k):
         f.write(b"partial")
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError):
+    with pytest.raises(RatlipError, match="No space left on device.*ckpt-00000002.pt is intact"):
         save_checkpoint({"step": 3}, folder, keep=2)
     assert [s for s, _ in list_checkpoints(folder)] == [1, 2]
     assert not any(p.name.startswith(".") for p in folder.iterdir())  # temp file removed

@@ -11,7 +11,14 @@ from torch.utils.data import Dataset
 
 from ratlip_cli.config import DataConfig
 from ratlip_cli.data.prepared import PreparedDataset, load_prepared
+from ratlip_cli.console import warn
 from ratlip_cli.errors import RatlipError
+
+# What a damaged image file raises (PIL: UnidentifiedImageError is an OSError; broken PNG chunks
+# raise SyntaxError; a truncated JPEG an OSError; a huge garbage header DecompressionBombError).
+UNREADABLE: tuple[type[BaseException], ...] = (OSError, ValueError, SyntaxError)
+MAX_SKIPS = 32
+SKIP_SEP = "\x1f"
 
 
 def load_rgb(path: str | Path):
@@ -78,6 +85,10 @@ class TextImageDataset(Dataset):
     its image's captions (and its crop and flip) from a generator seeded by (seed, epoch, index), so
     items are deterministic, independent of workers and of access order; call `set_epoch(e)` to draw
     new ones. Images are opened per item (no shared file handles), so DataLoader workers are safe.
+
+    skip_unreadable=True (training): an image that cannot be read (deleted, truncated, corrupt since
+    `prepare`) is skipped: the item is the next readable image of the split, with its own caption, and
+    ``item["unreadable"]`` lists what was skipped (for `UnreadableImages`).
     """
 
     def __init__(
@@ -88,6 +99,7 @@ class TextImageDataset(Dataset):
         tokenizer: Callable[[list[str]], torch.Tensor],
         train: bool,
         seed: int = 0,
+        skip_unreadable: bool = False,
     ) -> None:
         self.prepared = root if isinstance(root, PreparedDataset) else load_prepared(root)
         if data_cfg.crop_size > data_cfg.load_size:
@@ -112,6 +124,7 @@ class TextImageDataset(Dataset):
         self.train = train
         self.seed = seed
         self.epoch = 0
+        self.skip_unreadable = skip_unreadable
 
     def set_epoch(self, epoch: int) -> None:
         """Choose which captions, crops and flips the items of this epoch get."""
@@ -136,9 +149,66 @@ class TextImageDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self.keys):
             raise IndexError(index)
-        rng = self.rng(index)
-        captions = self.captions[index]
-        caption = captions[int(rng.integers(len(captions)))]
-        image = self.load_image(index, rng)
-        tokens = self.tokenizer([caption])[0].long()
-        return {"image": image, "tokens": tokens, "caption": caption, "index": index}
+        skipped: list[str] = []
+        for j in [index] if not self.skip_unreadable else [(index + k) % len(self.keys) for k in range(MAX_SKIPS + 1)]:
+            rng = self.rng(j)
+            captions = self.captions[j]
+            caption = captions[int(rng.integers(len(captions)))]
+            try:
+                image = self.load_image(j, rng)
+            except UNREADABLE as exc:
+                if not self.skip_unreadable:
+                    raise
+                reason = " ".join(str(exc).split()) or type(exc).__name__
+                skipped.append(f"{self.paths[j].relative_to(self.prepared.root).as_posix()} ({reason})")
+                continue
+            tokens = self.tokenizer([caption])[0].long()
+            item = {"image": image, "tokens": tokens, "caption": caption, "index": j}
+            if self.skip_unreadable:
+                item["unreadable"] = SKIP_SEP.join(skipped)
+            return item
+        raise RatlipError(
+            f"{len(skipped)} prepared images in a row could not be read (e.g. {skipped[0]}); "
+            f"the dataset at {self.prepared.root} is damaged: prepare it again"
+        )
+
+
+class UnreadableImages:
+    """Distinct prepared images a training run could not read: one warning each, a stop past ``limit``.
+
+    Fed with every batch of a `TextImageDataset(skip_unreadable=True)`; its count goes to
+    metrics.csv (column ``unreadable``) and its list into checkpoints.
+    """
+
+    def __init__(self, limit: int, root: str | Path) -> None:
+        self.limit = int(limit)
+        self.root = Path(root)
+        self.seen: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self.seen)
+
+    def note(self, batch: dict[str, Any]) -> None:
+        """Warn about newly unreadable images in ``batch``; RatlipError once more than ``limit`` are."""
+        for text in batch.get("unreadable", []):
+            for entry in filter(None, text.split(SKIP_SEP)):
+                rel, _, reason = entry.partition(" (")
+                if rel in self.seen:
+                    continue
+                self.seen[rel] = reason.rstrip(")")
+                warn(f"skipping unreadable training image {self.root / rel}: {self.seen[rel]}")
+        if len(self.seen) > self.limit:
+            first = next(iter(self.seen))
+            raise RatlipError(
+                f"{len(self.seen)} training images could not be read (more than train.max_unreadable={self.limit}; "
+                f"first: {self.root / first}); the dataset at {self.root} is damaged: prepare it again, "
+                "then resume the run"
+            )
+
+    def state(self) -> list[str]:
+        """The unreadable images so far (paths relative to the dataset), for a checkpoint."""
+        return sorted(self.seen)
+
+    def load(self, keys: list[str]) -> None:
+        """Restore `state()` from a checkpoint (no warnings again for these)."""
+        self.seen = {k: "seen before the resume" for k in keys}

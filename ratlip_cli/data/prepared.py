@@ -11,11 +11,9 @@ Layout of a prepared dataset ROOT (see docs/data.md):
 
 from __future__ import annotations
 
-import csv
 import datetime as _dt
 import io
 import json
-import os
 import shutil
 import time
 import warnings
@@ -24,10 +22,11 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 from ratlip_cli.data.raw import RawItem, ScanNotes, ScanResult
 from ratlip_cli.errors import RatlipError
+from ratlip_cli.files import atomic_write, csv_text, remove_stale_temps, write_text
 
 FORMAT = "ratlip-prepared"
 FORMAT_VERSION = 1
@@ -102,11 +101,8 @@ def _decode(src: str, bbox, size: int, member: tuple[int, int] | None = None) ->
 
 
 def _save_atomic(img, dst: Path, image_format: str) -> None:
-    """Write to `<dst>.tmp`, then rename: a file under its final name is always complete."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    img.save(tmp, **_save_options(image_format))
-    os.replace(tmp, dst)
+    """Write an image atomically (`ratlip_cli.files`): a file under its final name is always complete."""
+    atomic_write(dst, lambda fh: img.save(fh, **_save_options(image_format)), fsync=False)
 
 
 def _save_options(image_format: str) -> dict[str, Any]:
@@ -176,20 +172,6 @@ class PrepareSummary:
     notes: list[str] = field(default_factory=list)
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8", newline="")
-    os.replace(tmp, path)
-
-
-def _csv_text(header: list[str], rows: Iterable[list[Any]]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
 def _params(layout: str, source: str | None, size: int, image_format: str, extra: dict | None) -> dict[str, Any]:
     return {
         "format_version": FORMAT_VERSION,
@@ -225,15 +207,18 @@ def _clear(out: Path) -> None:
     """Remove what a previous `prepare` wrote (and nothing else) from `out`."""
     from ratlip_cli.data.raw import SPLITS
 
-    shutil.rmtree(out / IMAGE_DIR, ignore_errors=True)
-    for name in (MANIFEST, IMAGES_CSV, CAPTIONS_CSV, REPORT, JOURNAL):
+    # The manifest first, the journal (which marks the folder as ours) last: a crash in between
+    # never leaves a manifest describing deleted images, nor a folder a re-run would not recognise.
+    for name in (MANIFEST, IMAGES_CSV, CAPTIONS_CSV, REPORT):
         (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / IMAGE_DIR, ignore_errors=True)
     for split in SPLITS:  # tar shards (shards.py)
         folder = out / split
         for path in [*folder.glob("*.tar"), *folder.glob("*.tar.tmp")]:
             path.unlink(missing_ok=True)
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
+    (out / JOURNAL).unlink(missing_ok=True)
 
 
 def _check_out(out: Path, params: dict[str, Any], overwrite: bool) -> dict[str, dict[str, Any]]:
@@ -340,7 +325,7 @@ def write_prepared(
 ) -> PrepareSummary:
     """Write `scan`'s items as a prepared dataset under `out`, resuming any interrupted run.
 
-    Each image goes to `<final>.tmp` and is renamed into place; finished images (final file present
+    Each image is written atomically (`ratlip_cli.files`); finished images (final file present
     and recorded in the journal) are not redone. The index, the report and, last, the manifest are
     written atomically once every image is done.
     """
@@ -355,7 +340,7 @@ def write_prepared(
     try:
         out.mkdir(parents=True, exist_ok=True)
         if not journal_path.is_file():  # the header first: it marks the folder as ours
-            _atomic_text(journal_path, json.dumps({"header": params}) + "\n")
+            write_text(journal_path, json.dumps({"header": params}) + "\n")
         (out / IMAGE_DIR).mkdir(exist_ok=True)
     except OSError as exc:
         raise RatlipError(f"cannot create the prepared dataset folder {out}: {exc.strerror}") from None
@@ -393,8 +378,7 @@ def write_prepared(
     except OSError as exc:
         raise RatlipError(f"cannot write the prepared dataset to {out}: {exc}") from None
 
-    for stale in (out / IMAGE_DIR).rglob("*.tmp"):
-        stale.unlink(missing_ok=True)
+    remove_stale_temps(out / IMAGE_DIR, recursive=True)
     failed.sort()
     keys = sorted(records)
     image_rows = [[k, items[k].split, f"{IMAGE_DIR}/{k}.{image_format}"] for k in keys]
@@ -434,10 +418,10 @@ def write_prepared(
         "ratlip_version": __version__,
     }
     try:
-        _atomic_text(out / IMAGES_CSV, _csv_text(["key", "split", "path"], image_rows))
-        _atomic_text(out / CAPTIONS_CSV, _csv_text(["key", "caption_idx", "text"], caption_rows))
-        _atomic_text(out / REPORT, _report_text(layout, source_str, scan.notes, failed, records))
-        _atomic_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        write_text(out / IMAGES_CSV, csv_text(["key", "split", "path"], image_rows))
+        write_text(out / CAPTIONS_CSV, csv_text(["key", "caption_idx", "text"], caption_rows))
+        write_text(out / REPORT, _report_text(layout, source_str, scan.notes, failed, records))
+        write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     except OSError as exc:
         raise RatlipError(f"cannot write the prepared dataset to {out}: {exc}") from None
     return PrepareSummary(

@@ -34,7 +34,6 @@ from ratlip_cli.data.prepared import (
     REPORT,
     RESIZE_RULE,
     PrepareSummary,
-    _atomic_text,
     _clear,
     _params,
     _progress,
@@ -45,6 +44,7 @@ from ratlip_cli.data.prepared import (
 )
 from ratlip_cli.data.raw import RawItem, ScanResult
 from ratlip_cli.errors import RatlipError
+from ratlip_cli.files import write_text
 
 FORMAT = "ratlip-shards"
 FORMAT_VERSION = 1
@@ -241,7 +241,7 @@ def write_shards(
     try:
         out.mkdir(parents=True, exist_ok=True)
         if not journal_path.is_file():  # the header first: it marks the folder as ours
-            _atomic_text(journal_path, json.dumps({"header": params}) + "\n")
+            write_text(journal_path, json.dumps({"header": params}) + "\n")
     except OSError as exc:
         raise RatlipError(f"cannot create the shard dataset folder {out}: {exc.strerror}") from None
 
@@ -359,8 +359,8 @@ def write_shards(
         "ratlip_version": __version__,
     }
     try:
-        _atomic_text(out / REPORT, _report_text(layout, source_str, scan.notes, failed, records))
-        _atomic_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        write_text(out / REPORT, _report_text(layout, source_str, scan.notes, failed, records))
+        write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     except OSError as exc:
         raise RatlipError(f"cannot write the shard dataset to {out}: {exc}") from None
     return PrepareSummary(

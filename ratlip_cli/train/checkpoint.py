@@ -5,14 +5,13 @@ A checkpoint is a `torch.save` dict of tensors and plain Python values only (so 
 optimisers, the GradScaler, step/epoch/data position, every RNG state, the resolved config and
 the package version.
 
-Writing: a temp file in the same folder, flush + fsync, `os.replace`, fsync of the folder; only
-then are checkpoints beyond the newest ``keep`` deleted. A crash at any moment leaves the previous
-checkpoints intact, and a half-written file never carries a checkpoint's name.
+Writing: `ratlip_cli.files.torch_save` (temp file in the same folder, fsync, `os.replace`, fsync
+of the folder); only then are checkpoints beyond the newest ``keep`` deleted. A crash at any moment
+leaves the previous checkpoints intact, and a half-written file never carries a checkpoint's name.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import re
 from pathlib import Path
@@ -22,6 +21,8 @@ import numpy as np
 import torch
 
 from ratlip_cli import __version__
+from ratlip_cli.errors import RatlipError
+from ratlip_cli.files import WriteError, remove_stale_temps, torch_save
 
 FORMAT = "ratlip-checkpoint"
 FORMAT_VERSION = 1
@@ -33,36 +34,6 @@ REQUIRED = ("format", "format_version", "step", "epoch", "config", "generator", 
 def checkpoint_name(step: int) -> str:
     """File name of the checkpoint after ``step`` optimiser steps."""
     return f"ckpt-{step:08d}.pt"
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """`torch.save` to a temp file beside ``path``, fsync it, rename it over ``path``, fsync the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
 
 
 def list_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
@@ -119,7 +90,15 @@ def save_checkpoint(state: dict[str, Any], folder: str | Path, keep: int) -> Pat
     folder = Path(folder)
     state = {"format": FORMAT, "format_version": FORMAT_VERSION, "ratlip_version": __version__, **state}
     path = folder / checkpoint_name(int(state["step"]))
-    atomic_torch_save(state, path)
+    try:
+        torch_save(state, path)
+    except WriteError as exc:
+        previous = list_checkpoints(folder)
+        kept = f"{previous[-1][1].name} is intact" if previous else "no earlier checkpoint exists"
+        raise RatlipError(
+            f"{exc}; the checkpoint of step {state['step']} was not saved and {kept}: "
+            f"fix the cause, then `ratlip train --resume {folder.parent}`"
+        ) from None
     prune_checkpoints(folder, keep, protect=path)
     return path
 
@@ -136,23 +115,7 @@ def prune_checkpoints(folder: str | Path, keep: int, protect: Path | None = None
             path.unlink()
         except OSError:
             pass
-    for p in folder.glob(".ckpt-*.tmp-*"):
-        try:
-            pid = int(p.name.rsplit("-", 1)[1])
-        except ValueError:
-            continue
-        if pid != os.getpid() and not _pid_alive(pid):
-            p.unlink(missing_ok=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
+    remove_stale_temps(folder)
 
 
 # ----------------------------------------------------------------------------------------------

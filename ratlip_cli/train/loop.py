@@ -39,7 +39,7 @@ from ratlip_cli.seeds import derive_seed
 from ratlip_cli.train.checkpoint import capture_rng, latest_checkpoint, restore_rng, save_checkpoint
 from ratlip_cli.train.ema import EmaGenerator
 from ratlip_cli.train.budget import StopPlan, format_duration, stop_plan
-from ratlip_cli.train.run import MetricsLog, RunPaths, new_run_paths, save_sample_grid, write_environment
+from ratlip_cli.train.run import MetricsLog, RunPaths, claim_new_run, claim_run, save_sample_grid, write_environment
 from ratlip_cli.train.tensorboard import RunBoard
 
 # Config sections whose change would make a checkpoint's weights meaningless.
@@ -102,20 +102,25 @@ def resume_config(
 ) -> Config:
     """The config of an existing run (from its newest usable checkpoint), with budget overrides applied.
 
-    Overrides that change the architecture (any model.*, clip.* or dmgan.* key) are refused. Pass the
+    Overrides of keys the checkpoint fixes (`ratlip_cli.refusals.RESUME_FIXED`: the architecture,
+    the seed, the run's name and place) are refused; every other change is applied. Pass the
     `ResumePoint` on to `train(cfg, resume=...)` so the checkpoint is read only once.
     """
+    from ratlip_cli.refusals import RESUME_FIXED, resume_refusals
+
     point = resume_point(run_dir)
     try:
         old = from_dict(point.state["config"])
     except RatlipError as exc:
         raise RatlipError(f"{point.checkpoint} holds a config this ratlip cannot read: {exc}") from None
     cfg = resolve_config(config_file=config_file, overrides=overrides, base=old)
-    changed = architecture_changes(old, cfg)
-    if changed:
+    a, b = _flatten(to_dict(old)), _flatten(to_dict(cfg))
+    refused = resume_refusals(sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)))
+    if refused:
+        fixed = ", ".join(k + "*" if k.endswith(".") else k for k in RESUME_FIXED)
         raise RatlipError(
-            f"cannot resume {point.run_dir} with a different architecture ({', '.join(changed)} changed); "
-            "only budget and logging keys (train.max_steps, train.epochs, train.max_minutes, ...) may change"
+            f"cannot resume {point.run_dir} with other {', '.join(refused)}: its checkpoint fixes {fixed}; "
+            "budget, logging, learning rates, loss weights, precision, device and data.root may change"
         )
     # The run stays where it is, whatever runs_dir/name say.
     cfg.train.runs_dir = str(point.run_dir.parent)
@@ -266,6 +271,7 @@ class Trainer:
     def __init__(
         self, cfg: Config, resume: str | Path | ResumePoint | None = None, on_step: Callable[[int], None] | None = None
     ):
+        self.lock = None  # the run folder's RunLock (rank 0), released by close()
         self.cfg = cfg
         self.tc = cfg.train
         self.on_step = on_step
@@ -274,6 +280,7 @@ class Trainer:
     # ---- setup ---------------------------------------------------------------------------------
     def setup(self) -> None:
         from ratlip_cli.data import TextImageDataset
+        from ratlip_cli.data.dataset import UnreadableImages
         from ratlip_cli.models.family import RunFiles
         from ratlip_cli.models.registry import get_family
 
@@ -298,10 +305,13 @@ class Trainer:
         if self.resume is not None:
             point = resume_point(self.resume)
             self.paths = RunPaths(point.run_dir)
+            self.lock = claim_run(self.paths.root) if self.main else None
             state, self.resumed_from = point.state, point.checkpoint
             self.resume = None  # the state is handed over once; drop the reference as it is loaded
         else:
-            root = str(new_run_paths(cfg).root) if self.main else None
+            if self.main:
+                paths, self.lock = claim_new_run(cfg)
+            root = str(paths.root) if self.main else None
             self.paths = RunPaths(Path(dist.broadcast_object(root)))
             self.resumed_from = None
         if self.main:
@@ -335,8 +345,11 @@ class Trainer:
             )
             self.dataset.check_workers(cfg.data.num_workers)
         else:
-            self.dataset = TextImageDataset(prepared, "train", cfg.data, self.nets.text.tokenizer, train=True, seed=data_seed)
+            self.dataset = TextImageDataset(
+                prepared, "train", cfg.data, self.nets.text.tokenizer, train=True, seed=data_seed, skip_unreadable=True
+            )
             self.sampler = EpochBatchSampler(len(self.dataset), tc.batch_size, tc.seed, self.rank, self.world)
+        self.unreadable = UnreadableImages(tc.max_unreadable, prepared.root)
         if self.sampler.steps_per_epoch == 0:
             raise RatlipError(
                 f"the train split has {getattr(self.dataset, 'num_samples', None) or len(self.dataset)} images, "
@@ -372,6 +385,12 @@ class Trainer:
             write_environment(self.paths.root, self.device, self.world)
         self.board = RunBoard(self.paths.root, resume_step=self.step if state is not None else None, enabled=self.main)
 
+    def close(self) -> None:
+        """Release the run folder for the next writer."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
     # ---- state ---------------------------------------------------------------------------------
     def _new_acc(self) -> dict[str, float]:
         return {**dict.fromkeys(self.loss_columns, 0.0), "n": 0.0, "images": 0.0, "time": 0.0}
@@ -393,6 +412,7 @@ class Trainer:
             "log_acc": dict(self.acc),
             "nonfinite_total": self.nonfinite_total,
             "nonfinite_streak": self.nonfinite_streak,
+            "unreadable": self.unreadable.state(),
             "config": to_dict(self.cfg),
             "package_version": __version__,
         }
@@ -403,11 +423,17 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         except (RatlipError, KeyError, ValueError) as exc:
             raise RatlipError(f"{self.resumed_from} does not fit this run's models: {exc}") from None
+        # A --resume may change learning rates and betas: the optimiser states carry the old ones.
+        betas = (float(self.tc.betas[0]), float(self.tc.betas[1]))
+        for name, lr in (("opt_g", self.tc.lr_g), ("opt_d", self.tc.lr_d)):
+            for group in getattr(getattr(self.step_fn, name, None), "param_groups", []):
+                group["lr"], group["betas"] = lr, betas
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.step_in_epoch, self.images = int(state["step_in_epoch"]), int(state["images"])
         self.elapsed = float(state["elapsed_s"])
         self.nonfinite_total = int(state.get("nonfinite_total", 0))
         self.nonfinite_streak = int(state.get("nonfinite_streak", 0))
+        self.unreadable.load(list(state.get("unreadable", [])))
         self.acc = {**self._new_acc(), **{k: float(v) for k, v in state.get("log_acc", {}).items()}}
         same_layout = int(state["world_size"]) == self.world and int(state["batch_size"]) == self.tc.batch_size
         if same_layout:
@@ -489,6 +515,7 @@ class Trainer:
             "epoch": round(self.epoch + self.step_in_epoch / self.sampler.steps_per_epoch, 4),
             "images": self.images,
             "nonfinite": self.nonfinite_total,
+            "unreadable": len(self.unreadable),
             "images_per_s": round(self.acc["images"] / self.acc["time"], 2) if self.acc["time"] > 0 else "",
             "elapsed_s": round(self.elapsed, 1),
         }
@@ -633,6 +660,7 @@ class Trainer:
             while stop_reason is None:
                 t_fetch = time.perf_counter()
                 for batch in self._loader():
+                    self.unreadable.note(batch)
                     out = self.train_step(batch)
                     self.acc["time"] += time.perf_counter() - t_fetch  # data + step, not logging/checkpoints
                     b_global = batch["image"].shape[0] * self.world
@@ -746,4 +774,5 @@ def train(
         trainer.setup()
         return trainer.run()
     finally:
+        trainer.close()
         dist.destroy()

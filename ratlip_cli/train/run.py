@@ -11,6 +11,7 @@
       clip.safetensors       the frozen CLIP, when the run used random CLIP weights
       tensorboard/           TensorBoard event files (ratlip_cli/train/tensorboard.py)
       environment.json       versions, machine and devices of the (latest) training process
+      train.lock             while a trainer writes the run: its pid and host (one writer per run)
 
 Only rank 0 writes here.
 """
@@ -26,6 +27,8 @@ import torch
 
 from ratlip_cli.config import Config
 from ratlip_cli.errors import RatlipError
+from ratlip_cli.files import atomic_write, write_csv, write_text
+from ratlip_cli.train.lock import RunLock
 
 EVAL_COLUMNS = ["eval_colour", "eval_shape", "eval_background", "eval_all", "eval_n"]
 # Columns that depend on wall-clock time (everything else is reproducible on CPU).
@@ -34,7 +37,7 @@ TIMING_COLUMNS = ["images_per_s", "elapsed_s"]
 
 def metrics_columns(loss_columns: tuple[str, ...] | list[str]) -> list[str]:
     """metrics.csv's columns for a training step with these loss columns (the family's)."""
-    return ["step", "epoch", "images", *loss_columns, "nonfinite", *TIMING_COLUMNS, *EVAL_COLUMNS]
+    return ["step", "epoch", "images", *loss_columns, "nonfinite", "unreadable", *TIMING_COLUMNS, *EVAL_COLUMNS]
 
 
 @dataclass
@@ -79,15 +82,22 @@ def default_run_name(cfg: Config) -> str:
     return f"{cfg.preset or 'custom'}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def new_run_paths(cfg: Config) -> RunPaths:
-    """Paths of a new run; refuses a directory that already holds a run."""
+def claim_run(root: Path) -> RunLock:
+    """Lock an existing run folder for this process (one writer per run; see `ratlip_cli.train.lock`)."""
+    return RunLock(root).acquire()
+
+
+def claim_new_run(cfg: Config) -> tuple[RunPaths, RunLock]:
+    """Paths and lock of a new run; refuses a directory that already holds a run."""
     paths = RunPaths(Path(cfg.train.runs_dir) / default_run_name(cfg))
+    lock = RunLock(paths.root).acquire()
     if paths.metrics.exists() or any(paths.checkpoints.glob("ckpt-*.pt")):
+        lock.release()
         raise RatlipError(
             f"run directory {paths.root} already holds a run; continue it with "
             f"`ratlip train --resume {paths.root}` or choose another --set train.name=..."
         )
-    return paths
+    return paths, lock
 
 
 class MetricsLog:
@@ -99,26 +109,22 @@ class MetricsLog:
 
     def start(self, keep_until_step: int | None = None) -> None:
         """Create the file with its header, or, on resume, drop rows logged after ``keep_until_step``."""
-        if keep_until_step is None or not self.path.exists():
-            with open(self.path, "w", newline="", encoding="utf-8") as f:
-                csv.writer(f).writerow(self.columns)
-            return
-        with open(self.path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-        kept = [r for r in rows if r.get("step", "").isdigit() and int(r["step"]) <= keep_until_step]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(kept)
-        tmp.replace(self.path)
+        kept: list[dict[str, str]] = []
+        if keep_until_step is not None and self.path.exists():
+            with open(self.path, newline="", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f))
+            kept = [r for r in rows if r.get("step", "").isdigit() and int(r["step"]) <= keep_until_step]
+        write_csv(self.path, self.columns, ([r.get(k, "") for k in self.columns] for r in kept))
 
     def write(self, row: dict) -> None:
-        """Append one row (missing columns are left empty)."""
-        with open(self.path, "a", newline="", encoding="utf-8") as f:
-            csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore").writerow(
-                {k: _fmt(row.get(k, "")) for k in self.columns}
-            )
+        """Append one row (missing columns are left empty); a resume drops rows past its checkpoint."""
+        try:
+            with open(self.path, "a", newline="", encoding="utf-8") as f:
+                csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore", lineterminator="\n").writerow(
+                    {k: _fmt(row.get(k, "")) for k in self.columns}
+                )
+        except OSError as exc:
+            raise RatlipError(f"cannot append to {self.path}: {exc.strerror or exc}") from None
 
 
 def _fmt(value) -> str:
@@ -137,13 +143,10 @@ def save_sample_grid(images: torch.Tensor, captions: list[str], path: Path, ncol
     """Save ``images`` (N, 3, H, W) in [-1, 1] as a PNG grid and the captions, cell by cell, beside it."""
     from torchvision.utils import save_image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     grid = images.detach().float().clamp(-1, 1).mul(0.5).add(0.5).cpu()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    save_image(grid, tmp, nrow=max(1, ncols), padding=2)
-    tmp.replace(path)
     lines = [f"row {i // ncols + 1}, col {i % ncols + 1}: {c}" for i, c in enumerate(captions)]
-    path.with_suffix(".txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text(path.with_suffix(".txt"), "\n".join(lines) + "\n")
+    atomic_write(path, lambda fh: save_image(grid, fh, format="png", nrow=max(1, ncols), padding=2))
 
 
 def write_environment(root: Path, device: torch.device, world_size: int) -> None:
@@ -153,6 +156,4 @@ def write_environment(root: Path, device: torch.device, world_size: int) -> None
     from ratlip_cli.info import environment
 
     env = {**environment(), "device": str(device), "processes": str(world_size)}
-    tmp = root / ".environment.json.tmp"
-    tmp.write_text(json.dumps(env, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(root / "environment.json")
+    write_text(root / "environment.json", json.dumps(env, indent=1) + "\n")
