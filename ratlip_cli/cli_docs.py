@@ -90,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write(f"{DOC_PATH} is stale: run `{REGENERATE}`\n")
             return 1
         return 0
-    DOC_PATH.write_text(render(), encoding="utf-8")
+    from ratlip_cli.files import write_text
+
+    write_text(DOC_PATH, render())
     sys.stdout.write(f"wrote {DOC_PATH}\n")
     return 0
 

@@ -369,7 +369,7 @@ def folder_kind(folder: Path) -> str:
 
 def write_report(folder: Path, out: Path | None = None, max_grids: int = 12) -> Path:
     """Write the HTML report of a run or ablation folder (default: FOLDER/report.html) and return its path."""
-    from ratlip_cli.evaluate import _write_text_atomic
+    from ratlip_cli.files import write_text
 
     if max_grids < 0:
         raise RatlipError(f"--max-grids must be 0 or more, not {max_grids}")
@@ -378,6 +378,6 @@ def write_report(folder: Path, out: Path | None = None, max_grids: int = 12) -> 
     target = out if out is not None else folder / REPORT_FILE
     if target.is_dir():
         raise RatlipError(f"--out {target} is a folder; give a file name such as {target / REPORT_FILE}")
-    _write_text_atomic(target, page)
+    write_text(target, page)
     console.print(f"wrote the {kind} report {target} ({target.stat().st_size / 1024:.0f} KiB)", highlight=False)
     return target

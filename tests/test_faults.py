@@ -122,7 +122,7 @@ def test_enospc_while_exporting_leaves_the_previous_export_whole(tmp_path, data_
 def _train_keys_in_batches(data_root: Path, batches: range, batch_size: int = 4) -> list[str]:
     """Paths (relative to the dataset) of the train images the tiny run reads in these batches of epoch 0."""
     from ratlip_cli.config import resolve_config
-    from ratlip_cli.train.loop import EpochBatchSampler, derive_seed  # noqa: F401
+    from ratlip_cli.train.loop import EpochBatchSampler
 
     prepared = load_prepared(data_root)
     rows = prepared.split_images("train")
