@@ -8,7 +8,7 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from ratlip_cli import __version__
+from ratlip_cli import __version__, refusals
 from ratlip_cli.console import console, err_console
 from ratlip_cli.errors import RatlipError
 
@@ -81,7 +81,7 @@ def _resolve(preset: Optional[str], config: Optional[Path], sets: Optional[list[
     return resolve_config(preset, config, sets)
 
 
-@app.command()
+@app.command(epilog=refusals.epilog("info"))
 @friendly
 def info(
     preset: PresetArg = "cub",
@@ -91,12 +91,14 @@ def info(
     """Show versions, devices, and where CLIP and Inception weights would come from."""
     from ratlip_cli.info import show_info
 
+    refusals.check_keys("info", refusals.set_keys(sets))
     show_info(_resolve(preset, config, sets))
 
 
-@app.command()
+@app.command(epilog=refusals.epilog("prepare"))
 @friendly
 def prepare(
+    ctx: typer.Context,
     kind: Annotated[
         Literal["cub", "oxford", "celeba-tiny", "coco", "folder", "webdataset", "shapes"],
         typer.Argument(
@@ -178,6 +180,7 @@ def prepare(
     """
     from ratlip_cli.data.prepare import prepare_dataset, print_summary
 
+    refusals.check("prepare", ctx)
     summary = prepare_dataset(
         kind, src, out, size, preset=preset, split_file=split_file, workers=workers, overwrite=overwrite, seed=seed,
         fmt=fmt, shard_mb=shard_mb, test_percent=test_percent,
@@ -185,9 +188,10 @@ def prepare(
     print_summary(summary)
 
 
-@app.command()
+@app.command(epilog=refusals.epilog("train"))
 @friendly
 def train(
+    ctx: typer.Context,
     preset: Annotated[
         Optional[str],
         typer.Argument(
@@ -237,6 +241,7 @@ def train(
     """
     from ratlip_cli.train.command import run_train_command
 
+    refusals.check("train", ctx)
     code = run_train_command(preset, config, sets, resume, device, precision, gpus, print_config)
     if code:
         raise typer.Exit(code)
@@ -307,9 +312,10 @@ def pretrain_text(
     run_pretrain_text_command(preset, config, sets, device, out, restart, print_config)
 
 
-@app.command()
+@app.command(epilog=refusals.epilog("sample"))
 @friendly
 def sample(
+    ctx: typer.Context,
     prompts: Annotated[
         Optional[list[str]],
         typer.Argument(metavar="PROMPT", help="One or more prompts; each becomes a row of the grid.", show_default=False),
@@ -396,6 +402,7 @@ def sample(
     """
     from ratlip_cli.sample import SampleOptions, run_sample
 
+    refusals.check("sample", ctx)
     run_sample(
         SampleOptions(
             prompts=list(prompts or []),
@@ -419,9 +426,10 @@ def sample(
     )
 
 
-@app.command(name="eval")
+@app.command(name="eval", epilog=refusals.epilog("eval"))
 @friendly
 def eval_(
+    ctx: typer.Context,
     run: Annotated[
         Optional[Path],
         typer.Option("--run", help="Run mode: a run folder (runs/NAME); images come from its exported EMA generator."),
@@ -506,6 +514,10 @@ def eval_(
     from ratlip_cli.config import parse_override
     from ratlip_cli.evaluate import EvalOptions, run_eval_command
 
+    refusals.check("eval", ctx)
+    mode = "run" if run is not None else "folder"
+    refusals.check_keys("eval", refusals.set_keys(sets), mode)
+    refusals.check_keys("eval", refusals.config_file_keys(config) if run is None else [], mode, source="--config")
     settings: dict = {}
     if run is not None and (preset or config):
         raise RatlipError("--preset/--config are for folder mode; run mode reads runs/NAME/config.yaml (use --set)")
@@ -543,9 +555,10 @@ def eval_(
     )
 
 
-@app.command()
+@app.command(epilog=refusals.epilog("ablate"))
 @friendly
 def ablate(
+    ctx: typer.Context,
     targets: Annotated[
         Optional[list[str]],
         typer.Argument(
@@ -632,6 +645,7 @@ def ablate(
     """
     from ratlip_cli.ablate import AblateOptions, run_ablate_command
 
+    refusals.check("ablate", ctx)
     targets = list(targets or [])
     if not merge and len(targets) > 1:
         raise RatlipError(f"give one preset, not {len(targets)} ({' '.join(targets)}); to join ablation folders add --merge")
@@ -658,9 +672,10 @@ def ablate(
         raise typer.Exit(code)
 
 
-@app.command()
+@app.command(epilog=refusals.epilog("bench"))
 @friendly
 def bench(
+    ctx: typer.Context,
     preset: Annotated[
         str, typer.Argument(help="Preset whose model to measure (cub = the paper configuration; tiny runs in seconds).")
     ] = "cub",
@@ -705,6 +720,8 @@ def bench(
     """
     from ratlip_cli.bench import BenchOptions, parse_int_list, run_bench
 
+    refusals.check("bench", ctx)
+    refusals.check_keys("bench", refusals.set_keys(sets))
     run_bench(
         BenchOptions(
             preset=preset,
