@@ -348,6 +348,6 @@ def test_cli_prepare_folder_and_errors(tmp_path):
     assert result.exit_code == 2 and "Oxford-102 layout expects" in result.output
     assert "Traceback" not in result.output
     result = runner.invoke(app, ["prepare", "shapes", "--src", str(src)])
-    assert result.exit_code == 2 and "takes no --src" in result.output
+    assert result.exit_code == 2 and "--src cannot be used for shapes" in result.output
     result = runner.invoke(app, ["prepare", "imagenet"])
     assert result.exit_code != 0
