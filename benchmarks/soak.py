@@ -4,11 +4,13 @@ time must end with the same exported weights as an uninterrupted run with the sa
 Not part of CI (it runs for minutes to hours). What it does:
 
 1. the reference: `ratlip train PRESET --set train.max_steps=STEPS ...` once, uninterrupted;
-2. the soak run: the same command, killed after a random delay (uniform in --gap seconds, counted
-   from each start, so kills land anywhere: imports, the lock, steps, checkpoint and export writes)
-   with SIGKILL or SIGTERM (chosen at random, both at least --kills // 4 times), then continued
-   with `ratlip train --resume` (or started again when it died before its first checkpoint), until
-   --kills kills are done; then it runs to the end;
+2. the soak run: the same command, killed after a random delay with SIGKILL or SIGTERM (chosen at
+   random, both at least --kills // 4 times), then continued with `ratlip train --resume` (or
+   started again when it died before its first checkpoint), until --kills kills are done; then it
+   runs to the end. A fraction --startup-kills of the kills lands at a random moment of the start
+   (imports, lock, loading; uniform in 0..--gap's MAX seconds); the others land uniform in --gap
+   seconds after the trainer's first "step N/M" log line (steps, sample grids, checkpoint and
+   export writes), so a slow start on a loaded machine does not swallow them;
 3. compares export/generator.safetensors byte for byte (and the sha256 in generator.json), every
    tensor of the final checkpoint's training state, and metrics.csv without its timing columns.
 
@@ -29,6 +31,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -43,9 +46,30 @@ def train_cmd(preset: str, runs: Path, data: Path, name: str, steps: int, extra:
 
 
 def run_env(threads: int) -> dict[str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
+
+
+class _Watcher(threading.Thread):
+    """Copies a trainer's output to the log and notes when it says it runs."""
+
+    def __init__(self, proc: subprocess.Popen, log) -> None:
+        super().__init__(daemon=True)
+        self.proc, self.log, self.seen = proc, log, threading.Event()
+
+    def run(self) -> None:
+        for line in self.proc.stdout:
+            self.log.write(line)
+            if line.startswith(b"step "):  # the first logged step: the loop runs
+                self.seen.set()
+        self.log.flush()
+
+
+def _watch(proc: subprocess.Popen, log) -> _Watcher:
+    watcher = _Watcher(proc, log)
+    watcher.start()
+    return watcher
 
 
 def has_checkpoint(run: Path) -> bool:
@@ -68,10 +92,13 @@ def soak(args: argparse.Namespace) -> dict:
     # 1. the uninterrupted reference
     t0 = time.time()
     ref_cmd = train_cmd(args.preset, runs, data, "reference", args.steps, extra)
+    reference_s: float | None = None
     if not (runs / "reference" / "export" / "generator.json").is_file():
         subprocess.run(ref_cmd, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
-    reference_s = time.time() - t0
-    print(f"reference: {args.steps} steps in {reference_s:.0f} s", flush=True)
+        reference_s = time.time() - t0
+        print(f"reference: {args.steps} steps in {reference_s:.0f} s", flush=True)
+    else:
+        print(f"reference: reusing {runs / 'reference'} (--keep)", flush=True)
 
     # 2. the soak run
     run = runs / "soak"
@@ -88,23 +115,35 @@ def soak(args: argparse.Namespace) -> dict:
             shutil.rmtree(run, ignore_errors=True)
             cmd = train_cmd(args.preset, runs, data, "soak", args.steps, extra)
         starts += 1
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        ready = _watch(proc, log)
         if len(kills) >= len(plan):
             rc = proc.wait()
+            ready.join()
             if rc != 0:
                 raise SystemExit(f"the final resume failed with exit code {rc}; see {out / 'soak.log'}")
             break
-        delay = rng.uniform(lo, hi)
+        during_start = rng.random() < args.startup_kills
+        delay = rng.uniform(0, hi) if during_start else rng.uniform(lo, hi)
+        before = _latest_step(run)
+        if not during_start:  # wait for the trainer's first "step N/M" log line
+            while not ready.seen.is_set() and proc.poll() is None:
+                ready.seen.wait(0.2)
+        started = time.time()
         try:
             rc = proc.wait(timeout=delay)
         except subprocess.TimeoutExpired:
             sig = plan[len(kills)]
             proc.send_signal(sig)
             rc = proc.wait()
+            ready.join()
             step = _latest_step(run)
-            kills.append({"signal": sig.name, "after_s": round(delay, 1), "exit": rc, "checkpoint_step": step})
-            print(f"kill {len(kills)}/{len(plan)}: {sig.name} after {delay:.1f} s (exit {rc}); "
-                  f"newest checkpoint: step {step}", flush=True)
+            kills.append({"signal": sig.name, "phase": "start" if during_start else "training",
+                          "after_s": round(time.time() - started, 1), "exit": rc,
+                          "checkpoint_before": before, "checkpoint_after": step})
+            print(f"kill {len(kills)}/{len(plan)}: {sig.name} {'during the start' if during_start else 'while training'}"
+                  f" after {time.time() - started:.1f} s (exit {rc}); newest checkpoint: step {before} -> {step}",
+                  flush=True)
             continue
         if rc == 0:  # finished before the planned kills: the budget is too small for this many kills
             raise SystemExit(f"the run finished after {len(kills)} kills; raise --steps or lower --gap")
@@ -119,7 +158,7 @@ def soak(args: argparse.Namespace) -> dict:
         "steps": args.steps,
         "seed": args.seed,
         "threads": args.threads,
-        "reference_s": round(reference_s, 1),
+        "reference_s": None if reference_s is None else round(reference_s, 1),
         "soak_s": round(soak_s, 1),
         "starts": starts,
         "kills": kills,
@@ -179,7 +218,10 @@ def main() -> int:
     parser.add_argument("--preset", default="tiny", help="preset to train (default tiny: 32 px shapes, tiny model)")
     parser.add_argument("--steps", type=int, required=True, help="train.max_steps of both runs")
     parser.add_argument("--kills", type=int, default=10, help="kills before the run may finish (default 10)")
-    parser.add_argument("--gap", default="4,20", help="MIN,MAX seconds from a start to its kill (default 4,20)")
+    parser.add_argument("--gap", default="4,20",
+                        help="MIN,MAX seconds from the trainer's first 'step N/M' log line to a kill (default 4,20)")
+    parser.add_argument("--startup-kills", type=float, default=0.2,
+                        help="fraction of kills at a random moment of the start instead (default 0.2)")
     parser.add_argument("--seed", type=int, default=0, help="train.seed of both runs")
     parser.add_argument("--kill-seed", type=int, default=0, help="seed of the kill moments and signals")
     parser.add_argument("--checkpoint-every", type=int, default=20, help="train.checkpoint_every (default 20)")

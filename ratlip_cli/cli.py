@@ -206,8 +206,8 @@ def train(
         typer.Option(
             "--resume",
             help="Continue the run in this directory (runs/NAME) from its newest valid checkpoint, with its own "
-            "config; --set may change budget keys (train.max_steps, train.epochs, train.max_minutes, ...) "
-            "but not model.*, clip.* or dmgan.*.",
+            "config; --set/--config may change budget, logging, learning rates, loss weights, precision, device "
+            "and data.root, not the keys the checkpoint fixes (listed below).",
         ),
     ] = None,
     device: DeviceOpt = None,

@@ -16,10 +16,10 @@ from typing import Any, Callable, Sequence
 
 from ratlip_cli.errors import RatlipError
 
-# Keys a resumed run keeps from its checkpoint: the architecture (model.*, clip.*), what seeds its
+# Keys a resumed run keeps from its checkpoint: the architecture (model.*, clip.*, dmgan.*), what seeds its
 # data order and noise, and where it lives. Everything else (budget, logging, learning rates, loss
 # weights, precision, device, data.root) may change on --resume and is applied.
-RESUME_FIXED = ("model.", "clip.", "train.seed", "train.name", "train.runs_dir", "data.name")
+RESUME_FIXED = ("model.", "clip.", "dmgan.", "train.seed", "train.name", "train.runs_dir", "data.name")
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,7 @@ def test_safetensors_bytes_are_canonical_and_loadable(tmp_path):
 
 def test_safetensors_bytes_identical_across_processes():
     """The metadata order of the safetensors library varies per process; ours does not."""
-    code = (  # two processes: the library's order differed between most pairs of processes tried
+    code = (  # the library orders the metadata by a per-process hash seed; ours must not depend on it
         "import hashlib, torch; from ratlip_cli.files import safetensors_bytes; "
         "print(hashlib.sha256(safetensors_bytes({'a': torch.zeros(2)}, "
         "{k: str(i) for i, k in enumerate('abcdefghij')})).hexdigest())"
