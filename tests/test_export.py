@@ -35,7 +35,7 @@ def two_runs(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_identical_runs_give_byte_identical_weights(two_runs):
     a, b = two_runs
-    for rel in ("export/generator.safetensors", "clip.safetensors"):
+    for rel in ("export/generator.safetensors", "export/generator_raw.safetensors", "clip.safetensors"):
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
 
 
@@ -43,7 +43,10 @@ def test_export_json_records_the_weights_sha256(two_runs):
     run = two_runs[0]
     doc = json.loads((run / "export" / "generator.json").read_text())
     data = (run / "export" / "generator.safetensors").read_bytes()
-    assert doc["weights_sha256"] == hashlib.sha256(data).hexdigest()
+    assert doc["weights_sha256"]["generator.safetensors"] == hashlib.sha256(data).hexdigest()
+    raw = run / "export" / "generator_raw.safetensors"
+    if raw.is_file():
+        assert doc["weights_sha256"]["generator_raw.safetensors"] == hashlib.sha256(raw.read_bytes()).hexdigest()
 
 
 def test_changed_weights_are_refused_by_load_sample_and_eval(two_runs, tmp_path):
