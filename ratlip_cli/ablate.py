@@ -791,10 +791,7 @@ def _plot_values(rows: Sequence[dict[str, Any]], metrics: Sequence[str], path: P
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png"))
 
 
 def print_table(table: Table) -> None:

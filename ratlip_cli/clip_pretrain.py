@@ -303,9 +303,9 @@ def pretrain_clip(cfg: Config, out: str | Path, work_dir: str | Path | None = No
         images_seen=step * min(pcfg.batch_size, n), seconds=round(seconds, 1), retrieval=retrieval,
         settings={"key": settings, **asdict(pcfg)},
     )  # fmt: skip
-    from ratlip_cli.export import _atomic_write_bytes
+    from ratlip_cli.files import write_json
 
-    _atomic_write_bytes(out.with_suffix(".json"), (json.dumps(asdict(report), indent=2) + "\n").encode())
+    write_json(out.with_suffix(".json"), asdict(report))
     if ckpt.is_file():
         ckpt.unlink()
         try:

@@ -8,7 +8,6 @@ only its trained weights: the frozen Inception trunk comes from the offline Ince
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from torch import nn
 from ratlip_cli import __version__
 from ratlip_cli.config import DamsmConfig
 from ratlip_cli.errors import RatlipError
+from ratlip_cli.files import write_bytes
 from ratlip_cli.models.dmgan.damsm import ImageEncoder, SmallCNNTrunk, TextEncoder
 from ratlip_cli.models.dmgan.vocab import Vocabulary
 
@@ -65,15 +65,6 @@ def damsm_section(dcfg: DamsmConfig) -> dict[str, Any]:
     return {f.name: getattr(dcfg, f.name) for f in fields(dcfg)}
 
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_encoders(folder: str | Path, vocab: Vocabulary, text: TextEncoder, image: ImageEncoder, dcfg: DamsmConfig,
                   dataset: str, step: int, metrics: dict[str, Any]) -> Path:
     """Write the three files (each atomically, the JSON last); returns the JSON path."""
@@ -84,11 +75,11 @@ def save_encoders(folder: str | Path, vocab: Vocabulary, text: TextEncoder, imag
     meta = {"format": FORMAT, "step": str(int(step))}
     for name, state in ((TEXT_FILE, text.state_dict()), (IMAGE_FILE, image_state(image, dcfg.image_encoder))):
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
-        _atomic_bytes(folder / name, save(tensors, metadata=meta))
+        write_bytes(folder / name, save(tensors, metadata=meta))
     doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "ratlip_version": __version__, "step": int(step),
            "dataset": dataset, "damsm": damsm_section(dcfg), "vocabulary": vocab.to_dict(), "metrics": metrics}
     path = folder / JSON_FILE
-    _atomic_bytes(path, (json.dumps(doc, indent=1) + "\n").encode())
+    write_bytes(path, (json.dumps(doc, indent=1) + "\n").encode())
     return path
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,6 +17,7 @@ import torch
 
 from ratlip_cli.config import Config
 from ratlip_cli.errors import RatlipError
+from ratlip_cli.files import write_bytes
 from ratlip_cli.models.dmgan.adapter import DamsmTextBackbone
 from ratlip_cli.models.family import RunFiles, TextEncoder
 
@@ -84,9 +84,7 @@ def copy_encoders(source: Path, dest: Path) -> None:
     doc = resolve_encoder_path(source)
     dest.mkdir(parents=True, exist_ok=True)
     for name in (TEXT_FILE, IMAGE_FILE, JSON_FILE):
-        tmp = dest / f".{name}.tmp-{os.getpid()}"
-        shutil.copyfile(doc.parent / name, tmp)
-        tmp.replace(dest / name)
+        write_bytes(dest / name, (doc.parent / name).read_bytes())
 
 
 def sha256(path: Path) -> str:
