@@ -191,9 +191,9 @@ def _lr(step: int, pcfg: ClipPretrainConfig) -> float:
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    from ratlip_cli.train.checkpoint import atomic_torch_save
+    from ratlip_cli.files import torch_save
 
-    atomic_torch_save({"format": CKPT_FORMAT, **state}, path)
+    torch_save({"format": CKPT_FORMAT, **state}, path)
 
 
 def _load_checkpoint(path: Path, settings: str) -> dict[str, Any] | None:

@@ -38,6 +38,10 @@ class ClipConfig:
     # "in-domain": clip.arch pretrained on data.root's train split (`ratlip pretrain-clip`), cached.
     weights: str = "openai"
     cache_dir: str = ""
+    # How D and the CLIP loss turn images in [-1, 1] into CLIP input. correct: one map to [0, 1],
+    # antialiased bicubic resize, CLIP mean/std. authors: the release's transf_to_CLIP_input (the
+    # range mapped twice, x*0.5+0.5 then (x+1)*0.5, so pixels sit in [0.75, 1]; nearest resize).
+    input_mapping: str = "correct"
     pretrain: ClipPretrainConfig = field(default_factory=ClipPretrainConfig)
 
 
@@ -294,6 +298,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.format": ("auto", "prepared", "shards"),
     "train.precision": ("fp32", "amp_bf16", "amp_fp16"),
     "eval.generator": ("ema", "raw"),
+    "clip.input_mapping": ("correct", "authors"),
     "eval.fid_mode": ("clean", "legacy_pytorch", "legacy_tensorflow"),
     "eval.feature_extractor": ("inception", "random-tiny"),
     "damsm.image_encoder": ("inception", "cnn"),

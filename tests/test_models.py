@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from ratlip_cli.config import resolve_config
 from ratlip_cli.errors import RatlipError
+from ratlip_cli.models.clip_backbone import OPENAI_MEAN, OPENAI_STD
 from ratlip_cli.models import (
     ClipBackbone,
     build_models,
@@ -330,3 +331,21 @@ def test_family_structures(tiny_clip):
     _perturb(models.generator, scale=0.03)
     models.generator.eval()
     assert _alone_vs_in_batch(models, 3) < 1e-5
+
+
+def test_authors_clip_input_mapping_is_the_release_formula(tiny_clip):
+    """clip.input_mapping=authors equals GALIP/RATLIP's transf_to_CLIP_input written out directly:
+    F.interpolate(x*0.5+0.5, size) (nearest), then ((x+1)*0.5 - mean) / std."""
+    clip, _ = tiny_clip
+    authors, correct = ClipBackbone(clip, "authors"), ClipBackbone(clip)
+    images = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    size = authors.image_size
+    mean = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
+    nearest = images[:, :, (torch.arange(size) * 48 // size)][:, :, :, (torch.arange(size) * 48 // size)]
+    expected = ((nearest * 0.5 + 0.5 + 1) * 0.5 - mean) / std
+    torch.testing.assert_close(authors.to_clip_input(images), expected, atol=1e-6, rtol=0)
+    # the double map squeezes pixels into [0.75, 1] before normalisation: not the correct input
+    assert (authors.to_clip_input(images) - correct.to_clip_input(images)).abs().max() > 0.5
+    with pytest.raises(RatlipError, match="input_mapping"):
+        ClipBackbone(clip, "twice")

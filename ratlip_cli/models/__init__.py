@@ -48,7 +48,7 @@ def build_models(cfg: Config, clip_model: nn.Module) -> RatlipModels:
     The new modules are put on the CLIP model's device. Random initialisation follows the global
     torch RNG, so the same seed gives the same weights.
     """
-    backbone = ClipBackbone(clip_model)
+    backbone = ClipBackbone(clip_model, cfg.clip.input_mapping)
     generator = Generator(cfg.model, backbone)
     discriminator = Discriminator(cfg.model, backbone)
     head = ConditionHead(cfg.model, backbone)

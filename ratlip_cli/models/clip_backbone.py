@@ -72,8 +72,11 @@ def _sdpa_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
 class ClipBackbone(nn.Module):
     """A frozen open_clip model with the three views ratlip needs: text, image features, mapper."""
 
-    def __init__(self, clip_model: nn.Module) -> None:
+    def __init__(self, clip_model: nn.Module, input_mapping: str = "correct") -> None:
         super().__init__()
+        if input_mapping not in ("correct", "authors"):
+            raise RatlipError(f"clip.input_mapping must be correct or authors, got {input_mapping!r}")
+        self.input_mapping = input_mapping
         visual = getattr(clip_model, "visual", None)
         needed = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer", "ln_post")
         if visual is None or not all(hasattr(visual, a) for a in needed) or not hasattr(visual.transformer, "resblocks"):
@@ -145,7 +148,14 @@ class ClipBackbone(nn.Module):
 
     # ---- images --------------------------------------------------------------------------------
     def to_clip_input(self, images: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1] -> the CLIP image tower's input (resized once, CLIP-normalised)."""
+        """Images in [-1, 1] -> the CLIP image tower's input (resized once, CLIP-normalised).
+
+        With ``input_mapping="authors"`` this is the release's ``transf_to_CLIP_input`` (two range
+        maps, nearest resize), kept selectable to reproduce the authors' training.
+        """
+        if self.input_mapping == "authors":
+            x = F.interpolate(images.float() * 0.5 + 0.5, size=(self.image_size, self.image_size))
+            return (((x + 1.0) * 0.5 - self.mean) / self.std).to(self.dtype)
         x = (images.float() + 1.0) * 0.5
         if x.shape[-2:] != (self.image_size, self.image_size):
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False, antialias=True)

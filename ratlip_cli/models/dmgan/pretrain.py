@@ -88,7 +88,8 @@ def pretrain_text(cfg: Config, restart: bool = False, on_step=None) -> PretrainR
     from ratlip_cli.dist import resolve_device
     from ratlip_cli.models.dmgan.damsm_losses import damsm_loss, same_caption_mask
     from ratlip_cli.models.dmgan.vocab import Vocabulary, caption_lengths
-    from ratlip_cli.train.checkpoint import atomic_torch_save, capture_rng, restore_rng
+    from ratlip_cli.files import torch_save
+    from ratlip_cli.train.checkpoint import capture_rng, restore_rng
     from ratlip_cli.seeds import derive_seed
     from ratlip_cli.train.loop import EpochBatchSampler, StopFlag, ensure_dataset
 
@@ -156,7 +157,7 @@ def pretrain_text(cfg: Config, restart: bool = False, on_step=None) -> PretrainR
     metrics = _Metrics(out / METRICS, keep_until=step if state is not None else None)
 
     def save() -> None:
-        atomic_torch_save({
+        torch_save({
             "format": CKPT_FORMAT, "step": step, "epoch": epoch, "step_in_epoch": step_in_epoch,
             "elapsed_s": elapsed, "text": text.state_dict(), "image": image_state(image, dcfg.image_encoder),
             "opt": opt.state_dict(), "rng": capture_rng(), "config": to_dict(cfg), "vocabulary": vocab.to_dict(),

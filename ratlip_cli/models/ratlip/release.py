@@ -244,7 +244,7 @@ def import_release_run(
     from ratlip_cli.export import export_generator, save_clip_weights
     from ratlip_cli.models import build_models
     from ratlip_cli.train.checkpoint import save_checkpoint
-    from ratlip_cli.train.run import RunPaths, new_run_paths
+    from ratlip_cli.train.run import claim_new_run
     from ratlip_cli.weights import load_clip
 
     release = read_release_checkpoint(path)
@@ -254,32 +254,37 @@ def import_release_run(
     if name:
         inferred.append(f"train.name={name}")
     cfg = resolve_config(preset, config_file, [*inferred, *(overrides or [])])
-    paths: RunPaths = new_run_paths(cfg)
-    clip_model, _ = load_clip(cfg.clip.arch, cfg.clip.weights, cfg.clip.cache_dir)
-    models = build_models(cfg, clip_model)
-    load_release(models, release)
-    for module in models.modules().values():
-        module.eval()
-    kind = f"{release.family}" + (f", authors' RAT h = {release.rat_hidden}" if release.rat_hidden else "")
-    if not _check_clip_matches(release, clip_model):
-        from ratlip_cli.console import warn
+    paths, lock = claim_new_run(cfg)  # one writer per run folder, as `ratlip train`
+    try:
+        clip_model, _ = load_clip(cfg.clip.arch, cfg.clip.weights, cfg.clip.cache_dir)
+        models = build_models(cfg, clip_model)
+        load_release(models, release)
+        for module in models.modules().values():
+            module.eval()
+        kind = f"{release.family}" + (f", authors' RAT h = {release.rat_hidden}" if release.rat_hidden else "")
+        if not _check_clip_matches(release, clip_model):
+            from ratlip_cli.console import warn
 
-        warn(
-            f"the CLIP image tower stored in {Path(path).name} differs from clip.weights={cfg.clip.weights}: "
-            "the generator's mapper will not behave as trained (pass the CLIP the release used, OpenAI ViT-B/32)"
+            warn(
+                f"the CLIP image tower stored in {Path(path).name} differs from clip.weights={cfg.clip.weights}: "
+                "the generator's mapper will not behave as trained (pass the CLIP the release used, OpenAI ViT-B/32)"
+            )
+        paths.make()
+        clip_file = None
+        if cfg.clip.weights == "random":
+            clip_file = paths.clip
+            save_clip_weights(clip_model, clip_file)
+        save_config(cfg, paths.config)
+        # The release keeps no EMA: both exported generators are the released weights.
+        export_generator(models.generator, cfg, paths.export, clip_file=clip_file, raw=models.generator)
+        save_checkpoint(_initial_checkpoint(cfg, models), paths.checkpoints, cfg.train.keep_checkpoints)
+        console.print(
+            f"imported {Path(path).name} ({kind}) into {paths.root}: `ratlip sample --run {paths.root} ...`, "
+            f"`ratlip eval --run {paths.root}`, `ratlip train --resume {paths.root}`",
+            highlight=False,
         )
-    paths.make()
-    clip_file = None
-    if cfg.clip.weights == "random":
-        clip_file = paths.clip
-        save_clip_weights(clip_model, clip_file)
-    save_config(cfg, paths.config)
-    # The release keeps no EMA: both exported generators are the released weights.
-    export_generator(models.generator, cfg, paths.export, clip_file=clip_file, raw=models.generator)
-    save_checkpoint(_initial_checkpoint(cfg, models), paths.checkpoints, cfg.train.keep_checkpoints)
-    console.print(
-        f"imported {Path(path).name} ({kind}) into {paths.root}: `ratlip sample --run {paths.root} ...`, "
-        f"`ratlip eval --run {paths.root}`, `ratlip train --resume {paths.root}`",
-        highlight=False,
-    )
+    finally:
+        lock.release()
+        if paths.root.is_dir() and not any(paths.root.iterdir()):  # a refused import leaves no run folder
+            paths.root.rmdir()
     return paths.root
