@@ -102,7 +102,7 @@ def test_resuming_with_another_family_is_refused(tmp_path, data_root, encoders_d
     from ratlip_cli.train.loop import resume_config
 
     part = train(_gan(tmp_path, data_root, encoders_dir, "ecagan", "run", "train.max_steps=1"))
-    with pytest.raises(RatlipError, match="model.family changed"):
+    with pytest.raises(RatlipError, match="with other model.family"):
         train(resume_config(part.run_dir, overrides=["train.max_steps=2", "model.family=caegan"]), resume=part.run_dir)
 
 

@@ -265,6 +265,15 @@ class TrainResult:
     ema_generator: Any = field(default=None, repr=False)
 
 
+def _optimizers(step: Any) -> list[torch.optim.Optimizer]:
+    """The optimisers a training step holds (as attributes or lists of them)."""
+    optims: list[torch.optim.Optimizer] = []
+    for value in vars(step).values():
+        items = value if isinstance(value, (list, tuple)) else [value]
+        optims += [o for o in items if isinstance(o, torch.optim.Optimizer)]
+    return optims
+
+
 class Trainer:
     """Builds everything for a run and runs the loop (use `train()` rather than this class directly)."""
 
@@ -418,15 +427,17 @@ class Trainer:
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
+        # A --resume may change learning rates and betas, but the optimiser states carry the old
+        # ones: keep the values the step's optimisers were built with from this run's config.
+        optims = _optimizers(self.step_fn)
+        settings = [[(g.get("lr"), g.get("betas")) for g in o.param_groups] for o in optims]
         try:
             self.step_fn.load_state_dict(state)
             self.ema.load_state_dict(state["ema"])
         except (RatlipError, KeyError, ValueError) as exc:
             raise RatlipError(f"{self.resumed_from} does not fit this run's models: {exc}") from None
-        # A --resume may change learning rates and betas: the optimiser states carry the old ones.
-        betas = (float(self.tc.betas[0]), float(self.tc.betas[1]))
-        for name, lr in (("opt_g", self.tc.lr_g), ("opt_d", self.tc.lr_d)):
-            for group in getattr(getattr(self.step_fn, name, None), "param_groups", []):
+        for optim, groups in zip(optims, settings):  # load_state_dict replaced the group dicts
+            for group, (lr, betas) in zip(optim.param_groups, groups):
                 group["lr"], group["betas"] = lr, betas
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.step_in_epoch, self.images = int(state["step_in_epoch"]), int(state["images"])
