@@ -15,7 +15,6 @@ no pixel changes with the batch size or with the other prompts in the call.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import re
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from ratlip_cli.dist import resolve_device
 from ratlip_cli.console import console, err_console, warn
 from ratlip_cli.errors import RatlipError
 from ratlip_cli.files import atomic_write, write_text
+from ratlip_cli.seeds import interpolation_seeds, make_noise, noise_seed, row_seeds  # noqa: F401 (re-exported)
 
 PRECISIONS = {"fp64": torch.float64, "fp32": torch.float32}
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
@@ -42,30 +42,7 @@ LABEL_COLOUR = (20, 20, 20)
 # --------------------------------------------------------------------------------------- noise
 
 
-def noise_seed(seed: int, key: str, column: int) -> int:
-    """The 63-bit seed of one image's noise: a stable hash (not Python's salted `hash`) of its inputs."""
-    digest = hashlib.sha256(f"ratlip-noise\x1f{seed}\x1f{key}\x1f{column}".encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def make_noise(seeds: Sequence[int], z_dim: int) -> torch.Tensor:
-    """Noise vectors (len(seeds), z_dim), each drawn on the CPU from its own seeded generator."""
-    rows = []
-    for s in seeds:
-        gen = torch.Generator(device="cpu").manual_seed(int(s))
-        rows.append(torch.randn(z_dim, generator=gen, dtype=torch.float32))
-    return torch.stack(rows) if rows else torch.empty(0, z_dim)
-
-
-def row_seeds(seed: int, prompt: str, n: int, vary_noise: bool = True) -> list[int]:
-    """Noise seeds of one prompt row: keyed by the prompt, or shared by all rows with `vary_noise=False`."""
-    key = prompt if vary_noise else ""
-    return [noise_seed(seed, key, j) for j in range(n)]
-
-
-def interpolation_seeds(seed: int, steps: int, vary_noise: bool = False) -> list[int]:
-    """Noise seeds of an interpolation row: one fixed noise for every step, or one per step."""
-    return [noise_seed(seed, "", j if vary_noise else 0) for j in range(steps)]
+# One rule for every sampled image's noise: ratlip_cli.seeds.
 
 
 # ------------------------------------------------------------------------------------- prompts
