@@ -111,7 +111,7 @@ def stage_times(dataset, tokenizer, n: int) -> dict[str, float]:
     """Median seconds per image of each stage, in this process."""
     from torch.utils.data import default_collate
 
-    from ratlip_cli.data.dataset import load_rgb, resize_shorter_side
+    from ratlip_cli.data.dataset import load_rgb, resize_shorter_side, to_tensor
 
     times: dict[str, list[float]] = {"decode": [], "resize": [], "crop+flip+tensor": [], "tokenize": []}
     rng = np.random.default_rng(0)
@@ -124,8 +124,7 @@ def stage_times(dataset, tokenizer, n: int) -> dict[str, float]:
         w, h = img.size
         left, top = int(rng.integers(w - dataset.crop_size + 1)), int(rng.integers(h - dataset.crop_size + 1))
         crop = img.crop((left, top, left + dataset.crop_size, top + dataset.crop_size)).transpose(0)
-        arr = np.asarray(crop, dtype=np.uint8)
-        torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+        to_tensor(crop, dataset.uint8)
         t3 = time.perf_counter()
         tokenizer([dataset.captions[i][0]])
         t4 = time.perf_counter()
@@ -180,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--formats", default="folder", help="folder, shards or folder,shards: the loaders to time")
     parser.add_argument("--shuffle-buffer", type=int, default=1000, help="shards: data.shuffle_buffer")
     parser.add_argument("--shard-mb", type=float, default=1000, help="shards: target shard size in MB")
+    parser.add_argument("--handover", default="uint8",
+                        help="what workers hand over: uint8 (what `ratlip train` does), float32 (before), or both")
     args = parser.parse_args(argv)
 
     from ratlip_cli.config import DataConfig
@@ -195,37 +196,47 @@ def main(argv: list[str] | None = None) -> int:
         kb = statistics.mean(p.stat().st_size for p in files) / 1024
         tokenizer = open_clip.get_tokenizer("ViT-B-32-quickgelu")
         cfg = DataConfig(name="cub", root=str(prepared), prepared_size=304, load_size=304, crop_size=256, flip=True)
-        dataset = TextImageDataset(prepared, "train", cfg, tokenizer, train=True, seed=0)
-        sys.stdout.write(f"{len(dataset)} images, {kb:.0f} KiB JPEG each on average; CPU: {os.cpu_count()} cores "
-                         f"({_cpu_name()})\n\nper stage, one process (ms per image, median):\n")
-        stages = stage_times(dataset, tokenizer, min(args.images, 256))
-        for name, seconds in stages.items():
-            sys.stdout.write(f"  {name:32s} {seconds * 1e3:7.3f}\n")
-        total = sum(stages.values())
-        sys.stdout.write(f"  {'sum':32s} {total * 1e3:7.3f}  -> {1 / total:.0f} images/s for one core\n\n")
+        handovers = [h.strip() for h in args.handover.split(",") if h.strip()]
+        if not handovers or set(handovers) - {"uint8", "float32"}:
+            parser.error(f"--handover takes uint8 and/or float32, got {args.handover!r}")
+        sys.stdout.write(f"{args.images} images, {kb:.0f} KiB JPEG each on average; CPU: {os.cpu_count()} cores "
+                         f"({_cpu_name()})\n")
         loaders = {}
+        for handover in handovers:
+            dataset = TextImageDataset(prepared, "train", cfg, tokenizer, train=True, seed=0, uint8=handover == "uint8")
+            sys.stdout.write(f"\nper stage, one process, {handover} hand-over (ms per image, median):\n")
+            stages = stage_times(dataset, tokenizer, min(args.images, 256))
+            for name, seconds in stages.items():
+                sys.stdout.write(f"  {name:32s} {seconds * 1e3:7.3f}\n")
+            total = sum(stages.values())
+            sys.stdout.write(f"  {'sum':32s} {total * 1e3:7.3f}  -> {1 / total:.0f} images/s for one core\n")
+            if "folder" in args.formats.split(","):
+                loaders[f"folder {handover}"] = dataset
+        sys.stdout.write("\n")
         for fmt in args.formats.split(","):
             if fmt == "folder":
-                loaders[fmt] = dataset
+                continue
             elif fmt == "shards":
                 from ratlip_cli.data.shards import load_shards
                 from ratlip_cli.data.stream import ShardStream
 
                 scfg = DataConfig(name="cub", root=str(folder / "shards"), prepared_size=304, load_size=304,
                                   crop_size=256, flip=True, shuffle_buffer=args.shuffle_buffer, streams=4)
-                loaders[fmt] = ShardStream(load_shards(make_shards(folder, args.shard_mb)), "train", scfg, tokenizer,
-                                           args.batch, seed=0)
+                for handover in handovers:
+                    loaders[f"shards {handover}"] = ShardStream(
+                        load_shards(make_shards(folder, args.shard_mb)), "train", scfg, tokenizer, args.batch, seed=0,
+                        uint8=handover == "uint8")
             else:
                 parser.error(f"unknown format {fmt!r}: use folder and/or shards")
         sys.stdout.write("| format | workers | images/s | per worker | worker PSS MB |\n|---|---:|---:|---:|---:|\n")
         per_worker = []
         for w in [int(x) for x in args.workers.split(",")]:
             for fmt, ds in loaders.items():
-                if fmt == "shards" and w > 0 and 4 % w:
+                if fmt.startswith("shards") and w > 0 and 4 % w:
                     continue  # workers must divide the 4 streams
                 rate, pss = loader_rate(ds, w, args.batch, args.epochs)
                 per = rate / max(w, 1)
-                if w > 0 and fmt == "folder":
+                if w > 0 and fmt.startswith("folder"):
                     per_worker.append(per)
                 sys.stdout.write(f"| {fmt} | {w} | {rate:.0f} | {per:.0f} | {pss:.0f} |\n" if w else
                                  f"| {fmt} | {w} | {rate:.0f} | {per:.0f} | - |\n")

@@ -563,13 +563,3 @@ def show_table(rows: list[dict[str, Any]]) -> None:
 
     out = console if console.is_terminal else Console(file=console.file, width=160)
     out.print(build_table(rows))
-
-
-def parse_int_list(text: str | None, what: str) -> list[int] | None:
-    """'0,64' -> [0, 64]; None stays None."""
-    if text is None:
-        return None
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise RatlipError(f"{what} expects comma-separated integers, e.g. 1,8; got '{text}'") from None

@@ -239,10 +239,11 @@ def train(
 
     Ctrl-C or SIGTERM checkpoints at the next step and stops; `ratlip train --resume runs/NAME` continues exactly.
     """
-    from ratlip_cli.train.command import run_train_command
+    from ratlip_cli.train.command import TrainOptions, run_train_command
 
     refusals.check("train", ctx)
-    code = run_train_command(preset, config, sets, resume, device, precision, gpus, print_config)
+    code = run_train_command(TrainOptions(preset=preset, config=config, sets=list(sets or []), resume=resume,
+                                          device=device, precision=precision, gpus=gpus, print_config=print_config))
     if code:
         raise typer.Exit(code)
 
@@ -718,15 +719,16 @@ def bench(
 
     Example: ratlip bench cub --hidden 0,64 --batch-sizes 1,8 --precision fp32,bf16 --csv bench.csv
     """
-    from ratlip_cli.bench import BenchOptions, parse_int_list, run_bench
+    from ratlip_cli.bench import BenchOptions, run_bench
+    from ratlip_cli.options import parse_int_list
 
     refusals.check("bench", ctx)
     refusals.check_keys("bench", refusals.set_keys(sets))
     run_bench(
         BenchOptions(
             preset=preset,
-            hiddens=parse_int_list(hidden, "--hidden"),
-            batch_sizes=parse_int_list(batch_sizes, "--batch-sizes") or [],
+            hiddens=parse_int_list(hidden, "--hidden") if hidden is not None else None,
+            batch_sizes=parse_int_list(batch_sizes, "--batch-sizes", minimum=1) if batch_sizes is not None else [],
             precisions=[p.strip() for p in precision.split(",") if p.strip()],
             device=device,
             compile=compile_,
@@ -766,6 +768,37 @@ def report(
     from ratlip_cli.report import write_report
 
     write_report(folder, out, max_grids)
+
+
+@app.command()
+@friendly
+def demo(
+    run: Annotated[
+        Optional[Path],
+        typer.Argument(help="A run folder (runs/NAME) to select first; default: the newest run under --runs-dir.",
+                       show_default=False),
+    ] = None,
+    runs_dir: Annotated[
+        Path, typer.Option("--runs-dir", help="The page offers every run with an export under this folder.")
+    ] = Path("runs"),
+    host: Annotated[
+        str, typer.Option("--host", help="Address to serve on; 127.0.0.1 keeps the page on this machine.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to serve on.")] = 7860,
+    device: DeviceOpt = None,
+    share: Annotated[
+        bool, typer.Option("--share", help="Also ask Gradio for a public link (needs internet).")
+    ] = False,
+) -> None:
+    """Serve a local web page (Gradio) to draw grids from prompts: choose the run, seed, number of images
+    and generator (EMA or raw); it shows the grid, each column's noise seed and the `ratlip sample`
+    command that reproduces it pixel for pixel. Needs the extra: pip install -e ".[demo]".
+
+    Example: ratlip demo runs/shapes
+    """
+    from ratlip_cli.demo import run_demo
+
+    run_demo(run, runs_dir, host, port, device, share)
 
 
 @app.command(name="import")

@@ -26,7 +26,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
@@ -42,6 +42,7 @@ WEIGHTS_FILE = "generator.safetensors"
 RAW_WEIGHTS_FILE = "generator_raw.safetensors"
 CONFIG_FILE = "generator.json"
 GENERATOR_FILES = {"ema": WEIGHTS_FILE, "raw": RAW_WEIGHTS_FILE}
+EXPORT_FILE = Path("export") / WEIGHTS_FILE  # a run's exported generator, relative to the run folder
 
 
 def save_clip_weights(clip_model: nn.Module, path: str | Path) -> None:
@@ -262,3 +263,63 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu", which: 
     generator.to(device).eval().requires_grad_(False)
     return LoadedGenerator(generator, text.module, text.tokenizer, cfg, int(doc.get("step", 0)),
                            int(doc.get("images_seen", 0)), text, which)
+
+
+# ------------------------------------------------------------------ finding a run's weights
+
+
+def find_latest_run(runs_dir: str | Path) -> Path:
+    """The run under `runs_dir` whose export was written most recently."""
+    runs_dir = Path(runs_dir)
+    exports = sorted(
+        (p for p in runs_dir.glob(f"*/{EXPORT_FILE.as_posix()}") if p.is_file()),
+        key=lambda p: p.stat().st_mtime,
+    )
+    if not exports:
+        where = f"under {runs_dir}/" if runs_dir.is_dir() else f"({runs_dir}/ does not exist)"
+        raise RatlipError(
+            f"no trained run with an export found {where}; train one with `ratlip train shapes` "
+            "or pass --run runs/NAME or --weights FILE"
+        )
+    return exports[-1].parent.parent
+
+
+def resolve_weights(run: Optional[str | Path], weights: Optional[str | Path], runs_dir: str | Path) -> tuple[Path, str]:
+    """What to pass to `load_generator` and a sentence saying where it came from."""
+    if run and weights:
+        raise RatlipError("pass either --run or --weights, not both")
+    if weights:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise RatlipError(f"weights file not found: {path} (pass an exported generator.safetensors)")
+        if path.suffix != ".safetensors":
+            raise RatlipError(f"--weights expects an exported .safetensors file, got {path}")
+        return path, f"weights {path}"
+    if run:
+        path = Path(run).expanduser()
+        if not path.is_dir():
+            raise RatlipError(f"run directory not found: {path} (runs live under runs/NAME)")
+        if not (path / EXPORT_FILE).is_file():
+            raise RatlipError(
+                f"run {path} has no {EXPORT_FILE.as_posix()}; it is written when training ends "
+                "(train longer or resume the run to finish it)"
+            )
+        return path, f"run {path}"
+    path = find_latest_run(runs_dir)
+    return path, f"run {path} (the most recent under {Path(runs_dir)}/)"
+
+
+def load_weights(path: Path, device: torch.device, which: Optional[str] = None):
+    """`export.load_generator` (generator `which`: ema, raw, or None for the run's default), with any
+    failure turned into a one-line error."""
+    try:
+        return load_generator(path, device, which)
+    except RatlipError:
+        raise
+    except Exception as exc:  # mismatched shapes, corrupt files, wrong architecture
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if len(reason) > 200:
+            reason = reason[:200] + "…"
+        raise RatlipError(
+            f"cannot load generator weights from {path}: {reason} (do the weights match their JSON config?)"
+        ) from None

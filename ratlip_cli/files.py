@@ -266,3 +266,10 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: fh.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def utc_timestamp() -> str:
+    """Now, UTC, to the second (ISO 8601): the time every record ratlip writes carries."""
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

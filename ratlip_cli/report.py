@@ -30,17 +30,42 @@ REPORT_FILE = "report.html"
 ENVIRONMENT_FILE = "environment.json"
 _STEP_FILE = re.compile(r"^step-(\d+)\.png$")
 
-LOSS_PANELS: list[tuple[str, list[tuple[str, str]]]] = [
-    ("losses", [("d_loss", "D total"), ("g_loss", "G total")]),
-    ("D parts (hinge)", [("d_real", "real"), ("d_fake", "fake"), ("d_mis", "mismatched")]),
-    ("MA-GP", [("ma_gp", "MA-GP")]),
-    ("G CLIP similarity", [("g_clip", "cos(CLIP image, sentence)")]),
+# Names for the loss columns the families log; a column without one is shown by its own name.
+LOSS_LABELS = {
+    "d_loss": "D total", "g_loss": "G total", "d_real": "real", "d_fake": "fake", "d_mis": "mismatched",
+    "ma_gp": "MA-GP", "g_clip": "cos(CLIP image, sentence)", "g_damsm": "DAMSM", "g_kl": "KL (CA)",
+    "g_per": "perceptual", "g_prior": "text prior",
+}
+OTHER_PANELS: list[tuple[str, list[tuple[str, str]]]] = [
     ("throughput", [("images_per_s", "images/s")]),
     (
         "in-training evaluation (shapes checker, EMA generator)",
         [("eval_colour", "colour"), ("eval_shape", "shape"), ("eval_background", "background")],
     ),
 ]
+
+
+def loss_columns(header: Sequence[str]) -> list[str]:
+    """The family's loss columns of a metrics.csv header: those between `images` and `nonfinite`."""
+    header = list(header)
+    if "images" not in header or "nonfinite" not in header:
+        return []
+    return header[header.index("images") + 1 : header.index("nonfinite")]
+
+
+def loss_panels(header: Sequence[str]) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Panels for whatever loss columns this run's family logged: totals, D parts, G parts, MA-GP."""
+    cols = loss_columns(header)
+    label = lambda c: (c, LOSS_LABELS.get(c, c))  # noqa: E731
+    totals = [label(c) for c in ("d_loss", "g_loss") if c in cols]
+    d_parts = [label(c) for c in cols if c.startswith("d_") and c != "d_loss"]
+    g_parts = [label(c) for c in cols if c.startswith("g_") and c != "g_loss"]
+    ma_gp = [label("ma_gp")] if "ma_gp" in cols else []
+    others = [label(c) for c in cols if label(c) not in totals + d_parts + g_parts + ma_gp]
+    panels = [("losses", totals), ("D parts", d_parts), ("G parts", g_parts), ("MA-GP", ma_gp),
+              ("other losses", others)]
+    return [(title, series) for title, series in panels if series]
+
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;
@@ -186,12 +211,14 @@ def _kv_table(values: dict[str, Any], table_id: str) -> str:
 
 
 def curves_png(rows: Sequence[dict[str, str]]) -> bytes | None:
-    """One panel per group of metrics.csv columns that has values, against the step; None without data."""
+    """One panel per group of metrics.csv columns that has values, against the step; None without data.
+
+    The loss panels follow the run's own columns, so every family's losses are drawn."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     panels = []
-    for title, series in LOSS_PANELS:
+    for title, series in loss_panels(list(rows[0]) if rows else []) + OTHER_PANELS:
         lines = []
         for col, label in series:
             pts = [(float(r["step"]), v) for r in rows if (v := _number(r.get(col))) is not None and _number(r.get("step")) is not None]

@@ -27,14 +27,14 @@ from PIL import Image, ImageDraw, ImageFont
 from rich.markup import escape
 
 from ratlip_cli.dist import resolve_device
-from ratlip_cli.console import console, err_console, warn
+from ratlip_cli.console import console, warn
 from ratlip_cli.errors import RatlipError
 from ratlip_cli.files import atomic_write, write_text
+from ratlip_cli.export import EXPORT_FILE, find_latest_run, load_weights, resolve_weights  # noqa: F401 (re-exported)
 from ratlip_cli.seeds import interpolation_seeds, make_noise, noise_seed, row_seeds  # noqa: F401 (re-exported)
 
 PRECISIONS = {"fp64": torch.float64, "fp32": torch.float32}
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
-EXPORT_FILE = Path("export") / "generator.safetensors"
 LABEL_MAX_LINES = 3
 LABEL_BACKGROUND = (255, 255, 255)
 LABEL_COLOUR = (20, 20, 20)
@@ -152,9 +152,14 @@ def encode_prompts(loaded, prompts: Sequence[str]) -> torch.Tensor:
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Unbounded generator output -> clamp to [-1, 1] -> uint8 in [0, 255] on the CPU."""
+    """Unbounded generator output -> clamp to [-1, 1] -> uint8 in [0, 255] on the CPU (non-finite values
+    are said and drawn as 0, +1 or -1: NaN -> 0, i.e. grey)."""
     x = images.detach()
-    x = (x if x.dtype == torch.float64 else x.float()).clamp(-1.0, 1.0)
+    x = x if x.dtype == torch.float64 else x.float()
+    if not torch.isfinite(x).all():
+        warn(f"generator produced {int((~torch.isfinite(x)).sum())} non-finite pixel values; drawn as grey/white/black")
+        x = torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0)
+    x = x.clamp(-1.0, 1.0)
     return ((x + 1.0) * 127.5).round().to(torch.uint8).cpu()
 
 
@@ -423,68 +428,6 @@ def slug(text: str, limit: int = 40) -> str:
     return s[:limit].rstrip("-") or "prompt"
 
 
-# ------------------------------------------------------------------------------ finding weights
-
-
-def find_latest_run(runs_dir: str | Path) -> Path:
-    """The run under `runs_dir` whose export was written most recently."""
-    runs_dir = Path(runs_dir)
-    exports = sorted(
-        (p for p in runs_dir.glob(f"*/{EXPORT_FILE.as_posix()}") if p.is_file()),
-        key=lambda p: p.stat().st_mtime,
-    )
-    if not exports:
-        where = f"under {runs_dir}/" if runs_dir.is_dir() else f"({runs_dir}/ does not exist)"
-        raise RatlipError(
-            f"no trained run with an export found {where}; train one with `ratlip train shapes` "
-            "or pass --run runs/NAME or --weights FILE"
-        )
-    return exports[-1].parent.parent
-
-
-def resolve_weights(run: Optional[str | Path], weights: Optional[str | Path], runs_dir: str | Path) -> tuple[Path, str]:
-    """What to pass to `load_generator` and a sentence saying where it came from."""
-    if run and weights:
-        raise RatlipError("pass either --run or --weights, not both")
-    if weights:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise RatlipError(f"weights file not found: {path} (pass an exported generator.safetensors)")
-        if path.suffix != ".safetensors":
-            raise RatlipError(f"--weights expects an exported .safetensors file, got {path}")
-        return path, f"weights {path}"
-    if run:
-        path = Path(run).expanduser()
-        if not path.is_dir():
-            raise RatlipError(f"run directory not found: {path} (runs live under runs/NAME)")
-        if not (path / EXPORT_FILE).is_file():
-            raise RatlipError(
-                f"run {path} has no {EXPORT_FILE.as_posix()}; it is written when training ends "
-                "(train longer or resume the run to finish it)"
-            )
-        return path, f"run {path}"
-    path = find_latest_run(runs_dir)
-    return path, f"run {path} (the most recent under {Path(runs_dir)}/)"
-
-
-def load_weights(path: Path, device: torch.device, which: Optional[str] = None):
-    """`export.load_generator` (generator `which`: ema, raw, or None for the run's default), with any
-    failure turned into a one-line error."""
-    from ratlip_cli.export import load_generator
-
-    try:
-        return load_generator(path, device, which)
-    except RatlipError:
-        raise
-    except Exception as exc:  # mismatched shapes, corrupt files, wrong architecture
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        if len(reason) > 200:
-            reason = reason[:200] + "…"
-        raise RatlipError(
-            f"cannot load generator weights from {path}: {reason} (do the weights match their JSON config?)"
-        ) from None
-
-
 # -------------------------------------------------------------------------------- the command
 
 
@@ -552,17 +495,9 @@ def run_sample(opts: SampleOptions) -> Path:
     vary = opts.vary_noise if opts.vary_noise is not None else not opts.interpolate
 
     total = columns if opts.interpolate else len(kept) * columns * (total_stages if opts.all_stages else 1)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from ratlip_cli.progress import progress_bar
 
-    with Progress(
-        TextColumn("generating"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-        disable=total <= opts.batch_size,
-    ) as progress:
+    with progress_bar("generating", stderr=True, transient=True, enabled=total > opts.batch_size) as progress:
         task = progress.add_task("generating", total=total)
 
         def advance(k: int) -> None:

@@ -27,15 +27,20 @@ def register_model_configs() -> None:
         _registered = True
 
 
+def reachable(host: str, timeout: float = 3.0) -> bool:
+    """True when `host` accepts an HTTPS connection (the one network probe of ratlip)."""
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def hub_reachable(timeout: float = 3.0) -> bool:
     """True when the model hub answers; False offline or with HF_HUB_OFFLINE set."""
     if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
         return False
-    try:
-        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    return reachable(HUB_HOST, timeout)
 
 
 def is_file_spec(weights: str) -> bool:

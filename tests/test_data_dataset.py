@@ -9,10 +9,9 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from ratlip_cli.config import DataConfig
-from ratlip_cli.data.dataset import TextImageDataset, eval_image
-from ratlip_cli.data.prepare import prepare_dataset
+from ratlip_cli.data.dataset import TextImageDataset, eval_image, to_model_range
+from ratlip_cli.data.prepare import generate_shapes, prepare_dataset
 from ratlip_cli.data.prepared import load_prepared
-from ratlip_cli.data.shapes import generate_shapes
 from ratlip_cli.errors import RatlipError
 from ratlip_cli.weights import register_model_configs
 
@@ -112,3 +111,16 @@ def test_split_captions_and_errors(shapes_root, tokenizer):
         TextImageDataset(shapes_root, "val", _cfg(), tokenizer, train=True)
     with pytest.raises(RatlipError, match="ratlip prepare shapes --out"):
         TextImageDataset(shapes_root.parent / "shapes-missing" / "shapes", "train", _cfg(), tokenizer, train=True)
+
+
+def test_uint8_hand_over_gives_the_same_floats_after_conversion(shapes_root, tokenizer):
+    """Training loaders hand uint8 pixels over; `to_model_range` must rebuild exactly the float items."""
+    cfg = _cfg(load=36, crop=32, flip=True)
+    as_float = TextImageDataset(shapes_root, "train", cfg, tokenizer, train=True, seed=2)
+    as_uint8 = TextImageDataset(shapes_root, "train", cfg, tokenizer, train=True, seed=2, uint8=True)
+    batch_f = torch.stack([as_float[i]["image"] for i in range(8)])
+    batch_u = torch.stack([as_uint8[i]["image"] for i in range(8)])
+    assert batch_u.dtype == torch.uint8 and batch_u.shape == (8, 3, 32, 32)
+    assert batch_u.float().std() > 10  # real pixels, not a constant
+    assert torch.equal(to_model_range(batch_u), batch_f)  # bit-identical, crops and flips included
+    assert to_model_range(batch_f) is batch_f  # floats pass through

@@ -9,13 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
+from ratlip_cli.data.prepare import generate_shapes
 from ratlip_cli.data.prepared import load_prepared
 from ratlip_cli.data.shapes import (
     BACKGROUNDS,
     CHANCE,
     COLOURS,
     check_shapes,
-    generate_shapes,
     held_out_combos,
     parse_shapes_caption,
     score_shapes,

@@ -109,6 +109,18 @@ def test_items_use_the_folder_format_augmentation(shard_root):
         assert torch.equal(batch["tokens"][k], _tok([batch["caption"][k]])[0])
 
 
+def test_uint8_stream_converts_to_the_float_batch(shard_root):
+    from ratlip_cli.data.dataset import to_model_range
+
+    as_float, as_uint8 = _stream(shard_root, batch=4, buffer=1, streams=1), _stream(shard_root, batch=4, buffer=1, streams=1)
+    as_uint8.uint8 = True  # what `ratlip train` builds (ShardStream(..., uint8=True))
+    for ds in (as_float, as_uint8):
+        ds.set_position(2, 0)
+    f, u = next(iter(as_float)), next(iter(as_uint8))
+    assert u["image"].dtype == torch.uint8 and u["key"] == f["key"]
+    assert torch.equal(to_model_range(u["image"]), f["image"])
+
+
 def _tiny(tmp_path, root, name, *sets):
     return resolve_config("tiny", overrides=[
         f"train.runs_dir={tmp_path / 'runs'}", f"data.root={root}", f"train.name={name}", "data.format=shards",

@@ -83,7 +83,7 @@ def run_dir(tmp_path, dataset, tiny_clip, monkeypatch) -> Path:
     save_config(cfg, run / "config.yaml")
     model, tokenizer = tiny_clip
     loaded = LoadedGenerator(StubGenerator(cfg.model.z_dim, 32), StubBackbone(model), tokenizer, cfg)
-    monkeypatch.setattr(evaluate, "_load_generator", lambda path, device, which=None: loaded)
+    monkeypatch.setattr(evaluate, "load_weights", lambda path, device, which=None: loaded)
     return run
 
 

@@ -204,3 +204,21 @@ def test_not_a_run_folder_is_a_one_line_error(tmp_path):
     assert "neither a run folder" in result.output and "Traceback" not in result.output
     result = runner.invoke(app, ["report", str(tmp_path / "missing")])
     assert result.exit_code == 2 and "is not a folder" in result.output
+
+
+def test_loss_panels_follow_each_familys_own_columns():
+    from ratlip_cli.models.caegan.step import CaeganStep
+    from ratlip_cli.models.ecagan.step import EcaganStep
+    from ratlip_cli.models.ratlip.step import RatlipStep
+    from ratlip_cli.train.run import metrics_columns
+
+    for step in (RatlipStep, EcaganStep, CaeganStep):
+        header = metrics_columns(step.loss_columns)
+        drawn = [c for _, series in report.loss_panels(header) for c, _ in series]
+        assert sorted(drawn) == sorted(step.loss_columns), step.__name__  # every loss, once
+    panels = dict(report.loss_panels(metrics_columns(EcaganStep.loss_columns)))
+    assert panels["G parts"] == [("g_damsm", "DAMSM"), ("g_kl", "KL (CA)"), ("g_per", "perceptual")]
+    assert "MA-GP" not in panels
+    panels = dict(report.loss_panels(METRICS_COLUMNS))
+    assert panels["MA-GP"] == [("ma_gp", "MA-GP")] and panels["G parts"] == [("g_clip", "cos(CLIP image, sentence)")]
+    assert report.loss_panels(["step", "time"]) == []

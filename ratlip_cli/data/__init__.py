@@ -22,7 +22,7 @@ _EXPORTS = {
     "ShardSet": "shards",
     "write_shards": "shards",
     "ShardStream": "stream",
-    "generate_shapes": "shapes",
+    "generate_shapes": "prepare",
     "check_shapes": "shapes",
     "score_shapes": "shapes",
     "analyse_shapes": "shapes",

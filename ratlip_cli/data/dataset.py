@@ -48,19 +48,32 @@ def center_crop(img, size: int):
     return img.crop((left, top, left + size, top + size))
 
 
-def to_tensor(img) -> torch.Tensor:
-    """PIL RGB -> (3, H, W) float in [-1, 1]."""
-    arr = np.asarray(img, dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+def to_tensor(img, uint8: bool = False) -> torch.Tensor:
+    """PIL RGB -> (3, H, W) float in [-1, 1], or with `uint8` the pixels as they are (`to_model_range`
+    turns them into the same floats later, on the training device)."""
+    arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+    return arr.contiguous() if uint8 else to_model_range(arr)
 
 
-def augment(img, load_size: int, crop_size: int, flip: bool, rng: np.random.Generator | None) -> torch.Tensor:
+def to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float32 in [-1, 1] (x / 127.5 - 1, on the tensor's own device); floats pass through.
+
+    Training loaders hand uint8 batches over (4x fewer bytes between processes and to the GPU); the
+    training step converts them here, with exactly the operations `to_tensor` uses, so the images the
+    networks see are bit-identical either way."""
+    if images.dtype != torch.uint8:
+        return images
+    return images.float().div_(127.5).sub_(1.0)
+
+
+def augment(img, load_size: int, crop_size: int, flip: bool, rng: np.random.Generator | None,
+            uint8: bool = False) -> torch.Tensor:
     """The one image pipeline of every training dataset: shorter side to `load_size`, then with `rng` a
     random `crop_size` crop and (when `flip`) a horizontal flip with probability 0.5, without it a
-    centre crop; a (3, crop, crop) tensor in [-1, 1]."""
+    centre crop; a (3, crop, crop) tensor in [-1, 1] (uint8 pixels with `uint8`)."""
     img = resize_shorter_side(img, load_size)
     if rng is None:
-        return to_tensor(center_crop(img, crop_size))
+        return to_tensor(center_crop(img, crop_size), uint8)
     w, h = img.size
     left = int(rng.integers(w - crop_size + 1))
     top = int(rng.integers(h - crop_size + 1))
@@ -69,7 +82,7 @@ def augment(img, load_size: int, crop_size: int, flip: bool, rng: np.random.Gene
         from PIL import Image
 
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return to_tensor(img)
+    return to_tensor(img, uint8)
 
 
 def eval_image(path: str | Path, load_size: int, crop_size: int) -> torch.Tensor:
@@ -78,7 +91,8 @@ def eval_image(path: str | Path, load_size: int, crop_size: int) -> torch.Tensor
 
 
 class TextImageDataset(Dataset):
-    """Items `{image: (3, crop, crop) float in [-1, 1], tokens: (L,) long, caption: str, index: int}`.
+    """Items `{image: (3, crop, crop) float in [-1, 1], tokens: (L,) long, caption: str, index: int}`;
+    with uint8=True (training) the image is its uint8 pixels, for `to_model_range` on the device.
 
     train=True: resize the shorter side to `data_cfg.load_size`, random crop `crop_size`, horizontal
     flip when `data_cfg.flip`; train=False: the same resize and a centre crop. Each item draws one of
@@ -100,6 +114,7 @@ class TextImageDataset(Dataset):
         train: bool,
         seed: int = 0,
         skip_unreadable: bool = False,
+        uint8: bool = False,
     ) -> None:
         self.prepared = root if isinstance(root, PreparedDataset) else load_prepared(root)
         if data_cfg.crop_size > data_cfg.load_size:
@@ -125,6 +140,7 @@ class TextImageDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.skip_unreadable = skip_unreadable
+        self.uint8 = uint8
 
     def set_epoch(self, epoch: int) -> None:
         """Choose which captions, crops and flips the items of this epoch get."""
@@ -142,9 +158,10 @@ class TextImageDataset(Dataset):
         return int(self.rng(index).integers(len(self.captions[index])))
 
     def load_image(self, index: int, rng: np.random.Generator | None = None) -> torch.Tensor:
-        """Image `index` as a (3, crop, crop) tensor in [-1, 1] (augmented with `rng` when training)."""
+        """Image `index` as a (3, crop, crop) tensor in [-1, 1], or uint8 pixels when the dataset hands
+        uint8 over (augmented with `rng` when training)."""
         return augment(load_rgb(self.paths[index]), self.load_size, self.crop_size, self.flip,
-                       rng if self.train else None)
+                       rng if self.train else None, self.uint8)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self.keys):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ratlip_cli.data import KINDS
 from ratlip_cli.data.prepared import REPORT, PrepareSummary, write_prepared
+from ratlip_cli.data.shapes import DEFAULT_SIZE, shapes_scan
 from ratlip_cli.data.shards import DEFAULT_SHARD_MB, is_shard_dataset, write_shards
 from ratlip_cli.errors import RatlipError
 
@@ -65,8 +66,6 @@ def prepare_dataset(
     if kind == "shapes":
         if src is not None:
             raise RatlipError("`ratlip prepare shapes` generates its images; it takes no --src")
-        from ratlip_cli.data.shapes import generate_shapes
-
         return generate_shapes(out_path, size, seed, workers=max(workers, 1), overwrite=overwrite, fmt=fmt,
                                shard_mb=shard_mb or DEFAULT_SHARD_MB)
     if src is None:
@@ -142,3 +141,30 @@ def print_summary(summary: PrepareSummary) -> None:
     if summary.converted:
         modes = ", ".join(f"{n} {mode}" for mode, n in summary.converted.items())
         console.print(f"converted to RGB: {modes}", highlight=False)
+
+
+def generate_shapes(
+    out: str | Path,
+    size: int = DEFAULT_SIZE,
+    seed: int = 0,
+    *,
+    train_per_combo: int = 32,
+    test_per_combo: int = 2,
+    novel_per_combo: int = 16,
+    workers: int = 1,
+    overwrite: bool = False,
+    fmt: str = "prepared",
+    shard_mb: float = 1000,
+):
+    """Write the shapes dataset under `out` (PNG images; `fmt` prepared or shards); returns a PrepareSummary.
+
+    Defaults: 3,072 train images (48 combinations x 2 sizes x 32) and 384 test images (192 of seen
+    combinations, 192 of the 6 held-out ones), 5 captions each. Resumable like every `prepare`.
+    """
+    scan, extra = shapes_scan(seed, train_per_combo, test_per_combo, novel_per_combo)
+    if fmt == "shards":
+        return write_shards(out, "shapes", None, scan, size, image_format="png", workers=workers,
+                            overwrite=overwrite, extra=extra, shard_mb=shard_mb)
+    return write_prepared(
+        out, "shapes", None, scan, size, image_format="png", workers=workers, overwrite=overwrite, extra=extra
+    )

@@ -11,7 +11,6 @@ Layout of a prepared dataset ROOT (see docs/data.md):
 
 from __future__ import annotations
 
-import datetime as _dt
 import io
 import json
 import shutil
@@ -26,7 +25,8 @@ from typing import Any, Callable, Iterator
 
 from ratlip_cli.data.raw import RawItem, ScanNotes, ScanResult
 from ratlip_cli.errors import RatlipError
-from ratlip_cli.files import atomic_write, csv_text, remove_stale_temps, write_text
+from ratlip_cli.files import atomic_write, csv_text, remove_stale_temps, write_text, utc_timestamp
+from ratlip_cli.progress import progress_bar
 
 FORMAT = "ratlip-prepared"
 FORMAT_VERSION = 1
@@ -267,22 +267,6 @@ def _run(tasks: list[tuple], workers: int, fn: Callable[[tuple], Any] = _process
             raise
 
 
-def _progress(description: str):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from ratlip_cli.console import console
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not console.is_terminal,
-        transient=False,
-    )
-
-
 def _report_text(
     layout: str,
     source: str | None,
@@ -361,7 +345,7 @@ def write_prepared(
         tasks.append((key, src, item.spec, item.bbox, str(dst), size, image_format, item.member))
 
     try:
-        with open(journal_path, "a+", encoding="utf-8") as journal, _progress(layout) as progress:
+        with open(journal_path, "a+", encoding="utf-8") as journal, progress_bar() as progress:
             if journal.tell() > 0:
                 journal.seek(journal.tell() - 1)
                 if journal.read(1) != "\n":  # a line cut short by an interruption
@@ -414,7 +398,7 @@ def write_prepared(
         "converted_to_rgb": converted,
         "warnings": warn_counts,
         "extra": extra or {},
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": utc_timestamp(),
         "ratlip_version": __version__,
     }
     try:

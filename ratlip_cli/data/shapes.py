@@ -11,7 +11,6 @@ train (to measure generalisation) plus new images of the seen combinations.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -133,29 +132,14 @@ def shape_items(
     return items
 
 
-def generate_shapes(
-    out: str | Path,
-    size: int = DEFAULT_SIZE,
-    seed: int = 0,
-    *,
-    train_per_combo: int = 32,
-    test_per_combo: int = 2,
-    novel_per_combo: int = 16,
-    workers: int = 1,
-    overwrite: bool = False,
-    fmt: str = "prepared",
-    shard_mb: float = 1000,
-):
-    """Write the shapes dataset under `out` (PNG images; `fmt` prepared or shards); returns a PrepareSummary.
+def shapes_scan(seed: int = 0, train_per_combo: int = 32, test_per_combo: int = 2,
+                novel_per_combo: int = 16) -> tuple[ScanResult, dict[str, Any]]:
+    """The dataset as a scan (items with specs and captions) and the facts its report records.
 
-    Defaults: 3,072 train images (48 combinations x 2 sizes x 32) and 384 test images (192 of seen
-    combinations, 192 of the 6 held-out ones), 5 captions each. Resumable like every `prepare`.
+    `data.prepare.generate_shapes` writes it (the writers import this module, not the other way round).
     """
-    from ratlip_cli.data.prepared import write_prepared
-
     items = shape_items(seed, train_per_combo, test_per_combo, novel_per_combo)
-    notes = ScanNotes()
-    scan = ScanResult(items, notes, split_source="held-out (colour, shape, background) combinations + seen ones")
+    scan = ScanResult(items, ScanNotes(), split_source="held-out (colour, shape, background) combinations + seen ones")
     extra = {
         "seed": seed,
         "train_per_combo": train_per_combo,
@@ -167,14 +151,7 @@ def generate_shapes(
         "sizes": {k: list(v) for k, v in SIZES.items()},
         "held_out": [list(c) for c in held_out_combos()],
     }
-    if fmt == "shards":
-        from ratlip_cli.data.shards import write_shards
-
-        return write_shards(out, "shapes", None, scan, size, image_format="png", workers=workers,
-                            overwrite=overwrite, extra=extra, shard_mb=shard_mb)
-    return write_prepared(
-        out, "shapes", None, scan, size, image_format="png", workers=workers, overwrite=overwrite, extra=extra
-    )
+    return scan, extra
 
 
 # --------------------------------------------------------------------------- checking

@@ -15,7 +15,6 @@ sample of its split and the same input always gives the same shards, byte for by
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import io
 import json
@@ -36,7 +35,6 @@ from ratlip_cli.data.prepared import (
     PrepareSummary,
     _clear,
     _params,
-    _progress,
     _report_text,
     _run,
     encode_image,
@@ -44,7 +42,8 @@ from ratlip_cli.data.prepared import (
 )
 from ratlip_cli.data.raw import RawItem, ScanResult
 from ratlip_cli.errors import RatlipError
-from ratlip_cli.files import write_text
+from ratlip_cli.progress import progress_bar
+from ratlip_cli.files import write_text, utc_timestamp
 
 FORMAT = "ratlip-shards"
 FORMAT_VERSION = 1
@@ -257,7 +256,7 @@ def write_shards(
     failed: list[tuple[str, str]] = []
     reused = processed = 0
     try:
-        with open(journal_path, "a+", encoding="utf-8") as journal, _progress(layout) as progress:
+        with open(journal_path, "a+", encoding="utf-8") as journal, progress_bar() as progress:
             if journal.tell() > 0:
                 journal.seek(journal.tell() - 1)
                 if journal.read(1) != "\n":  # a line cut short by an interruption
@@ -355,7 +354,7 @@ def write_shards(
         "extra": extra or {},
         "params": params,
         "shards": sorted(shards, key=lambda s: s["name"]),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": utc_timestamp(),
         "ratlip_version": __version__,
     }
     try:

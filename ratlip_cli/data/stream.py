@@ -105,6 +105,7 @@ class ShardStream(IterableDataset):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        uint8: bool = False,
     ) -> None:
         if data_cfg.crop_size > data_cfg.load_size:
             raise RatlipError(
@@ -118,6 +119,7 @@ class ShardStream(IterableDataset):
         self.counts = [s.samples for s in self.infos]
         self.bases = np.cumsum([0, *self.counts]).tolist()
         self.load_size, self.crop_size, self.flip = data_cfg.load_size, data_cfg.crop_size, data_cfg.flip
+        self.uint8 = uint8  # hand uint8 pixels over (training); to_model_range converts on the device
         self.buffer = max(1, int(data_cfg.shuffle_buffer))
         self.streams = int(data_cfg.streams)
         self.tokenizer = tokenizer
@@ -210,7 +212,7 @@ class ShardStream(IterableDataset):
         caption = sample.captions[int(rng.integers(len(sample.captions)))]
         with Image.open(io.BytesIO(sample.image)) as im:
             img = im.convert("RGB")
-        return augment(img, self.load_size, self.crop_size, self.flip, rng), caption
+        return augment(img, self.load_size, self.crop_size, self.flip, rng, self.uint8), caption
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -46,11 +45,9 @@ def file_sha256(path: str | Path) -> str:
 
 
 def _online(host: str = INCEPTION_HOST, timeout: float = 3.0) -> bool:
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    from ratlip_cli.weights import reachable
+
+    return reachable(host, timeout)
 
 
 class FeatureExtractor:

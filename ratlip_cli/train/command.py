@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -89,18 +90,25 @@ def build_config(
     return cfg, point
 
 
-def run_train_command(
-    preset: Optional[str],
-    config: Optional[Path],
-    sets: Optional[list[str]],
-    resume: Optional[Path],
-    device: Optional[str],
-    precision: Optional[str],
-    gpus: Optional[int],
-    print_config: bool,
-) -> int:
+@dataclass
+class TrainOptions:
+    """Everything `ratlip train` was asked for (the CLI fills this in, as for every command)."""
+
+    preset: Optional[str] = None
+    config: Optional[Path] = None
+    sets: list[str] = field(default_factory=list)
+    resume: Optional[Path] = None
+    device: Optional[str] = None
+    precision: Optional[str] = None
+    gpus: Optional[int] = None
+    print_config: bool = False
+
+
+def run_train_command(opts: TrainOptions) -> int:
     """Run `ratlip train`; returns the process exit code (128 + signal number when stopped by a signal)."""
-    sets = list(sets or [])
+    preset, config, resume, device, precision, gpus = (opts.preset, opts.config, opts.resume, opts.device,
+                                                       opts.precision, opts.gpus)
+    sets, print_config = list(opts.sets or []), opts.print_config
     cfg, point = build_config(preset, config, sets, resume, device, precision)
     if print_config:
         console.print(to_yaml(cfg), end="", highlight=False, markup=False)

@@ -13,7 +13,6 @@ told, and what tells a taken-over lock from a clean one:
 
 from __future__ import annotations
 
-import datetime as _dt
 import fcntl
 import json
 import os
@@ -24,7 +23,7 @@ from typing import Any
 
 from ratlip_cli.console import warn
 from ratlip_cli.errors import RatlipError
-from ratlip_cli.files import pid_alive
+from ratlip_cli.files import pid_alive, utc_timestamp
 
 LOCK_FILE = "train.lock"
 
@@ -98,7 +97,7 @@ class RunLock:
             doc = {
                 "pid": me,
                 "host": host,
-                "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "started": utc_timestamp(),
                 "command": " ".join(sys.argv),
             }
             os.ftruncate(fd, 0)

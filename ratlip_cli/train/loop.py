@@ -350,12 +350,14 @@ class Trainer:
             from ratlip_cli.data.stream import ShardStream
 
             self.dataset = self.sampler = ShardStream(
-                prepared, "train", cfg.data, self.nets.text.tokenizer, tc.batch_size, data_seed, self.rank, self.world
+                prepared, "train", cfg.data, self.nets.text.tokenizer, tc.batch_size, data_seed, self.rank, self.world,
+                uint8=True,
             )
             self.dataset.check_workers(cfg.data.num_workers)
         else:
             self.dataset = TextImageDataset(
-                prepared, "train", cfg.data, self.nets.text.tokenizer, train=True, seed=data_seed, skip_unreadable=True
+                prepared, "train", cfg.data, self.nets.text.tokenizer, train=True, seed=data_seed, skip_unreadable=True,
+                uint8=True,
             )
             self.sampler = EpochBatchSampler(len(self.dataset), tc.batch_size, tc.seed, self.rank, self.world)
         self.unreadable = UnreadableImages(tc.max_unreadable, prepared.root)
@@ -600,20 +602,12 @@ class Trainer:
                          tc.max_minutes, rate)
 
     def _progress(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from ratlip_cli.progress import progress_bar
 
         enabled = self.main and console.is_terminal
-        return Progress(
-            TextColumn("[bold]epoch {task.fields[epoch]}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[plan]}"),
-            TextColumn("{task.fields[info]}"),
-            console=console,
-            disable=not enabled,
-            transient=False,
-        ), enabled
+        bar = progress_bar("[bold]epoch {task.fields[epoch]}", extra=("{task.fields[plan]}", "{task.fields[info]}"),
+                           elapsed=True, remaining=False, enabled=enabled)
+        return bar, enabled
 
     def _has_losses(self, row: dict[str, Any]) -> bool:
         return bool(self.loss_columns) and row.get(self.loss_columns[0], "") != ""

@@ -177,14 +177,13 @@ def pretrain_text(cfg: Config, restart: bool = False, on_step=None) -> PretrainR
             return "max_minutes"
         return None
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from ratlip_cli.progress import progress_bar
 
     acc = {"loss": 0.0, "w": 0.0, "s": 0.0, "n": 0, "t": 0.0, "images": 0}
     stop_reason = done()
     t0, elapsed0 = time.perf_counter(), elapsed
-    bar = Progress(TextColumn("[bold]DAMSM epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=console,
-                   disable=not console.is_terminal)
+    bar = progress_bar("[bold]DAMSM epoch {task.fields[epoch]}", extra=("{task.fields[info]}",), elapsed=True,
+                       remaining=False)
     with StopFlag() as stop, bar:
         task = bar.add_task("damsm", total=planned, completed=step, epoch=epoch + 1, info="")
         while stop_reason is None:

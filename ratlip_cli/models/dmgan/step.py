@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ratlip_cli import dist
+from ratlip_cli.data.dataset import to_model_range
 from ratlip_cli.config import Config
 from ratlip_cli.models.dmgan.damsm_losses import same_caption_mask, sent_loss, words_loss
 from ratlip_cli.models.dmgan.losses import discriminator_loss, generator_adv_loss, kl_loss
@@ -105,7 +106,7 @@ class DmganStep(TrainingStep):
     def __call__(self, batch: dict[str, Any]) -> StepOutput:
         dm, dev = self.cfg.dmgan, self.device
         amp = lambda: autocast(dev, self.precision)  # noqa: E731
-        real = batch["image"].to(dev, non_blocking=True)
+        real = to_model_range(batch["image"].to(dev, non_blocking=True))
         tokens = batch["tokens"].to(dev, non_blocking=True)
         b = real.shape[0]
         lens = caption_lengths(tokens)

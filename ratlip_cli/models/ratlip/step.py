@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ratlip_cli import dist
+from ratlip_cli.data.dataset import to_model_range
 from ratlip_cli.config import Config
 from ratlip_cli.losses import d_hinge_loss, g_loss, ma_gp, mismatched
 from ratlip_cli.models.family import Networks, StepOutput, TrainingStep
@@ -118,7 +119,7 @@ class RatlipStep(TrainingStep):
         tc, dev = self.cfg.train, self.device
         amp = lambda: autocast(dev, self.precision)  # noqa: E731
         cl = torch.channels_last if self.channels_last else torch.contiguous_format
-        real = batch["image"].to(dev, non_blocking=True).to(memory_format=cl)
+        real = to_model_range(batch["image"].to(dev, non_blocking=True)).to(memory_format=cl)
         tokens = batch["tokens"].to(dev, non_blocking=True)
         b = real.shape[0]
         with torch.no_grad(), amp():

@@ -1,0 +1,87 @@
+"""Options, settings and progress bars of `ratlip eval`, and the batch type both modes produce."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from rich.progress import Progress
+
+from ratlip_cli import dist
+from ratlip_cli.config import Config, EvalConfig, set_value, validate
+from ratlip_cli.errors import RatlipError
+from ratlip_cli.progress import progress_bar
+
+
+NOT_FID_MARK = "random-tiny (NOT FID)"
+CACHE_VERSION = 1
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
+
+
+# ----------------------------------------------------------------------------- options and setup
+
+
+@dataclass
+class EvalOptions:
+    """What one evaluation was asked for beyond the config's `eval` section."""
+
+    dataset: str | None = None
+    split: str = "test"
+    device: str | None = None
+    seed: int = 0
+    # Side of the square reference images; 0: the size of the evaluated images.
+    ref_size: int = 0
+    save_images: Path | None = None
+    out_csv: Path | None = None
+    progress: bool = True
+
+
+@dataclass
+class ImageBatch:
+    """uint8 RGB images (H, W, 3) and the caption each was made from."""
+
+    images: list[np.ndarray]
+    captions: list[str]
+    # Index of the first image in the whole evaluation (orders batches gathered from several processes).
+    start: int = 0
+
+
+def batch_starts(total: int, batch_size: int) -> list[int]:
+    """First indices of this process's batches: all of them, or every world-th from its rank under torchrun."""
+    starts = list(range(0, total, max(1, batch_size)))
+    return starts[dist.get_rank() :: dist.get_world_size()]
+
+
+def apply_settings(cfg: Config, settings: dict[str, Any]) -> Config:
+    """Set dotted config keys from explicit CLI options (None values are skipped) and validate."""
+    for key, value in settings.items():
+        if value is not None:
+            set_value(cfg, key, value)
+    validate(cfg)
+    check_eval_config(cfg.eval)
+    return cfg
+
+
+def check_eval_config(ecfg: EvalConfig) -> None:
+    """Range checks of the eval section."""
+    if ecfg.num < 0:
+        raise RatlipError(f"eval.num must be >= 0 (0: use eval.passes), got {ecfg.num}")
+    if ecfg.num == 0 and ecfg.passes < 1:
+        raise RatlipError(f"eval.passes must be >= 1, got {ecfg.passes}")
+    if ecfg.batch_size < 1:
+        raise RatlipError(f"eval.batch_size must be >= 1, got {ecfg.batch_size}")
+    if ecfg.r_precision_candidates < 2:
+        raise RatlipError(f"eval.r_precision_candidates must be >= 2, got {ecfg.r_precision_candidates}")
+    if ecfg.kid_subsets < 1 or ecfg.kid_subset_size < 2:
+        raise RatlipError("eval.kid_subsets must be >= 1 and eval.kid_subset_size >= 2")
+
+
+@contextmanager
+def progress_bars(enabled: bool = True) -> Iterator[Progress]:
+    """Rich progress bars on stderr (stdout stays clean for --json)."""
+    bars = progress_bar(elapsed=True, stderr=True, enabled=enabled)
+    with bars:
+        yield bars
