@@ -6,9 +6,13 @@
 The dataset: synthetic photo-like RGB images of 500 x 375 (CUB's typical raw size), written as JPEG,
 then through `ratlip`'s own prepare code (`write_prepared`, JPEG q95 4:4:4, shorter side 304 px), so
 the files are what `ratlip prepare cub` stores. The loader is `ratlip train`'s: `TextImageDataset`
-(train mode: decode, shorter side to data.load_size 304, random 256 crop, flip, to a float tensor in
-[-1, 1], one caption tokenised by the ViT-B/32 CLIP tokenizer) under a `torch.utils.data.DataLoader`
-with the default collate, batch 64, no model. Reported:
+(train mode: decode, shorter side to data.load_size 304, random 256 crop, flip, to a tensor, one
+caption tokenised by the ViT-B/32 CLIP tokenizer) under a `torch.utils.data.DataLoader` with the
+default collate, batch 64, no model. `--handover uint8` (the default, what `ratlip train` does)
+hands uint8 pixels over, which the training step turns into floats on its device; `float32` is the
+hand-over before that change; `--handover float32,uint8` times both. `--formats decoded` times the
+loader on the dataset's decoded copy (`ratlip prepare ... --decoded`): crops from one memory-mapped
+file, no JPEG decode. Reported:
 
 - per stage, in this process (median over the images): decode, resize, crop + flip + to-tensor,
   tokenize, and collate per image of a batch of 64;
@@ -176,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu-images-per-s", type=float, default=ASSUMED_GPU_IMAGES_PER_S,
                         help="what one GPU training step consumes (default: the assumption in the docstring)")
     parser.add_argument("--data", type=Path, help="keep the synthetic dataset here (default: a temp folder)")
-    parser.add_argument("--formats", default="folder", help="folder, shards or folder,shards: the loaders to time")
+    parser.add_argument("--formats", default="folder",
+                        help="any of folder, decoded (the folder plus its decoded copy), shards, comma-separated")
     parser.add_argument("--shuffle-buffer", type=int, default=1000, help="shards: data.shuffle_buffer")
     parser.add_argument("--shard-mb", type=float, default=1000, help="shards: target shard size in MB")
     parser.add_argument("--handover", default="uint8",
@@ -212,9 +217,20 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(f"  {'sum':32s} {total * 1e3:7.3f}  -> {1 / total:.0f} images/s for one core\n")
             if "folder" in args.formats.split(","):
                 loaders[f"folder {handover}"] = dataset
+        if "decoded" in args.formats.split(","):
+            from ratlip_cli.data.decoded import PIXELS_FILE, write_decoded
+
+            t0 = time.perf_counter()
+            write_decoded(prepared)
+            mb = (prepared / PIXELS_FILE).stat().st_size / 2**20
+            sys.stdout.write(f"\ndecoded copy (`ratlip prepare ... --decoded`): {mb:.0f} MB, written in "
+                             f"{time.perf_counter() - t0:.1f} s\n")
+            for handover in handovers:
+                loaders[f"decoded {handover}"] = TextImageDataset(prepared, "train", cfg, tokenizer, train=True, seed=0,
+                                                                  uint8=handover == "uint8", decoded=True)
         sys.stdout.write("\n")
         for fmt in args.formats.split(","):
-            if fmt == "folder":
+            if fmt in ("folder", "decoded"):
                 continue
             elif fmt == "shards":
                 from ratlip_cli.data.shards import load_shards
@@ -227,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                         load_shards(make_shards(folder, args.shard_mb)), "train", scfg, tokenizer, args.batch, seed=0,
                         uint8=handover == "uint8")
             else:
-                parser.error(f"unknown format {fmt!r}: use folder and/or shards")
+                parser.error(f"unknown format {fmt!r}: use folder, decoded and/or shards")
         sys.stdout.write("| format | workers | images/s | per worker | worker PSS MB |\n|---|---:|---:|---:|---:|\n")
         per_worker = []
         for w in [int(x) for x in args.workers.split(",")]:
@@ -236,13 +252,16 @@ def main(argv: list[str] | None = None) -> int:
                     continue  # workers must divide the 4 streams
                 rate, pss = loader_rate(ds, w, args.batch, args.epochs)
                 per = rate / max(w, 1)
-                if w > 0 and fmt.startswith("folder"):
+                if w > 0 and not fmt.startswith("shards"):
                     per_worker.append(per)
                 sys.stdout.write(f"| {fmt} | {w} | {rate:.0f} | {per:.0f} | {pss:.0f} |\n" if w else
                                  f"| {fmt} | {w} | {rate:.0f} | {per:.0f} | - |\n")
                 sys.stdout.flush()
     need = HEADROOM * args.gpu_images_per_s
     best = max(per_worker) if per_worker else 1 / total
+    if best <= 0:
+        sys.stdout.write("\nno loader delivered a timed batch (use more --images or --epochs than one batch)\n")
+        return 1
     sys.stdout.write(
         f"\nassumed GPU consumption: {args.gpu_images_per_s:.0f} images/s; {HEADROOM:g}x that = {need:.0f} images/s "
         f"= {math.ceil(need / best)} workers at {best:.0f} images/s each "

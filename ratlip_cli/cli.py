@@ -165,6 +165,13 @@ def prepare(
         typer.Option("--shard-mb", min=0.001, help="--format shards only: target shard size in MB \\[default: 1000].",
                      show_default=False),
     ] = None,
+    decoded: Annotated[
+        bool,
+        typer.Option("--decoded", help="--format prepared only: also store every image decoded (raw RGB, one "
+                     "memory-mapped file beside the images) so training crops from memory instead of decoding a "
+                     "JPEG/PNG per item; same pixels, several times faster loading, about 10x the disk of JPEGs. "
+                     "Rerun on an existing dataset to add or refresh it."),
+    ] = False,
     test_percent: Annotated[
         Optional[int],
         typer.Option("--test-percent", min=0, max=100,
@@ -183,7 +190,7 @@ def prepare(
     refusals.check("prepare", ctx)
     summary = prepare_dataset(
         kind, src, out, size, preset=preset, split_file=split_file, workers=workers, overwrite=overwrite, seed=seed,
-        fmt=fmt, shard_mb=shard_mb, test_percent=test_percent,
+        fmt=fmt, shard_mb=shard_mb, test_percent=test_percent, decoded=decoded,
     )
     print_summary(summary)
 

@@ -47,6 +47,8 @@ RULES: dict[str, list[Rule]] = {
              "only the generated shapes dataset has a seed"),
         Rule(("split_file",), lambda p: p.get("kind") != "folder", "except for folder",
              "the other layouts come with their own splits"),
+        Rule(("decoded",), lambda p: p.get("fmt") == "shards", "with --format shards",
+             "shards are streamed and decoded per sample; the decoded copy is for the prepared format"),
     ],
     "sample": [
         Rule(("steps",), lambda p: not p.get("interpolate"), "without --interpolate",

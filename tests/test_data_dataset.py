@@ -124,3 +124,49 @@ def test_uint8_hand_over_gives_the_same_floats_after_conversion(shapes_root, tok
     assert batch_u.float().std() > 10  # real pixels, not a constant
     assert torch.equal(to_model_range(batch_u), batch_f)  # bit-identical, crops and flips included
     assert to_model_range(batch_f) is batch_f  # floats pass through
+
+
+def test_decoded_copy_gives_the_same_items_and_is_ignored_when_stale(tmp_path, tokenizer):
+    import json
+
+    from ratlip_cli.data.decoded import INDEX_FILE, PIXELS_FILE, open_decoded, write_decoded
+
+    root = tmp_path / "shapes"
+    generate_shapes(root, size=32, train_per_combo=1, test_per_combo=1, novel_per_combo=1)
+    write_decoded(root)
+    index = json.loads((root / INDEX_FILE).read_text())
+    assert len(index["images"]) == len(load_prepared(root).images)
+    assert (root / PIXELS_FILE).stat().st_size == sum(h * w * 3 for _, h, w in index["images"].values())
+    for load, crop, uint8 in ((32, 28, True), (36, 32, False)):  # stored size, and a resize from the copy
+        cfg = _cfg(load=load, crop=crop, flip=True)
+        files = TextImageDataset(root, "train", cfg, tokenizer, train=True, seed=1, uint8=uint8)
+        copy = TextImageDataset(root, "train", cfg, tokenizer, train=True, seed=1, uint8=uint8, decoded=True)
+        assert copy.decoded is not None and files.decoded is None
+        for i in range(0, len(files), 7):
+            assert torch.equal(copy[i]["image"], files[i]["image"]), i
+    # the copy must be the pixels: deleting an image file does not change the decoded item
+    cfg = _cfg(load=32, crop=32)
+    copy = TextImageDataset(root, "train", cfg, tokenizer, train=False, decoded=True)
+    before = copy[3]["image"].clone()
+    copy.paths[3].unlink()
+    assert torch.equal(copy[3]["image"], before)
+    # a dataset prepared again (different manifest) makes the copy stale: ignored, with a warning
+    manifest = root / "manifest.json"
+    manifest.write_text(manifest.read_text().replace("{", '{"touched": 1, ', 1))
+    assert open_decoded(load_prepared(root)) is None
+
+
+def test_prepare_writes_the_decoded_copy_and_refuses_it_for_shards(tmp_path):
+    from typer.testing import CliRunner
+
+    from ratlip_cli.cli import app
+    from ratlip_cli.data.decoded import INDEX_FILE, PIXELS_FILE
+
+    out = tmp_path / "shapes"
+    result = CliRunner().invoke(app, ["prepare", "shapes", "--out", str(out), "--size", "32", "--decoded"])
+    assert result.exit_code == 0, result.output
+    assert (out / PIXELS_FILE).stat().st_size > 0 and (out / INDEX_FILE).is_file()
+    result = CliRunner().invoke(app, ["prepare", "shapes", "--out", str(tmp_path / "s"), "--format", "shards",
+                                      "--decoded"])
+    assert result.exit_code == 2 and "--decoded cannot be used with --format shards" in result.output
+    assert not (tmp_path / "s").exists()

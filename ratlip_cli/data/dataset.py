@@ -49,10 +49,12 @@ def center_crop(img, size: int):
 
 
 def to_tensor(img, uint8: bool = False) -> torch.Tensor:
-    """PIL RGB -> (3, H, W) float in [-1, 1], or with `uint8` the pixels as they are (`to_model_range`
-    turns them into the same floats later, on the training device)."""
-    arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
-    return arr.contiguous() if uint8 else to_model_range(arr)
+    """PIL RGB or (H, W, 3) uint8 array -> (3, H, W) float in [-1, 1], or with `uint8` the pixels as
+    they are (`to_model_range` turns them into the same floats later, on the training device)."""
+    arr = np.asarray(img, dtype=np.uint8)
+    if uint8:
+        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+    return to_model_range(torch.from_numpy(arr.copy()).permute(2, 0, 1))
 
 
 def to_model_range(images: torch.Tensor) -> torch.Tensor:
@@ -70,18 +72,25 @@ def augment(img, load_size: int, crop_size: int, flip: bool, rng: np.random.Gene
             uint8: bool = False) -> torch.Tensor:
     """The one image pipeline of every training dataset: shorter side to `load_size`, then with `rng` a
     random `crop_size` crop and (when `flip`) a horizontal flip with probability 0.5, without it a
-    centre crop; a (3, crop, crop) tensor in [-1, 1] (uint8 pixels with `uint8`)."""
-    img = resize_shorter_side(img, load_size)
-    if rng is None:
-        return to_tensor(center_crop(img, crop_size), uint8)
-    w, h = img.size
-    left = int(rng.integers(w - crop_size + 1))
-    top = int(rng.integers(h - crop_size + 1))
-    img = img.crop((left, top, left + crop_size, top + crop_size))
-    if flip and rng.random() < 0.5:
+    centre crop; a (3, crop, crop) tensor in [-1, 1] (uint8 pixels with `uint8`).
+
+    `img` is a PIL image or an (H, W, 3) uint8 array (decoded pixels, `data/decoded.py`): crop and
+    flip are array slices either way, so both give the same pixels."""
+    if isinstance(img, np.ndarray) and min(img.shape[:2]) != load_size:
         from PIL import Image
 
-        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        img = Image.fromarray(img)
+    if not isinstance(img, np.ndarray):
+        img = np.asarray(resize_shorter_side(img, load_size), dtype=np.uint8)
+    h, w = img.shape[:2]
+    if rng is None:
+        left, top = (w - crop_size) // 2, (h - crop_size) // 2
+    else:
+        left = int(rng.integers(w - crop_size + 1))
+        top = int(rng.integers(h - crop_size + 1))
+    img = img[top : top + crop_size, left : left + crop_size]
+    if rng is not None and flip and rng.random() < 0.5:
+        img = img[:, ::-1]
     return to_tensor(img, uint8)
 
 
@@ -92,7 +101,9 @@ def eval_image(path: str | Path, load_size: int, crop_size: int) -> torch.Tensor
 
 class TextImageDataset(Dataset):
     """Items `{image: (3, crop, crop) float in [-1, 1], tokens: (L,) long, caption: str, index: int}`;
-    with uint8=True (training) the image is its uint8 pixels, for `to_model_range` on the device.
+    with uint8=True (training) the image is its uint8 pixels, for `to_model_range` on the device;
+    with decoded=True (training) images are cropped from the dataset's decoded copy when it has a
+    current one (`ratlip prepare ... --decoded`), with the same pixels as from the files.
 
     train=True: resize the shorter side to `data_cfg.load_size`, random crop `crop_size`, horizontal
     flip when `data_cfg.flip`; train=False: the same resize and a centre crop. Each item draws one of
@@ -115,6 +126,7 @@ class TextImageDataset(Dataset):
         seed: int = 0,
         skip_unreadable: bool = False,
         uint8: bool = False,
+        decoded: bool = False,
     ) -> None:
         self.prepared = root if isinstance(root, PreparedDataset) else load_prepared(root)
         if data_cfg.crop_size > data_cfg.load_size:
@@ -141,6 +153,11 @@ class TextImageDataset(Dataset):
         self.epoch = 0
         self.skip_unreadable = skip_unreadable
         self.uint8 = uint8
+        self.decoded = None
+        if decoded:  # crop from the decoded copy when the dataset has a current one
+            from ratlip_cli.data.decoded import open_decoded
+
+            self.decoded = open_decoded(self.prepared)
 
     def set_epoch(self, epoch: int) -> None:
         """Choose which captions, crops and flips the items of this epoch get."""
@@ -160,8 +177,9 @@ class TextImageDataset(Dataset):
     def load_image(self, index: int, rng: np.random.Generator | None = None) -> torch.Tensor:
         """Image `index` as a (3, crop, crop) tensor in [-1, 1], or uint8 pixels when the dataset hands
         uint8 over (augmented with `rng` when training)."""
-        return augment(load_rgb(self.paths[index]), self.load_size, self.crop_size, self.flip,
-                       rng if self.train else None, self.uint8)
+        pixels = self.decoded.get(self.keys[index]) if self.decoded is not None else None
+        return augment(load_rgb(self.paths[index]) if pixels is None else pixels, self.load_size, self.crop_size,
+                       self.flip, rng if self.train else None, self.uint8)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self.keys):

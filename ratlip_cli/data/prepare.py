@@ -45,9 +45,24 @@ def prepare_dataset(
     fmt: str = "prepared",
     shard_mb: float | None = None,
     test_percent: int | None = None,
+    decoded: bool = False,
 ) -> PrepareSummary:
     """Prepare dataset `kind` (one of KINDS) from `src` into `out` in format `fmt` (prepared or
-    shards); resumable and idempotent."""
+    shards); resumable and idempotent. `decoded`: also write the decoded copy the training loader
+    crops from (`data/decoded.py`; prepared format only)."""
+    if decoded and fmt == "shards":
+        raise RatlipError("--decoded applies to --format prepared only (shards are streamed and decoded per sample)")
+    summary = _prepare(kind, src, out, size, preset=preset, split_file=split_file, workers=workers,
+                       overwrite=overwrite, seed=seed, fmt=fmt, shard_mb=shard_mb, test_percent=test_percent)
+    if decoded:
+        from ratlip_cli.data.decoded import write_decoded
+
+        write_decoded(summary.root)
+    return summary
+
+
+def _prepare(kind: str, src, out, size, *, preset, split_file, workers, overwrite, seed, fmt, shard_mb,
+             test_percent) -> PrepareSummary:
     if kind not in KINDS:
         raise RatlipError(f"unknown dataset kind '{kind}'; choose one of: {', '.join(KINDS)}")
     if fmt not in FORMATS:

@@ -357,7 +357,7 @@ class Trainer:
         else:
             self.dataset = TextImageDataset(
                 prepared, "train", cfg.data, self.nets.text.tokenizer, train=True, seed=data_seed, skip_unreadable=True,
-                uint8=True,
+                uint8=True, decoded=True,
             )
             self.sampler = EpochBatchSampler(len(self.dataset), tc.batch_size, tc.seed, self.rank, self.world)
         self.unreadable = UnreadableImages(tc.max_unreadable, prepared.root)
