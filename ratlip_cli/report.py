@@ -351,8 +351,11 @@ def ablation_page(folder: Path) -> str:
         body.append("<p>No finished cells yet (ablation.csv is empty or missing).</p>")
     else:
         metrics = ablate.metrics_in(rows)
+        key = ablate.rows_key(rows)
+        axis = "h" if key == ablate.RAT_KEY else "value"
+        what = "h" if axis == "h" else f"value of {key}"
         body.append("<h2>Results</h2>")
-        body.append(f'<p class="note">One line per h: mean ± std over seeds ({len(rows)} cells).</p>')
+        body.append(f'<p class="note">One line per {_esc(what)}: mean ± std over seeds ({len(rows)} cells).</p>')
         table = ablate.results_table(rows, metrics, "")
         body.append(rich_table_html(table, "ablation-table"))
         if any(ablate.NOT_FID_MARK in str(r.get("feature_extractor", "")) for r in rows):
@@ -361,9 +364,10 @@ def ablation_page(folder: Path) -> str:
             plot = Path(tmp) / "ablation.png"
             ablate.plot_ablation(rows, metrics, plot, name)
             if plot.is_file():
-                body.append(_img(plot.read_bytes(), "ablation plot: metrics against h with error bars", "ablation-plot"))
+                body.append(_img(plot.read_bytes(), f"ablation plot: metrics against {what} with error bars",
+                                 "ablation-plot"))
         body.append("<h2>Cells</h2>")
-        wanted = ["h", "seed", *ablate.SCORE_COLUMNS, "trainable_params", "steps", "train_img_per_s", "run"]
+        wanted = [*(["h"] if axis == "h" else ["sweep_key", "value"]), "seed", *ablate.SCORE_COLUMNS, "trainable_params", "steps", "train_img_per_s", "run"]
         present = [c for c in wanted if any(str(r.get(c, "")) != "" for r in rows)]
         body.append(dict_table_html(rows, present, "ablation-cells"))
     sweep = folder / ablate.SWEEP_FILE

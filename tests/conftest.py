@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -33,3 +35,24 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    """32 px shapes (the default set), generated once per session and shared: tests must not change it."""
+    from ratlip_cli.data import generate_shapes
+
+    root = tmp_path_factory.mktemp("shapes32")
+    generate_shapes(root, size=32)
+    return root
+
+
+@pytest.fixture(scope="session")
+def encoders_dir(tmp_path_factory, data_root) -> Path:
+    """DAMSM encoders pretrained for 2 steps on `data_root` (shared by the DM-GAN-based families' tests)."""
+    from ratlip_cli.models.dmgan.pretrain import pretrain_text
+
+    out = tmp_path_factory.mktemp("damsm")
+    pretrain_text(resolve_config("tiny", overrides=[f"train.runs_dir={out / 'runs'}", f"data.root={data_root}",
+                                                    f"damsm.out={out / 'enc'}", "damsm.max_steps=2"]))
+    return out / "enc"

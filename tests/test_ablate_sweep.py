@@ -107,3 +107,17 @@ def test_param_columns_of_a_family_without_bridge_or_rat():
     assert cols["bridge_params"] is None and cols["rat_params"] is None
     assert (cols["generator_trainable"], cols["generator_total"], cols["trainable_params"], cols["total_params"]) == (
         5, 6, 15, 19)
+
+
+def test_a_dm_gan_cell_keeps_the_encoders_of_the_sweeps_runs_dir(tmp_path):
+    """Cells train in the ablation folder; DM-GAN's default encoder folder (runs_dir/damsm-DATA) must not move."""
+    from ratlip_cli.config import resolve_config
+
+    cfg = resolve_config("tiny", overrides=[f"train.runs_dir={tmp_path / 'runs'}", "model.family=dmgan"])
+    cell = ablate.cell_config(cfg, tmp_path / "abl", "5", 1, "dmgan.damsm_weight")
+    assert cell.dmgan.text_encoder == str(tmp_path / "runs" / f"damsm-{cfg.data.name}")
+    assert (cell.train.runs_dir, cell.train.seed, cell.dmgan.damsm_weight) == (str(tmp_path / "abl"), 1, 5.0)
+    given = resolve_config("tiny", overrides=["model.family=dmgan", f"dmgan.text_encoder={tmp_path / 'enc'}"])
+    assert ablate.cell_config(given, tmp_path / "abl", "5", 0, "dmgan.damsm_weight").dmgan.text_encoder == str(tmp_path / "enc")
+    ratlip = ablate.cell_config(resolve_config("tiny"), tmp_path / "abl", "8", 0)
+    assert ratlip.dmgan.text_encoder == "" and ratlip.model.rat.hidden == 8  # other families: nothing pinned

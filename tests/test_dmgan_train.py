@@ -27,26 +27,8 @@ from ratlip_cli.train.run import TIMING_COLUMNS, read_metrics
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    from ratlip_cli.data import generate_shapes
-
-    root = tmp_path_factory.mktemp("shapes32")
-    generate_shapes(root, size=32)
-    return root
-
-
 def tiny(tmp_path: Path, data_root: Path, *sets: str):
     return resolve_config("tiny", overrides=[f"train.runs_dir={tmp_path / 'runs'}", f"data.root={data_root}", *sets])
-
-
-@pytest.fixture(scope="module")
-def encoders_dir(tmp_path_factory, data_root) -> Path:
-    """DAMSM encoders pretrained for 2 steps (shared by the GAN tests)."""
-    out = tmp_path_factory.mktemp("damsm")
-    cfg = tiny(out, data_root, f"damsm.out={out / 'enc'}", "damsm.max_steps=2")
-    pretrain_text(cfg)
-    return out / "enc"
 
 
 def test_vocabulary_from_training_captions():

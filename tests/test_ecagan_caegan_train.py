@@ -20,7 +20,6 @@ from ratlip_cli.errors import RatlipError
 from ratlip_cli.export import load_generator
 from ratlip_cli.models.caegan.networks import CaeganGenerator
 from ratlip_cli.models.dmgan.family import build_dmgan
-from ratlip_cli.models.dmgan.pretrain import pretrain_text
 from ratlip_cli.models.common.carafe import CARAFE
 from ratlip_cli.models.common.channel_attention import SqueezeExcite
 from ratlip_cli.models.ecagan.networks import EcaganGenerator
@@ -32,24 +31,8 @@ from ratlip_cli.train.run import TIMING_COLUMNS, read_metrics
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    from ratlip_cli.data import generate_shapes
-
-    root = tmp_path_factory.mktemp("shapes32")
-    generate_shapes(root, size=32)
-    return root
-
-
 def tiny(tmp_path: Path, data_root: Path, *sets: str):
     return resolve_config("tiny", overrides=[f"train.runs_dir={tmp_path / 'runs'}", f"data.root={data_root}", *sets])
-
-
-@pytest.fixture(scope="module")
-def encoders_dir(tmp_path_factory, data_root) -> Path:
-    out = tmp_path_factory.mktemp("damsm")
-    pretrain_text(tiny(out, data_root, f"damsm.out={out / 'enc'}", "damsm.max_steps=2"))
-    return out / "enc"
 
 
 def _gan(tmp_path, data_root, encoders_dir, family, name, *sets):

@@ -19,15 +19,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory) -> tuple[Path, Path]:
+def two_runs(tmp_path_factory, data_root) -> tuple[Path, Path]:
     """Two tiny runs with the same seed and settings, differing only in their names."""
-    from ratlip_cli.data import generate_shapes
-
     tmp = tmp_path_factory.mktemp("export")
-    generate_shapes(tmp / "data", size=32)
     runs = []
     for name in ("a", "b"):
-        cfg = resolve_config("tiny", overrides=[f"train.runs_dir={tmp / 'runs'}", f"data.root={tmp / 'data'}",
+        cfg = resolve_config("tiny", overrides=[f"train.runs_dir={tmp / 'runs'}", f"data.root={data_root}",
                                                 f"train.name={name}", "train.max_steps=2", "train.sample_every=0"])
         runs.append(train(cfg).run_dir)
     return runs[0], runs[1]

@@ -183,17 +183,15 @@ def test_import_command_makes_a_run_that_samples(tmp_path):
     assert wrong.exit_code == 2 and "does not fit this config" in wrong.output
 
 
-def test_training_continues_from_an_imported_release(tmp_path):
+def test_training_continues_from_an_imported_release(tmp_path, data_root):
     """`ratlip train --resume` on an imported run: starts at step 0 from the released weights and trains."""
     from typer.testing import CliRunner
 
     from ratlip_cli.cli import app
-    from ratlip_cli.data import generate_shapes
     from ratlip_cli.export import save_clip_weights
     from ratlip_cli.train.checkpoint import latest_checkpoint
 
-    data = tmp_path / "shapes32"
-    generate_shapes(data, size=32)
+    data = data_root
     clip_file = tmp_path / "clip.safetensors"
     save_clip_weights(_ref_clip(), clip_file)
     sets = [f"{k}={json.dumps(v)}" for k, v in META["config"].items()]

@@ -198,6 +198,21 @@ def test_ablation_page_has_mean_std_table_plot_and_cells(tmp_path):
     assert cells.count("h16-s1") == 1 and "11" in cells and "13" in cells
 
 
+def test_ablation_page_of_another_key_names_the_key_and_values(tmp_path):
+    from ratlip_cli import ablate
+
+    folder = tmp_path / "ablate-lr"
+    rows = [{"sweep_key": "train.lr_g", "value": v, "h": 64, "seed": 0, "trainable_params": 1000, "clip_score": cs,
+             "steps": 2, "run": f"lr_g-{v}-s0"} for v, cs in (("0.0001", 10.0), ("0.0003", 11.0))]
+    ablate.write_rows(folder / ablate.CSV_FILE, rows)
+    html = report.write_report(folder).read_text(encoding="utf-8")
+    page = Page(html)
+    assert [img["alt"] for img in page.images] == ["ablation plot: metrics against value of train.lr_g with error bars"]
+    cells = page.cells["ablation-cells"]
+    assert "train.lr_g" in cells and "0.0003" in cells and "lr_g-0.0001-s0" in cells
+    assert "One line per value of train.lr_g" in html
+
+
 def test_not_a_run_folder_is_a_one_line_error(tmp_path):
     result = runner.invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 2

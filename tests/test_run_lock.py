@@ -21,15 +21,6 @@ from ratlip_cli.train.lock import LOCK_FILE, RunLock
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    from ratlip_cli.data import generate_shapes
-
-    root = tmp_path_factory.mktemp("lockdata")
-    generate_shapes(root, size=32)
-    return root
-
-
 def _train_args(runs: Path, data: Path, name: str, *extra: str) -> list[str]:
     return ["train", "tiny", "--set", f"train.runs_dir={runs}", "--set", f"data.root={data}",
             "--set", f"train.name={name}", "--set", "train.sample_every=0", *extra]

@@ -28,16 +28,6 @@ from ratlip_cli.train.run import TIMING_COLUMNS, read_metrics
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    """32 px shapes, generated once for the module."""
-    from ratlip_cli.data import generate_shapes
-
-    root = tmp_path_factory.mktemp("shapes32")
-    generate_shapes(root, size=32)
-    return root
-
-
 def tiny(tmp_path: Path, data_root: Path, name: str, *sets: str):
     return resolve_config(
         "tiny",

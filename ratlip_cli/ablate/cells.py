@@ -135,13 +135,16 @@ def evaluate_cell(
 
 def cell_config(cfg: Config, out: Path, value: Any, seed: int, key: str = RAT_KEY) -> Config:
     """The config of one cell: the sweep's, with the swept key, seed and run folder set (and validated)."""
+    from ratlip_cli.models.registry import get_family
+
     c = copy.deepcopy(cfg)
     c.train.seed = int(seed)
-    c.train.runs_dir = str(out)
-    c.train.name = run_name(value, seed, key)
     try:
         _, typed = parse_override(f"{key}={value}")
         set_value(c, key, typed)
+        get_family(c.model.family).pin_paths(c)  # e.g. DM-GAN's encoders under the sweep's own runs_dir
+        c.train.runs_dir = str(out)
+        c.train.name = run_name(value, seed, key)
         validate(c)
     except RatlipError as exc:
         raise RatlipError(f"--sweep {key}={value}: {exc}") from None

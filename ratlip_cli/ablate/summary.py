@@ -93,7 +93,7 @@ def results_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str], title:
         ("rat_params", "RAT LSTM", ",.0f"),
         ("generator_trainable", "G trainable", ",.0f"),
         ("trainable_params", "trainable (G+D+head)", ",.0f"),
-        ("total_params", "total (with CLIP)", ",.0f"),
+        ("total_params", "total (with frozen text encoder)", ",.0f"),
     ]
     if "cs" in metrics:
         cols.append(("clip_score", f"CS{clip_mark}", ".2f"))

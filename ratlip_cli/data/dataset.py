@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ratlip_cli.config import DataConfig
-from ratlip_cli.data.prepared import PreparedDataset, load_prepared
+from ratlip_cli.data.prepared import PreparedDataset, load_prepared, resize_shorter
 from ratlip_cli.console import warn
 from ratlip_cli.errors import RatlipError
 
@@ -31,14 +31,7 @@ def load_rgb(path: str | Path):
 
 def resize_shorter_side(img, size: int):
     """Resize so the shorter side is `size`, aspect kept (bicubic); unchanged when it already is."""
-    from PIL import Image
-
-    w, h = img.size
-    if min(w, h) == size:
-        return img
-    scale = size / min(w, h)
-    new = (size, max(size, round(h * scale))) if w <= h else (max(size, round(w * scale)), size)
-    return img.resize(new, Image.Resampling.BICUBIC)
+    return resize_shorter(img, size, "bicubic")
 
 
 def center_crop(img, size: int):

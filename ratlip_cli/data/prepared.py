@@ -66,8 +66,10 @@ def to_rgb(im) -> tuple[Any, str]:
     return im.convert("RGB"), mode
 
 
-def resize_shorter(img, size: int):
-    """Resize so the shorter side is `size`, keeping the aspect ratio (Lanczos)."""
+def resize_shorter(img, size: int, resample: str = "lanczos"):
+    """Resize so the shorter side is `size`, keeping the aspect ratio; unchanged when it already is.
+
+    `resample`: lanczos (prepare: the stored images) or bicubic (the loader's resize to data.load_size)."""
     from PIL import Image
 
     w, h = img.size
@@ -75,7 +77,7 @@ def resize_shorter(img, size: int):
         return img
     scale = size / min(w, h)
     new = (size, max(size, round(h * scale))) if w <= h else (max(size, round(w * scale)), size)
-    return img.resize(new, Image.Resampling.LANCZOS)
+    return img.resize(new, Image.Resampling.LANCZOS if resample == "lanczos" else Image.Resampling.BICUBIC)
 
 
 def _decode(src: str, bbox, size: int, member: tuple[int, int] | None = None) -> tuple[Any, dict[str, Any]]:

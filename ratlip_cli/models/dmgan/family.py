@@ -65,6 +65,12 @@ class DmganFamily(Family):
 
         return run_damsm_text(cfg, files, device)
 
+    def pin_paths(self, cfg: Config) -> None:
+        """The DAMSM encoders default to `ratlip pretrain-text`'s folder under train.runs_dir: pin it."""
+        from ratlip_cli.models.dmgan.text import encoder_source
+
+        cfg.dmgan.text_encoder = str(encoder_source(cfg))
+
     def make_generator(self, cfg: Config, nef: int, base_size: int) -> nn.Module:
         """The inner generator (a family built on DM-GAN overrides this, and `make_step`)."""
         return dmgan_generator(cfg, nef, base_size)
