@@ -18,18 +18,12 @@ from PIL import Image
 from ratlip_cli.console import console
 from ratlip_cli.errors import RatlipError
 from ratlip_cli.dist import resolve_device
-from ratlip_cli.export import EXPORT_FILE, load_weights, resolve_weights
+from ratlip_cli.export import list_runs, load_weights, resolve_weights
 from ratlip_cli.sample import check_prompts, context_length, generate, prepare_generator, render_grid
 from ratlip_cli.seeds import row_seeds
 
 MAX_IMAGES = 16
 GENERATORS = ("ema", "raw")
-
-
-def list_runs(runs_dir: Path) -> list[Path]:
-    """Run folders under `runs_dir` that hold an export, newest export first."""
-    exports = [p for p in Path(runs_dir).glob(f"*/{EXPORT_FILE.as_posix()}") if p.is_file()]
-    return [p.parent.parent for p in sorted(exports, key=lambda p: p.stat().st_mtime, reverse=True)]
 
 
 @dataclass

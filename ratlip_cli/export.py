@@ -268,20 +268,22 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu", which: 
 # ------------------------------------------------------------------ finding a run's weights
 
 
+def list_runs(runs_dir: str | Path) -> list[Path]:
+    """Run folders under `runs_dir` that hold an export, the most recently exported first."""
+    exports = [p for p in Path(runs_dir).glob(f"*/{EXPORT_FILE.as_posix()}") if p.is_file()]
+    return [p.parent.parent for p in sorted(exports, key=lambda p: p.stat().st_mtime, reverse=True)]
+
+
 def find_latest_run(runs_dir: str | Path) -> Path:
     """The run under `runs_dir` whose export was written most recently."""
-    runs_dir = Path(runs_dir)
-    exports = sorted(
-        (p for p in runs_dir.glob(f"*/{EXPORT_FILE.as_posix()}") if p.is_file()),
-        key=lambda p: p.stat().st_mtime,
-    )
-    if not exports:
-        where = f"under {runs_dir}/" if runs_dir.is_dir() else f"({runs_dir}/ does not exist)"
+    runs = list_runs(runs_dir)
+    if not runs:
+        where = f"under {Path(runs_dir)}/" if Path(runs_dir).is_dir() else f"({Path(runs_dir)}/ does not exist)"
         raise RatlipError(
             f"no trained run with an export found {where}; train one with `ratlip train shapes` "
             "or pass --run runs/NAME or --weights FILE"
         )
-    return exports[-1].parent.parent
+    return runs[0]
 
 
 def resolve_weights(run: Optional[str | Path], weights: Optional[str | Path], runs_dir: str | Path) -> tuple[Path, str]:

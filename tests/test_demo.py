@@ -23,7 +23,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ratlip_cli.cli import app
-from ratlip_cli.demo import Drawer, list_runs
+from ratlip_cli.demo import Drawer
+from ratlip_cli.export import list_runs
 from ratlip_cli.errors import RatlipError
 from ratlip_cli.seeds import row_seeds
 
