@@ -15,8 +15,10 @@ Not part of CI (it runs for minutes to hours). What it does:
    tensor of the final checkpoint's training state, and metrics.csv without its timing columns.
 
 Exit code 0 when everything is equal, 1 otherwise; a JSON summary is printed and written to
-OUT/soak.json. Example (the 30-minute version needs a STEPS that makes the reference take 30 min;
-the reference's time is printed first):
+OUT/soak.json. With --parallel the reference trains at the same time (its own log: OUT/reference.log);
+with --by-step each training kill waits for a random step target (spread over the run) and then
+--gap seconds, so all kills land before the end whatever the machine's speed. Example (the
+30-minute version needs a STEPS that makes the run take 30 min; the reference's time is printed):
 
     python benchmarks/soak.py --steps 600 --kills 10 --gap 4,20 --out /tmp/soak
 """
@@ -56,13 +58,14 @@ class _Watcher(threading.Thread):
 
     def __init__(self, proc: subprocess.Popen, log) -> None:
         super().__init__(daemon=True)
-        self.proc, self.log, self.seen = proc, log, threading.Event()
+        self.proc, self.log, self.seen, self.step = proc, log, threading.Event(), -1
 
     def run(self) -> None:
         for line in self.proc.stdout:
             self.log.write(line)
-            if line.startswith(b"step "):  # the first logged step: the loop runs
+            if line.startswith(b"step "):  # a logged step: the loop runs (and has reached that step)
                 self.seen.set()
+                self.step = int(line.split(b"/")[0].split()[1])
         self.log.flush()
 
 
@@ -89,14 +92,22 @@ def soak(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     log = open(out / "soak.log", "ab")
 
-    # 1. the uninterrupted reference
+    # 1. the uninterrupted reference (with --parallel: started now, awaited before the comparison)
     t0 = time.time()
     ref_cmd = train_cmd(args.preset, runs, data, "reference", args.steps, extra)
     reference_s: float | None = None
+    reference: subprocess.Popen | None = None
     if not (runs / "reference" / "export" / "generator.json").is_file():
-        subprocess.run(ref_cmd, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
-        reference_s = time.time() - t0
-        print(f"reference: {args.steps} steps in {reference_s:.0f} s", flush=True)
+        if args.parallel:
+            ref_log = open(out / "reference.log", "ab")
+            reference = subprocess.Popen(ref_cmd, env=env, stdout=ref_log, stderr=subprocess.STDOUT)
+            while not (data / "manifest.json").is_file() and reference.poll() is None:
+                time.sleep(0.5)  # the reference generates the dataset; the soak run must not do it at once
+            print("reference: started beside the soak run (--parallel)", flush=True)
+        else:
+            subprocess.run(ref_cmd, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+            reference_s = time.time() - t0
+            print(f"reference: {args.steps} steps in {reference_s:.0f} s", flush=True)
     else:
         print(f"reference: reusing {runs / 'reference'} (--keep)", flush=True)
 
@@ -107,6 +118,9 @@ def soak(args: argparse.Namespace) -> dict:
     for i in range(max(1, args.kills // 4)):  # both kinds, at least a quarter each
         plan[i], plan[-1 - i] = signal.SIGKILL, signal.SIGTERM
     rng.shuffle(plan)
+    # --by-step: training kills land --gap seconds after the run logs a step past its target; the
+    # targets are spread over the run, so every kill happens before the end at any machine speed.
+    targets = sorted(rng.uniform(0.05, 0.9) * args.steps for _ in range(args.kills)) if args.by_step else []
     kills, starts, t0 = [], 0, time.time()
     while True:
         if has_checkpoint(run):
@@ -126,9 +140,10 @@ def soak(args: argparse.Namespace) -> dict:
         during_start = rng.random() < args.startup_kills
         delay = rng.uniform(0, hi) if during_start else rng.uniform(lo, hi)
         before = _latest_step(run)
-        if not during_start:  # wait for the trainer's first "step N/M" log line
-            while not ready.seen.is_set() and proc.poll() is None:
-                ready.seen.wait(0.2)
+        if not during_start:  # wait for the trainer's first "step N/M" log line (--by-step: its target step)
+            target = targets[len(kills)] if targets else -1
+            while (not ready.seen.is_set() or ready.step < target) and proc.poll() is None:
+                time.sleep(0.2)
         started = time.time()
         try:
             rc = proc.wait(timeout=delay)
@@ -140,7 +155,8 @@ def soak(args: argparse.Namespace) -> dict:
             step = _latest_step(run)
             kills.append({"signal": sig.name, "phase": "start" if during_start else "training",
                           "after_s": round(time.time() - started, 1), "exit": rc,
-                          "checkpoint_before": before, "checkpoint_after": step})
+                          "checkpoint_before": before, "checkpoint_after": step,
+                          "logged_step": ready.step, "at_s": round(time.time() - t0, 1)})
             print(f"kill {len(kills)}/{len(plan)}: {sig.name} {'during the start' if during_start else 'while training'}"
                   f" after {time.time() - started:.1f} s (exit {rc}); newest checkpoint: step {before} -> {step}",
                   flush=True)
@@ -149,6 +165,11 @@ def soak(args: argparse.Namespace) -> dict:
             raise SystemExit(f"the run finished after {len(kills)} kills; raise --steps or lower --gap")
         raise SystemExit(f"a training process failed with exit code {rc}; see {out / 'soak.log'}")
     soak_s = time.time() - t0
+    if reference is not None:
+        if reference.wait() != 0:
+            raise SystemExit(f"the reference run failed with exit code {reference.returncode}; see {out / 'reference.log'}")
+        reference_s = time.time() - t0
+        print(f"reference: {args.steps} steps, finished {reference_s:.0f} s after both started", flush=True)
 
     # 3. compare
     result = compare(runs / "reference", run)
@@ -231,6 +252,11 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[], help="extra config key=value for both runs")
     parser.add_argument("--out", default="/tmp/ratlip-soak", help="work folder (deleted first unless --keep)")
     parser.add_argument("--keep", action="store_true", help="reuse OUT (e.g. its finished reference run)")
+    parser.add_argument("--parallel", action="store_true",
+                        help="train the reference at the same time as the soak run (2 cores: half the wall time)")
+    parser.add_argument("--by-step", action="store_true",
+                        help="training kills land --gap seconds after the run passes random step targets spread "
+                             "over the run (every kill lands before the end, whatever the machine's speed)")
     args = parser.parse_args()
     summary = soak(args)
     print(json.dumps(summary, indent=2))
