@@ -121,3 +121,14 @@ def test_a_dm_gan_cell_keeps_the_encoders_of_the_sweeps_runs_dir(tmp_path):
     assert ablate.cell_config(given, tmp_path / "abl", "5", 0, "dmgan.damsm_weight").dmgan.text_encoder == str(tmp_path / "enc")
     ratlip = ablate.cell_config(resolve_config("tiny"), tmp_path / "abl", "8", 0)
     assert ratlip.dmgan.text_encoder == "" and ratlip.model.rat.hidden == 8  # other families: nothing pinned
+
+
+def test_a_family_sweep_gives_each_cell_its_familys_own_settings(tmp_path):
+    from ratlip_cli.config import resolve_config
+
+    cfg = resolve_config("tiny", overrides=[f"train.runs_dir={tmp_path / 'runs'}"])
+    assert cfg.model.rat.hidden > 0
+    cells = {f: ablate.cell_config(cfg, tmp_path / "abl", f, 0, "model.family") for f in ("ratlip", "galip", "dmgan")}
+    assert cells["galip"].model.rat.hidden == 0  # refused otherwise: GALIP has no RAT
+    assert cells["ratlip"].model.rat.hidden == cfg.model.rat.hidden
+    assert cells["dmgan"].dmgan.text_encoder == str(tmp_path / "runs" / f"damsm-{cfg.data.name}")

@@ -142,6 +142,8 @@ def cell_config(cfg: Config, out: Path, value: Any, seed: int, key: str = RAT_KE
     try:
         _, typed = parse_override(f"{key}={value}")
         set_value(c, key, typed)
+        if key == "model.family":  # e.g. GALIP's cells get model.rat.hidden = 0 (config.yaml records it)
+            get_family(c.model.family).own_settings(c)
         get_family(c.model.family).pin_paths(c)  # e.g. DM-GAN's encoders under the sweep's own runs_dir
         c.train.runs_dir = str(out)
         c.train.name = run_name(value, seed, key)

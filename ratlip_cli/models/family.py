@@ -182,6 +182,10 @@ class Family(ABC):
     def export_text_encoder(self, source: dict[str, Any], cfg: Config, folder: Path) -> TextEncoder:
         """Rebuild an export's text encoder from the ``source`` it stored (paths relative to ``folder``)."""
 
+    def own_settings(self, cfg: Config) -> None:
+        """Set in ``cfg`` what this family requires where a config written for another family differs
+        (`ratlip ablate --sweep model.family=...`: every cell gets its family's own). Default: nothing."""
+
     def pin_paths(self, cfg: Config) -> None:
         """Fix in ``cfg`` any default path that depends on ``train.runs_dir`` (`ratlip ablate` then
         moves each cell's runs_dir into the ablation folder). The default family has none."""

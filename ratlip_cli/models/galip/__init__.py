@@ -15,5 +15,9 @@ class GalipFamily(RatlipFamily):
     name = "galip"
     summary = "GALIP: generative adversarial CLIPs (arXiv 2301.12959), RATLIP's baseline"
 
+    def own_settings(self, cfg) -> None:
+        """GALIP has no RAT: model.rat.hidden = 0 (a RATLIP preset's 64 would be refused)."""
+        cfg.model.rat.hidden = 0
+
 
 FAMILY = GalipFamily()
