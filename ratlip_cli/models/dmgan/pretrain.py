@@ -26,6 +26,7 @@ import torch
 from ratlip_cli.config import Config, from_dict, to_dict
 from ratlip_cli.console import console, warn
 from ratlip_cli.errors import RatlipError
+from ratlip_cli.optim import adam
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.csv"
@@ -138,7 +139,7 @@ def pretrain_text(cfg: Config, restart: bool = False, on_step=None) -> PretrainR
                           "lower damsm.batch_size")
     step = epoch = step_in_epoch = 0
     elapsed = 0.0
-    opt = torch.optim.Adam(params, lr=lr_at(dcfg, 0), betas=betas)
+    opt = adam(params, lr=lr_at(dcfg, 0), betas=betas)
     torch.manual_seed(derive_seed(dcfg.seed, "damsm-torch"))
     if state is not None:
         text.load_state_dict(state["text"])
@@ -188,7 +189,7 @@ def pretrain_text(cfg: Config, restart: bool = False, on_step=None) -> PretrainR
         task = bar.add_task("damsm", total=planned, completed=step, epoch=epoch + 1, info="")
         while stop_reason is None:
             if step_in_epoch == 0 and dcfg.reset_optimizer_each_epoch:
-                opt = torch.optim.Adam(params, lr=lr_at(dcfg, epoch), betas=betas)
+                opt = adam(params, lr=lr_at(dcfg, epoch), betas=betas)
             for group in opt.param_groups:
                 group["lr"] = lr_at(dcfg, epoch)
             sampler.set_position(epoch, step_in_epoch)

@@ -28,6 +28,7 @@ from ratlip_cli.models.dmgan.damsm_losses import same_caption_mask, sent_loss, w
 from ratlip_cli.models.dmgan.losses import discriminator_loss, generator_adv_loss, kl_loss
 from ratlip_cli.models.dmgan.vocab import caption_lengths
 from ratlip_cli.models.family import Networks, StepOutput, TrainingStep
+from ratlip_cli.optim import adam
 from ratlip_cli.precision import autocast
 
 D_COLUMNS = ("d_loss", "d_real", "d_fake", "d_mis")
@@ -52,8 +53,8 @@ class DmganStep(TrainingStep):
         self.d_params = [list(d.parameters()) for d in self.D]
         self.buffers = [b for m in (self.G, self.D) for b in m.buffers() if b.is_floating_point()]
         betas = (float(dm.betas[0]), float(dm.betas[1]))
-        self.opt_g = torch.optim.Adam(self.g_params, lr=dm.lr_g, betas=betas)
-        self.opt_d = [torch.optim.Adam(p, lr=dm.lr_d, betas=betas) for p in self.d_params]
+        self.opt_g = adam(self.g_params, lr=dm.lr_g, betas=betas)
+        self.opt_d = [adam(p, lr=dm.lr_d, betas=betas) for p in self.d_params]
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "amp_fp16")
         d = self.encoders.dcfg
         self.gammas = (d.gamma1, d.gamma2, d.gamma3)
