@@ -175,3 +175,42 @@ def test_adapter_packs_and_is_batch_independent():
         for i in range(3):
             torch.testing.assert_close(adapter(noise[i : i + 1], packed[i : i + 1]), batch[i : i + 1], atol=1e-12, rtol=0)
     assert batch.shape == (3, 3, 32, 32)
+
+
+def test_dmgan_trains_under_bf16_autocast(tmp_path, data_root, encoders_dir):
+    result = train(_gan(tmp_path, data_root, encoders_dir, "bf16", "train.max_steps=2", "train.precision=amp_bf16"))
+    rows = read_metrics(result.run_dir / "metrics.csv")
+    assert result.step == 2 and rows and all(int(r["nonfinite"] or 0) == 0 for r in rows)
+    for r in rows:
+        for col in ("d_loss", "g_loss", "g_damsm", "g_kl"):
+            assert torch.isfinite(torch.tensor(float(r[col]))), (col, r[col])
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="needs torch.distributed with gloo")
+def test_dmgan_under_torchrun_keeps_both_ranks_identical(tmp_path, data_root, encoders_dir):
+    import os
+    import subprocess
+    import sys
+
+    from ratlip_cli.train.loop import DEBUG_DUMP_ENV
+
+    dump, runs = tmp_path / "dump", tmp_path / "runs"
+    dump.mkdir()
+    sets = [f"train.runs_dir={runs}", f"data.root={data_root}", "train.name=ddp", "train.max_steps=2",
+            "train.sample_every=0", "model.family=dmgan", f"dmgan.text_encoder={encoders_dir}"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ratlip_cli",
+           "train", "tiny", "--device", "cpu", *[a for s in sets for a in ("--set", s)]]
+    proc = subprocess.run(cmd, env={**os.environ, DEBUG_DUMP_ENV: str(dump), "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r0, r1 = (torch.load(dump / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert set(r0) == set(r1) and {"generator", "discriminator", "ema"} <= set(r0)
+    assert all(r0[part] for part in ("generator", "discriminator", "ema"))  # DM-GAN's head is empty
+    for part in r0:
+        assert set(r0[part]) == set(r1[part]), part
+        for k in r0[part]:
+            assert torch.equal(r0[part][k], r1[part][k]), f"{part}.{k} differs between ranks"
+    _, state = latest_checkpoint(runs / "ddp" / "checkpoints")
+    assert state["world_size"] == 2 and state["step"] == 2
+    assert [p.name for p in runs.iterdir()] == ["ddp"]  # only rank 0 wrote
