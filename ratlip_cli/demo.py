@@ -19,7 +19,8 @@ from ratlip_cli.console import console
 from ratlip_cli.errors import RatlipError
 from ratlip_cli.dist import resolve_device
 from ratlip_cli.export import list_runs, load_weights, resolve_weights
-from ratlip_cli.sample import check_prompts, context_length, generate, prepare_generator, render_grid
+from ratlip_cli.grid import render_grid
+from ratlip_cli.sample import check_prompts, context_length, generate, prepare_generator
 from ratlip_cli.seeds import row_seeds
 
 MAX_IMAGES = 16

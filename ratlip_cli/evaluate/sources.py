@@ -19,7 +19,7 @@ from ratlip_cli.metrics.clip_score import (
     r_precision,
     sample_negatives,
 )
-from ratlip_cli.sample import to_uint8
+from ratlip_cli.grid import to_uint8
 from ratlip_cli.seeds import caption_noise
 from ratlip_cli.evaluate.options import (
     IMAGE_SUFFIXES,

@@ -27,7 +27,7 @@ import torch
 
 from ratlip_cli.config import Config
 from ratlip_cli.errors import RatlipError
-from ratlip_cli.files import atomic_write, write_csv, write_text
+from ratlip_cli.files import write_csv, write_text
 from ratlip_cli.train.lock import RunLock
 
 EVAL_COLUMNS = ["eval_colour", "eval_shape", "eval_background", "eval_all", "eval_n"]
@@ -140,13 +140,16 @@ def read_metrics(path: str | Path) -> list[dict[str, str]]:
 
 
 def save_sample_grid(images: torch.Tensor, captions: list[str], path: Path, ncols: int) -> None:
-    """Save ``images`` (N, 3, H, W) in [-1, 1] as a PNG grid and the captions, cell by cell, beside it."""
-    from torchvision.utils import save_image
+    """Save ``images`` (N, 3, H, W) in [-1, 1], N a multiple of ``ncols``, as a PNG grid of rows of
+    ``ncols`` images (`grid.render_grid`, no label strips) and the captions, cell by cell, beside it."""
+    from ratlip_cli.grid import render_grid, save_image, to_uint8
 
-    grid = images.detach().float().clamp(-1, 1).mul(0.5).add(0.5).cpu()
+    pixels = to_uint8(images)
+    ncols = max(1, ncols)
+    grid = render_grid(pixels.view(pixels.shape[0] // ncols, ncols, *pixels.shape[1:]))
     lines = [f"row {i // ncols + 1}, col {i % ncols + 1}: {c}" for i, c in enumerate(captions)]
     write_text(path.with_suffix(".txt"), "\n".join(lines) + "\n")
-    atomic_write(path, lambda fh: save_image(grid, fh, format="png", nrow=max(1, ncols), padding=2))
+    save_image(grid, path)
 
 
 def write_environment(root: Path, device: torch.device, world_size: int) -> None:
