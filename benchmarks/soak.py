@@ -93,7 +93,7 @@ def soak(args: argparse.Namespace) -> dict:
     log = open(out / "soak.log", "ab")
 
     # 1. the uninterrupted reference (with --parallel: started now, awaited before the comparison)
-    t0 = time.time()
+    t0 = t_ref = time.time()
     ref_cmd = train_cmd(args.preset, runs, data, "reference", args.steps, extra)
     reference_s: float | None = None
     reference: subprocess.Popen | None = None
@@ -101,6 +101,8 @@ def soak(args: argparse.Namespace) -> dict:
         if args.parallel:
             ref_log = open(out / "reference.log", "ab")
             reference = subprocess.Popen(ref_cmd, env=env, stdout=ref_log, stderr=subprocess.STDOUT)
+            ref_end: list[float] = []  # when it exits (a thread notes it: the soak loop below is busy)
+            threading.Thread(target=lambda: (reference.wait(), ref_end.append(time.time())), daemon=True).start()
             while not (data / "manifest.json").is_file() and reference.poll() is None:
                 time.sleep(0.5)  # the reference generates the dataset; the soak run must not do it at once
             print("reference: started beside the soak run (--parallel)", flush=True)
@@ -168,8 +170,10 @@ def soak(args: argparse.Namespace) -> dict:
     if reference is not None:
         if reference.wait() != 0:
             raise SystemExit(f"the reference run failed with exit code {reference.returncode}; see {out / 'reference.log'}")
-        reference_s = time.time() - t0
-        print(f"reference: {args.steps} steps, finished {reference_s:.0f} s after both started", flush=True)
+        while not ref_end:
+            time.sleep(0.1)
+        reference_s = ref_end[0] - t_ref
+        print(f"reference: {args.steps} steps in {reference_s:.0f} s (beside the soak run)", flush=True)
 
     # 3. compare
     result = compare(runs / "reference", run)
