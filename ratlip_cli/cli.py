@@ -185,14 +185,12 @@ def prepare(
 
     Formats and layouts: docs/data.md. Skipped files are listed in OUT/report.txt.
     """
-    from ratlip_cli.data.prepare import prepare_dataset, print_summary
+    from ratlip_cli.data.prepare import PrepareOptions, run_prepare
 
     refusals.check("prepare", ctx)
-    summary = prepare_dataset(
-        kind, src, out, size, preset=preset, split_file=split_file, workers=workers, overwrite=overwrite, seed=seed,
-        fmt=fmt, shard_mb=shard_mb, test_percent=test_percent, decoded=decoded,
-    )
-    print_summary(summary)
+    run_prepare(PrepareOptions(kind=kind, src=src, out=out, size=size, preset=preset, split_file=split_file,
+                               workers=workers, overwrite=overwrite, seed=seed, fmt=fmt, shard_mb=shard_mb,
+                               test_percent=test_percent, decoded=decoded))
 
 
 @app.command(epilog=refusals.epilog("train"))
@@ -803,9 +801,9 @@ def demo(
 
     Example: ratlip demo runs/shapes
     """
-    from ratlip_cli.demo import run_demo
+    from ratlip_cli.demo import DemoOptions, run_demo
 
-    run_demo(run, runs_dir, host, port, device, share)
+    run_demo(DemoOptions(run=run, runs_dir=runs_dir, host=host, port=port, device=device, share=share))
 
 
 @app.command(name="import")

@@ -121,8 +121,21 @@ def build_app(runs: list[Path], device: Optional[str] = None):
     return app
 
 
-def run_demo(run: Optional[Path], runs_dir: Path, host: str, port: int, device: Optional[str], share: bool) -> None:
+@dataclass
+class DemoOptions:
+    """Everything `ratlip demo` was asked for (the CLI fills this in, as for every command)."""
+
+    run: Optional[Path] = None
+    runs_dir: Path = Path("runs")
+    host: str = "127.0.0.1"
+    port: int = 7860
+    device: Optional[str] = None
+    share: bool = False
+
+
+def run_demo(opts: DemoOptions) -> None:
     """Serve the page until interrupted (what `ratlip demo` calls)."""
+    run, runs_dir, host, port = opts.run, Path(opts.runs_dir), opts.host, opts.port
     runs = list_runs(runs_dir) if runs_dir.is_dir() else []
     if run is not None:
         resolve_weights(run, None, runs_dir)  # a missing run or export fails here, in one line
@@ -132,6 +145,6 @@ def run_demo(run: Optional[Path], runs_dir: Path, host: str, port: int, device: 
                           "or pass a run folder")
     if not 1 <= port <= 65535:
         raise RatlipError(f"--port must be 1..65535, got {port}")
-    app = build_app(runs, device)
+    app = build_app(runs, opts.device)
     console.print(f"demo of {len(runs)} run(s) at http://{host}:{port} (Ctrl-C stops it)", highlight=False)
-    app.launch(server_name=host, server_port=port, share=share, show_error=True, quiet=True)
+    app.launch(server_name=host, server_port=port, share=opts.share, show_error=True, quiet=True)

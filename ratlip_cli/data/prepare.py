@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from ratlip_cli.data import KINDS
 from ratlip_cli.data.prepared import REPORT, PrepareSummary, write_prepared
@@ -29,6 +31,36 @@ def resolve_defaults(kind: str, preset: str | None, out: str | Path | None, size
     name = preset or (kind if kind in available_presets() else None)
     data = resolve_config(name).data if name else DataConfig(root=f"data/{kind}")
     return Path(out) if out else Path(data.root), int(size) if size else data.prepared_size
+
+
+@dataclass
+class PrepareOptions:
+    """Everything `ratlip prepare` was asked for (the CLI fills this in, as for every command)."""
+
+    kind: str
+    src: Optional[Path] = None
+    out: Optional[Path] = None
+    size: Optional[int] = None
+    preset: Optional[str] = None
+    split_file: Optional[Path] = None
+    workers: int = 0
+    overwrite: bool = False
+    seed: int = 0
+    fmt: str = "prepared"
+    shard_mb: Optional[float] = None
+    test_percent: Optional[int] = None
+    decoded: bool = False
+
+
+def run_prepare(opts: PrepareOptions) -> PrepareSummary:
+    """`ratlip prepare`: prepare the dataset and print its summary table."""
+    summary = prepare_dataset(
+        opts.kind, opts.src, opts.out, opts.size, preset=opts.preset, split_file=opts.split_file,
+        workers=opts.workers, overwrite=opts.overwrite, seed=opts.seed, fmt=opts.fmt, shard_mb=opts.shard_mb,
+        test_percent=opts.test_percent, decoded=opts.decoded,
+    )
+    print_summary(summary)
+    return summary
 
 
 def prepare_dataset(
