@@ -137,6 +137,16 @@ def _value_positions(values: Sequence[str]) -> dict[str, float]:
         return {v: float(k) for k, v in enumerate(values)}
 
 
+def _panel_figure(n: int):
+    """A figure of ``n`` panels stacked on one shared x axis (the ablation plots' layout)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 3.0 * n + 0.6), dpi=110)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(n, 1, sharex=True, squeeze=False)[:, 0]
+
+
 def plot_ablation(rows: Sequence[dict[str, Any]], metrics: Sequence[str], path: Path, title: str = "") -> None:
     """ablation.png: one panel per plotted metric (CS, FID, shapes all-match) against the swept value
     (for h: a log2 axis, h = 0 marked as RATLIP without RAT), trainable parameters (dashed) on a second
@@ -144,8 +154,6 @@ def plot_ablation(rows: Sequence[dict[str, Any]], metrics: Sequence[str], path: 
     if rows_key(rows) != RAT_KEY:
         _plot_values(rows, metrics, path, title)
         return
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
     summary = summarize(rows)
     if not summary:
@@ -153,9 +161,7 @@ def plot_ablation(rows: Sequence[dict[str, Any]], metrics: Sequence[str], path: 
     panels = _metric_panels(metrics, summary)
     hs = [e["h"] for e in summary]
     xs = _x_positions(hs)
-    fig = Figure(figsize=(7.5, 3.0 * len(panels) + 0.6), dpi=110)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    fig, axes = _panel_figure(len(panels))
     params = [e["trainable_params"][0] for e in summary]
     for ax, (col, label) in zip(axes, panels):
         if col is not None:
@@ -216,8 +222,6 @@ def _metric_panels(metrics: Sequence[str], summary: Sequence[dict[str, Any]]) ->
 def _plot_values(rows: Sequence[dict[str, Any]], metrics: Sequence[str], path: Path, title: str) -> None:
     """The plot of a sweep of any key other than the RAT hidden size: points (mean ± std over seeds)
     at each value, joined when the values are numbers; trainable parameters on a second axis."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
     summary = summarize(rows)
     if not summary:
@@ -227,9 +231,7 @@ def _plot_values(rows: Sequence[dict[str, Any]], metrics: Sequence[str], path: P
     values = [e["value"] for e in summary]
     xs = _value_positions(values)
     numeric = all(_value_order(v)[0] == 0 for v in values)
-    fig = Figure(figsize=(7.5, 3.0 * len(panels) + 0.6), dpi=110)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    fig, axes = _panel_figure(len(panels))
     params = [e["trainable_params"][0] for e in summary]
     for ax, (col, label) in zip(axes, panels):
         if col is not None:
