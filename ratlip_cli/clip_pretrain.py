@@ -231,7 +231,7 @@ def pretrain_clip(cfg: Config, out: str | Path, work_dir: str | Path | None = No
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(pcfg.seed, "clip-pretrain-init"))
-        model, tokenizer = load_clip(cfg.clip.arch, "random", cfg.clip.cache_dir)
+        model, tokenizer = load_clip(cfg.clip.arch, "random", cfg.clip.cache_dir, random_notice=False)  # to be trained
     size = int(model.visual.image_size[0] if isinstance(model.visual.image_size, (tuple, list)) else model.visual.image_size)
     train_split = _Split(prepared, "train", size)
     test_split = _Split(prepared, "test", size)

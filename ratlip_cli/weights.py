@@ -98,8 +98,11 @@ def clip_source(arch: str, weights: str, cache_dir: str = "") -> tuple[str, bool
     return f"hub tag '{weights}' ({'downloadable now' if online else 'not cached, hub unreachable'})", online
 
 
-def load_clip(arch: str, weights: str, cache_dir: str = "", device: str | torch.device = "cpu"):
-    """Build an open_clip model with weights from a tag, a local file, or `random`; returns (model, tokenizer)."""
+def load_clip(arch: str, weights: str, cache_dir: str = "", device: str | torch.device = "cpu",
+              random_notice: bool = True):
+    """Build an open_clip model with weights from a tag, a local file, or `random`; returns (model, tokenizer).
+
+    `random_notice=False` where random weights are a starting point, not the model used (pretraining)."""
     import open_clip
 
     _check_arch(arch)
@@ -131,7 +134,7 @@ def load_clip(arch: str, weights: str, cache_dir: str = "", device: str | torch.
             f"cannot load CLIP weights '{weights}' for {arch}: {reason} (does the file match clip.arch?)"
         ) from None
     model.eval().requires_grad_(False)
-    if pretrained is None:
+    if pretrained is None and random_notice:
         _random_weights_notice(arch)
     return model, open_clip.get_tokenizer(arch)
 
