@@ -252,3 +252,22 @@ def test_random_eval_clip_is_the_same_every_time():
     imgs = _images(2, seed=11)
     assert torch.equal(a.embed_images(imgs), b.embed_images(imgs))
     assert a.identity == "ratlip-tiny random(seed 0)"
+
+
+def test_eval_clip_identity_is_the_weights_not_the_file(tmp_path):
+    """Two files holding one CLIP (different headers) score as the same CLIP; other weights do not."""
+    from safetensors.torch import save_file
+
+    from ratlip_cli.weights import load_clip
+
+    torch.manual_seed(3)
+    model, _ = load_clip("ratlip-tiny", "random")
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, tmp_path / "a.safetensors", metadata={"note": "one copy"})
+    save_file(state, tmp_path / "b.safetensors", metadata={"note": "another copy, other bytes"})
+    assert (tmp_path / "a.safetensors").read_bytes() != (tmp_path / "b.safetensors").read_bytes()
+    ids = [load_eval_clip("ratlip-tiny", str(tmp_path / f"{n}.safetensors")).identity for n in "ab"]
+    assert ids[0] == ids[1] and "weights sha256:" in ids[0]
+    state["logit_scale"] = state["logit_scale"] + 1.0
+    save_file(state, tmp_path / "c.safetensors")
+    assert load_eval_clip("ratlip-tiny", str(tmp_path / "c.safetensors")).identity != ids[0]

@@ -74,15 +74,26 @@ class ClipScorer:
         return torch.cat(out)
 
 
-def _identity(arch: str, weights: str) -> str:
-    from ratlip_cli.metrics.features import file_sha256
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 of a model's tensors (names, dtypes, shapes, values): the same for the same weights,
+    whatever file they were read from (two files of one CLIP may differ in their headers)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def _identity(arch: str, weights: str, model: torch.nn.Module) -> str:
     from ratlip_cli.weights import is_file_spec
 
     if weights == "random":
         return f"{arch} random(seed {RANDOM_CLIP_SEED})"
     if is_file_spec(weights):
-        path = Path(weights).expanduser()
-        return f"{arch} {path.name} sha256:{file_sha256(path)[:12]}"
+        return f"{arch} weights sha256:{weights_fingerprint(model)[:12]}"
     return f"{arch} {weights}"
 
 
@@ -158,7 +169,7 @@ def load_eval_clip(
         raise RatlipError(message) from None
     if weights == "random":
         warn(f"evaluation CLIP {arch} has random weights: CLIP score and R-precision are meaningless (tests only)")
-    identity = _identity(arch, weights)
+    identity = _identity(arch, weights, model)
     return ClipScorer(model, tokenizer, device, f"{label}: {identity}" if label else identity)
 
 
