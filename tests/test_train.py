@@ -355,3 +355,12 @@ def test_missing_dataset_is_a_one_line_error(tmp_path):
     )
     assert result.exit_code == 2 and "ratlip prepare" in result.output
     assert not (tmp_path / "r").exists()  # nothing written before the data check
+
+
+def test_cnn_discriminator_with_the_clip_similarity_loss_trains(tmp_path, data_root):
+    """`model.d_backbone=cnn` keeps the generator's CLIP loss (its CLIP embedding comes from the frozen CLIP)."""
+    result = train(tiny(tmp_path, data_root, "cnn-clip", "model.d_backbone=cnn", "train.clip_sim_weight=4",
+                        "train.max_steps=2", "train.log_every=1"))
+    rows = read_metrics(result.run_dir / "metrics.csv")
+    assert result.step == 2 and [int(r["step"]) for r in rows if r["g_clip"] != ""] == [1, 2]
+    assert all(abs(float(r["g_clip"])) > 0 for r in rows if r["g_clip"] != "")  # the term is computed, not 0

@@ -141,6 +141,8 @@ class RatlipStep(TrainingStep):
             mis_logits = self.head(dmap_real, mismatched(s))
             fake = self.G(z, s)
             x_fake, pooled_fake = self.D.encode(fake, with_pooled=need_clip)
+            if need_clip and pooled_fake is None:  # a CNN discriminator: the CLIP loss reads the frozen CLIP itself
+                pooled_fake = self.backbone.encode_image(fake)
             fake_logits = self.head(self.D(x_fake.detach()), s)
         fp16 = self.scaler.is_enabled()
         gp = ma_gp(real_logits, x_real, s_real, tc.ma_gp_weight, tc.ma_gp_power,
