@@ -23,6 +23,7 @@ from ratlip_cli.models.dmgan.adapter import DmganImageGenerator, pack_condition,
 from ratlip_cli.train import train
 from ratlip_cli.train.checkpoint import latest_checkpoint
 from ratlip_cli.train.run import TIMING_COLUMNS, read_metrics
+from state_compare import assert_same
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -99,7 +100,7 @@ def test_dmgan_train_four_steps_and_resume_bit_exact(tmp_path, data_root, encode
     _, a = latest_checkpoint(full.run_dir / "checkpoints")
     _, b = latest_checkpoint(part.run_dir / "checkpoints")
     for key in ("generator", "discriminator", "ema", "opt_g", "opt_d", "rng", "noise_rng"):
-        _assert_same(a[key], b[key], key)
+        assert_same(a[key], b[key], key)
     rows = lambda d: [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in read_metrics(d / "metrics.csv")]  # noqa: E731
     assert rows(full.run_dir) == rows(part.run_dir)
     first = rows(full.run_dir)[0]
@@ -109,21 +110,6 @@ def test_dmgan_train_four_steps_and_resume_bit_exact(tmp_path, data_root, encode
     assert float(first["g_damsm"]) > 0
     assert (full.run_dir / "text_encoder" / "damsm.json").is_file()
     assert (full.run_dir / "export" / "generator.safetensors").is_file()
-
-
-def _assert_same(a, b, where):
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert set(a) == set(b), where
-        for k in a:
-            _assert_same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
 
 
 def test_dmgan_needs_pretrained_encoders(tmp_path, data_root):

@@ -27,6 +27,7 @@ from ratlip_cli.train import train
 from ratlip_cli.train.checkpoint import latest_checkpoint
 from ratlip_cli.models.registry import get_family
 from ratlip_cli.train.run import TIMING_COLUMNS, read_metrics
+from state_compare import assert_same
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -38,21 +39,6 @@ def tiny(tmp_path: Path, data_root: Path, *sets: str):
 def _gan(tmp_path, data_root, encoders_dir, family, name, *sets):
     return tiny(tmp_path, data_root, f"model.family={family}", f"dmgan.text_encoder={encoders_dir}",
                 f"train.name={name}", *sets)
-
-
-def _assert_same(a, b, where):
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert set(a) == set(b), where
-        for k in a:
-            _assert_same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
 
 
 def _rows(run_dir: Path) -> list[dict]:
@@ -71,7 +57,7 @@ def test_train_four_steps_and_resume_bit_exact(tmp_path, data_root, encoders_dir
     _, b = latest_checkpoint(part.run_dir / "checkpoints")
     assert a["config"]["model"]["family"] == family
     for key in ("generator", "discriminator", "ema", "opt_g", "opt_d", "rng", "noise_rng"):
-        _assert_same(a[key], b[key], key)
+        assert_same(a[key], b[key], key)
     assert _rows(full.run_dir) == _rows(part.run_dir)
     first = _rows(full.run_dir)[0]
     assert float(first[column]) > 0  # the family's own term is on and logged

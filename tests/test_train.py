@@ -23,6 +23,7 @@ from ratlip_cli.train import Trainer, resume_config, train
 from ratlip_cli.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from ratlip_cli.train.loop import EpochBatchSampler
 from ratlip_cli.train.run import TIMING_COLUMNS, read_metrics
+from state_compare import assert_same
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -45,24 +46,9 @@ def _final_state(run_dir: Path) -> dict:
     return state
 
 
-def _assert_same_tensors(a, b, where=""):
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert set(a) == set(b), where
-        for k in a:
-            _assert_same_tensors(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same_tensors(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
-
-
 def _assert_same_training_state(a: dict, b: dict) -> None:
     for key in ("generator", "discriminator", "head", "ema", "opt_g", "opt_d", "scaler", "rng", "noise_rng"):
-        _assert_same_tensors(a[key], b[key], key)
+        assert_same(a[key], b[key], key)
     for key in ("step", "epoch", "step_in_epoch", "images"):
         assert a[key] == b[key], key
 
