@@ -3,6 +3,7 @@
     python benchmarks/gpu_check.py                    # everything, on cuda:0; work files in a temp folder
     python benchmarks/gpu_check.py --out gpu-check    # keep the runs, logs, gpu_check.csv and gpu_check.md
     python benchmarks/gpu_check.py --inception FILE   # another Inception copy for the eval stage (default: ratlip's)
+    python benchmarks/gpu_check.py --deadline 330     # start no stage after 330 s (the rest SKIP; table still written)
 
 Stages (each a separate `ratlip` process, as a user would run it; logs in OUT/logs/STAGE.log):
 
@@ -178,7 +179,7 @@ def stage_prepare(ctx: Context) -> str:
     root = ctx.out / "data" / "shapes304"
     run(ctx, "prepare-shapes-304", ctx.ratlip("prepare", "shapes", "--size", "304", "--out", str(root), "--workers", "8"), 240)
     manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
-    return f"{root} ({manifest.get('num_images', '?')} images)"
+    return f"{root} ({manifest.get('total', '?')} images)"
 
 
 def train_stage(model: str, precision: str, launcher: str = "ratlip") -> Callable[[Context], str]:
@@ -288,14 +289,17 @@ STAGES: dict[str, tuple[Callable[[Context], str], tuple[str, ...]]] = {
 # ----------------------------------------------------------------------------- the table
 
 
-def run_stages(ctx: Context, names: list[str], stages=None) -> list[Result]:
-    """Run the named stages in order; a stage whose input failed or was not run is skipped."""
+def run_stages(ctx: Context, names: list[str], stages=None, deadline: float | None = None) -> list[Result]:
+    """Run the named stages in order; a stage whose input failed or was not run is skipped, and so is
+    every stage that would start after `deadline` (a `time.monotonic()` value), so the table still gets written."""
     stages = STAGES if stages is None else stages
     results = []
     for name in names:
         fn, needs = stages[name]
         missing = [n for n in needs if ctx.results.get(n) is None or ctx.results[n].status != "PASS"]
-        if missing:
+        if deadline is not None and time.monotonic() >= deadline:
+            res = Result(name, "SKIP", 0.0, "out of time (--deadline)")
+        elif missing:
             res = Result(name, "SKIP", 0.0, f"needs {', '.join(missing)}")
         else:
             start = time.monotonic()
@@ -362,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda", help="cuda, cuda:N, or cpu (plumbing test only)")
     parser.add_argument("--inception", help="Inception weights file for eval-inception (else ratlip's default source)")
     parser.add_argument("--only", help=f"comma-separated stages (default: all): {','.join(STAGES)}")
+    parser.add_argument("--deadline", type=float, metavar="SECONDS",
+                        help="start no stage after this many seconds (those left are SKIP; the table is still written)")
     args = parser.parse_args(argv)
 
     names = list(STAGES) if not args.only else [s.strip() for s in args.only.split(",") if s.strip()]
@@ -381,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         device = device_line(args.device)
         sys.stdout.write(f"gpu_check on {device}; work folder {ctx.out}\n")
         start = time.monotonic()
-        results = run_stages(ctx, names)
+        results = run_stages(ctx, names, deadline=None if args.deadline is None else start + args.deadline)
         total = time.monotonic() - start
         print_table(results, device, total)
         table = markdown_table(results, device, total)

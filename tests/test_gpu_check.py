@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,25 @@ def test_a_failing_stage_fails_the_check_and_skips_its_dependants(gpu_check, mon
 
     monkeypatch.setattr(gpu_check, "STAGES", {"a": (ok, ()), "e": (ok, ("a",))})
     assert gpu_check.main(["--device", "cpu", "--out", str(tmp_path / "ok")]) == 0
+
+
+def test_stages_past_the_deadline_are_skipped_and_the_table_is_still_written(gpu_check, monkeypatch, tmp_path):
+    ran = []
+
+    def slow(ctx):
+        ran.append("slow")
+        time.sleep(0.3)
+        return "took a while"
+
+    def later(ctx):
+        ran.append("later")
+        return "never"
+
+    monkeypatch.setattr(gpu_check, "STAGES", {"slow": (slow, ()), "later": (later, ())})
+    assert gpu_check.main(["--device", "cpu", "--out", str(tmp_path), "--deadline", "0.1"]) == 1
+    table = (tmp_path / "gpu_check.md").read_text(encoding="utf-8")
+    assert ran == ["slow"]
+    assert "| slow | PASS |" in table and "| later | SKIP |" in table and "out of time (--deadline)" in table
 
 
 def test_train_and_kill_resume_stages_pass_on_cpu(gpu_check, tmp_path):

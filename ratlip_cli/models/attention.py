@@ -101,8 +101,10 @@ class ShuffleAttention(nn.Module):
         zeros = s_w.new_zeros(half)
         gn_weight = torch.stack([zeros, self.norm.weight * s_w]).repeat(g, 1).view(c)
         gn_bias = torch.stack([zeros, self.norm.bias * s_w + self.s_bias.view(half)]).repeat(g, 1).view(c)
+        # CUDA's group norm kernel takes only the default (NCHW) layout; the CPU one also channels_last.
+        x_gn = x if x.device.type == "cpu" else x.contiguous()
         pre, mean, _ = torch.native_group_norm(
-            x, gn_weight.to(x.dtype), gn_bias.to(x.dtype), b, c, h * w, c, self.norm.eps
+            x_gn, gn_weight.to(x.dtype), gn_bias.to(x.dtype), b, c, h * w, c, self.norm.eps
         )
         if torch.is_grad_enabled():
             # sum / n, not GroupNorm's mean: its gradient is a broadcast view instead of a full NCHW tensor.
