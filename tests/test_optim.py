@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ratlip_cli.optim import adam
+from ratlip_cli.optim import adam, adamw
 from ratlip_cli.profiling import apply_cpu_settings
 
 
@@ -30,6 +30,28 @@ def test_fused_adam_on_cpu_matches_the_loop_version():
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
     # a checkpoint of one loads into the other
     slow.load_state_dict(fast.state_dict())
+
+
+def test_fused_adamw_keeps_each_groups_weight_decay_and_matches_the_loop_version():
+    torch.manual_seed(1)
+    a = [torch.nn.Parameter(torch.randn(4, 5)), torch.nn.Parameter(torch.randn(5))]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+
+    def groups(ps):
+        return [{"params": [ps[0]], "weight_decay": 0.1}, {"params": [ps[1]], "weight_decay": 0.0}]
+
+    fast = adamw(groups(a), lr=1e-2, betas=(0.9, 0.98), eps=1e-6)
+    slow = torch.optim.AdamW(groups(b), lr=1e-2, betas=(0.9, 0.98), eps=1e-6, foreach=False)
+    assert fast.defaults["fused"] is True
+    assert [g["weight_decay"] for g in fast.param_groups] == [0.1, 0.0]
+    for _ in range(5):
+        for p, q in zip(a, b):
+            g = torch.randn(p.shape)
+            p.grad, q.grad = g.clone(), g.clone()
+        fast.step()
+        slow.step()
+    for p, q in zip(a, b):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
 def test_cpu_settings_set_the_threads(monkeypatch):
