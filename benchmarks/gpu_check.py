@@ -253,7 +253,7 @@ def stage_eval(ctx: Context) -> str:
     row = json.loads(rows[-1])
     if row.get("feature_extractor") != "inception" or not math.isfinite(float(row["fid"])):
         raise StageFailed(f"unexpected result: extractor {row.get('feature_extractor')}, fid {row.get('fid')}")
-    return f"{row['num_images']} images on {row['device']}, Inception FID {float(row['fid']):.1f} (random weights)"
+    return f"{row['num_images']} images on {row['device']}, Inception FID {float(row['fid']):.1f} (real Inception; a 3-step random-CLIP generator: checks the path only)"
 
 
 def stage_bench(ctx: Context) -> str:
