@@ -174,7 +174,7 @@ def plot_ablation(rows: Sequence[dict[str, Any]], metrics: Sequence[str], path: 
             if galip:
                 ax.errorbar([xs[0]], [galip[0][0]], yerr=[galip[0][1]], marker="*", markersize=14, color="tab:red",
                             capsize=3, linestyle="none")
-            ax.set_ylabel(label.split(",")[0], color="tab:blue")
+            ax.set_ylabel(_axis_label(label), color="tab:blue")
             ax.set_title(label, fontsize=9)
             ax.grid(True, alpha=0.3)
         if all(p is not None for p in params):
@@ -203,6 +203,11 @@ def plot_ablation(rows: Sequence[dict[str, Any]], metrics: Sequence[str], path: 
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     atomic_write(path, lambda fh: fig.savefig(fh, format="png"))
+
+
+def _axis_label(title: str) -> str:
+    """A panel's y-axis label: its title up to the caveat (" - ...") or the reading hint (", ..."), which stay in the title."""
+    return title.split(" - ")[0].split(",")[0]
 
 
 def _metric_panels(metrics: Sequence[str], summary: Sequence[dict[str, Any]]) -> list[tuple[str | None, str]]:
@@ -240,7 +245,7 @@ def _plot_values(rows: Sequence[dict[str, Any]], metrics: Sequence[str], path: P
                 x, y, err = zip(*pts)
                 ax.errorbar(x, y, yerr=err, marker="o", color="tab:blue", capsize=3,
                             linestyle="-" if numeric else "none")
-            ax.set_ylabel(label.split(",")[0], color="tab:blue")
+            ax.set_ylabel(_axis_label(label), color="tab:blue")
             ax.set_title(label, fontsize=9)
             ax.grid(True, alpha=0.3)
         known = [(xs[v], p) for v, p in zip(values, params) if p is not None]
