@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from ratlip_cli.clip_pretrain import _Split, retrieval_report
 from ratlip_cli.data.prepared import load_prepared
+from ratlip_cli.models.clip_backbone import clip_image_size
 from ratlip_cli.weights import load_clip
 
 
@@ -32,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
 
     model, tokenizer = load_clip(args.arch, args.weights, None, random_notice=False)
-    size = int(model.visual.image_size[0] if isinstance(model.visual.image_size, (tuple, list)) else model.visual.image_size)
+    size = clip_image_size(model)
     prepared = load_prepared(args.data)
     native = _Split(prepared, "test", size)
     low = _Split(prepared, "test", args.low)  # what the training loader hands the GAN

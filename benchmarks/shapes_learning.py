@@ -75,8 +75,11 @@ def run(args: argparse.Namespace) -> int:
     run_dir = runs_dir / args.name
     base = [sys.executable, "-m", "ratlip_cli", "train"]
     sets = [f"train.runs_dir={runs_dir}", f"train.name={args.name}", *args.set]
+    from ratlip_cli.bench import matmul_gflops
+
+    # The VM's speed drifts from hour to hour: record its fp32 matmul rate before and after the run.
     report = {"name": args.name, "sets": args.set, "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "snapshots": []}
+              "matmul_gflops_before": round(matmul_gflops(torch.device("cpu"), "fp32"), 1), "snapshots": []}
     for m in minutes:
         # Rerunnable: an existing run is resumed (and one already past `m` minutes is not retrained).
         snap = run_dir / f"export-{m:g}min"  # beside export/, so its "../clip.safetensors" still resolves
@@ -102,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
                       last_row_elapsed_s=row.get("elapsed_s"), mean_images_per_s=round(_mean_rate(run_dir), 1))
         report["snapshots"].append(result)
         print(json.dumps(result, indent=2), flush=True)
+    report["matmul_gflops_after"] = round(matmul_gflops(torch.device("cpu"), "fp32"), 1)
     (run_dir / "bench-report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"report: {run_dir / 'bench-report.json'}")
     return 0

@@ -215,6 +215,7 @@ def pretrain_clip(cfg: Config, out: str | Path, work_dir: str | Path | None = No
 
     from ratlip_cli.evaluate import progress_bars
     from ratlip_cli.export import save_clip_weights
+    from ratlip_cli.models.clip_backbone import clip_image_size
     from ratlip_cli.optim import adamw
     from ratlip_cli.profiling import tune_cpu_allocator
     from ratlip_cli.train.loop import derive_seed, ensure_dataset
@@ -234,7 +235,7 @@ def pretrain_clip(cfg: Config, out: str | Path, work_dir: str | Path | None = No
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(pcfg.seed, "clip-pretrain-init"))
         model, tokenizer = load_clip(cfg.clip.arch, "random", cfg.clip.cache_dir, random_notice=False)  # to be trained
-    size = int(model.visual.image_size[0] if isinstance(model.visual.image_size, (tuple, list)) else model.visual.image_size)
+    size = clip_image_size(model)
     train_split = _Split(prepared, "train", size)
     test_split = _Split(prepared, "test", size)
     mean, std = _mean_std(model)

