@@ -6,8 +6,8 @@ concatenations. For inference the batch norm is an affine map per channel, so it
 convolution (w * s, beta - mean * s with s = 1 / sqrt(var + eps)) and oneDNN runs conv + bias + relu
 as one kernel; without the copies, the whole network stays channels_last. Same weights, same
 graph, the same order of branches; the outputs differ from the TorchScript's by float rounding only
-(tests/test_inception.py bounds it and the FID difference). `ratlip eval` uses it on CPU
-(`eval.inception_graph: folded`); `reference` runs the TorchScript itself.
+(tests/test_inception.py bounds it and the FID difference). `ratlip eval` uses it by default
+(`eval.inception_graph: folded`, fid mode clean); `reference` runs the TorchScript itself.
 """
 
 from __future__ import annotations
