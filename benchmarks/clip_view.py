@@ -19,8 +19,7 @@ import torch.nn.functional as F
 
 from ratlip_cli.clip_pretrain import _Split, retrieval_report
 from ratlip_cli.data.prepared import load_prepared
-from ratlip_cli.models.clip_backbone import clip_image_size
-from ratlip_cli.weights import load_clip
+from ratlip_cli.weights import clip_image_size, load_clip
 
 
 def main() -> None:

@@ -215,11 +215,10 @@ def pretrain_clip(cfg: Config, out: str | Path, work_dir: str | Path | None = No
 
     from ratlip_cli.evaluate import progress_bars
     from ratlip_cli.export import save_clip_weights
-    from ratlip_cli.models.clip_backbone import clip_image_size
     from ratlip_cli.optim import adamw
     from ratlip_cli.profiling import tune_cpu_allocator
     from ratlip_cli.train.loop import derive_seed, ensure_dataset
-    from ratlip_cli.weights import load_clip
+    from ratlip_cli.weights import clip_image_size, load_clip
 
     pcfg = cfg.clip.pretrain
     if pcfg.steps < 1 or pcfg.batch_size < 2:

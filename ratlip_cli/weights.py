@@ -98,6 +98,12 @@ def clip_source(arch: str, weights: str, cache_dir: str = "") -> tuple[str, bool
     return f"hub tag '{weights}' ({'downloadable now' if online else 'not cached, hub unreachable'})", online
 
 
+def clip_image_size(model) -> int:
+    """The side in pixels that an open_clip model's image tower takes (`model.visual.image_size`)."""
+    size = model.visual.image_size
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
 def load_clip(arch: str, weights: str, cache_dir: str = "", device: str | torch.device = "cpu",
               random_notice: bool = True):
     """Build an open_clip model with weights from a tag, a local file, or `random`; returns (model, tokenizer).

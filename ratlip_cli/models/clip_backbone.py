@@ -36,11 +36,6 @@ def _square(value, what: str) -> int:
     return int(value)
 
 
-def clip_image_size(model: nn.Module) -> int:
-    """The side in pixels that an open_clip model's image tower takes (`model.visual.image_size`)."""
-    return _square(model.visual.image_size, "image size")
-
-
 def _sdpa_compatible(block: nn.Module) -> bool:
     """Whether `_sdpa_block` computes exactly what this open_clip ViT block computes."""
     from open_clip.transformer import ResidualAttentionBlock
