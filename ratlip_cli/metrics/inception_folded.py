@@ -3,8 +3,8 @@
 The shipped TorchScript (`metrics.inception`) runs every conv unit as conv2d -> batch_norm -> relu,
 three passes over each activation, and copies every branch to NCHW (`contiguous()`) before the
 concatenations. For inference the batch norm is an affine map per channel, so it folds into the
-convolution (w * s, beta - mean * s with s = 1 / sqrt(var + eps)) and oneDNN runs conv + bias + relu
-as one kernel; without the copies, the whole network stays channels_last. Same weights, same
+convolution (w * s, beta - mean * s with s = 1 / sqrt(var + eps)): one oneDNN conv with bias, then
+an in-place relu, two passes instead of three; without the copies, the network stays channels_last. Same weights, same
 graph, the same order of branches; the outputs differ from the TorchScript's by float rounding only
 (tests/test_inception.py bounds it and the FID difference). `ratlip eval` uses it by default
 (`eval.inception_graph: folded`, fid mode clean); `reference` runs the TorchScript itself.
