@@ -267,10 +267,11 @@ class EvalConfig:
     # inception: clean-fid's Inception-V3; random-tiny: a random tiny network, for tests only.
     feature_extractor: str = "inception"
     inception: str = ""
-    # fid_mode clean: folded = the Inception's batch norms folded into its convolutions, channels_last
-    # (faster on CPU; features equal to the TorchScript's up to float rounding, cached apart);
-    # reference = clean-fid's TorchScript as is (bit-identical to clean-fid's own pipeline).
-    inception_graph: str = "folded"
+    # folded = the Inception's batch norms folded into its convolutions, channels_last (faster on CPU;
+    # features equal to the TorchScript's up to float rounding, cached apart; fid_mode clean only);
+    # reference = clean-fid's network as is (bit-identical to clean-fid's own pipeline);
+    # auto = folded for fid_mode clean, reference for the legacy modes.
+    inception_graph: str = "auto"
     clip_arch: str = "ViT-B-32-quickgelu"
     clip_weights: str = "openai"
     r_precision_candidates: int = 100
@@ -305,7 +306,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "clip.input_mapping": ("correct", "authors"),
     "eval.fid_mode": ("clean", "legacy_pytorch", "legacy_tensorflow"),
     "eval.feature_extractor": ("inception", "random-tiny"),
-    "eval.inception_graph": ("folded", "reference"),
+    "eval.inception_graph": ("auto", "folded", "reference"),
     "damsm.image_encoder": ("inception", "cnn"),
     "dmgan.memory_mask": ("correct", "reference"),
     "ecagan.channel_attention": ("eca", "se", "none"),

@@ -134,5 +134,14 @@ def test_folded_extractor_is_labelled_cached_apart_and_gives_the_same_fid():
     np.testing.assert_allclose(a_fold, a_exact, rtol=0, atol=1e-5 * np.abs(a_exact).max())
     fid_exact = fid_from_features(a_exact, b_exact)
     assert fid_from_features(a_fold, b_fold) == pytest.approx(fid_exact, rel=1e-4)
+    assert build_feature_extractor("inception", "clean", "", "cpu", graph="auto").key == folded.key
     with pytest.raises(RatlipError, match="unknown Inception graph"):
         build_feature_extractor("inception", "clean", "", "cpu", graph="fast")
+
+
+def test_folded_graph_with_a_legacy_fid_mode_is_refused_and_auto_keeps_the_reference(monkeypatch):
+    monkeypatch.setattr(features_mod, "_online", lambda *a, **k: False)
+    with pytest.raises(RatlipError, match="folded needs fid mode clean .* eval.inception_graph=auto or reference"):
+        build_feature_extractor("inception", "legacy_tensorflow", str(packaged_inception_file()), "cpu", graph="folded")
+    with pytest.raises(RatlipError, match="legacy_tensorflow needs clean-fid's"):  # auto: the reference path
+        build_feature_extractor("inception", "legacy_tensorflow", str(packaged_inception_file()), "cpu", graph="auto")

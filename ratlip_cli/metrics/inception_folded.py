@@ -7,7 +7,7 @@ convolution (w * s, beta - mean * s with s = 1 / sqrt(var + eps)): one oneDNN co
 an in-place relu, two passes instead of three; without the copies, the network stays channels_last. Same weights, same
 graph, the same order of branches; the outputs differ from the TorchScript's by float rounding only
 (tests/test_inception.py bounds it and the FID difference). `ratlip eval` uses it by default
-(`eval.inception_graph: folded`, fid mode clean); `reference` runs the TorchScript itself.
+(`eval.inception_graph: auto` = folded for fid mode clean); `reference` runs the TorchScript itself.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 BN_EPS = 1e-3  # the TF network's batch norm epsilon, as the TorchScript's batch_norm call has it
-INCEPTION_GRAPHS = ("folded", "reference")
+INCEPTION_GRAPHS = ("auto", "folded", "reference")
 
 
 class FoldedConv(nn.Module):
