@@ -37,6 +37,7 @@ page-faulted (and zeroed by the kernel) anew on every forward. `tune_cpu_allocat
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import platform
@@ -50,7 +51,7 @@ from typing import Any, Callable
 
 import torch
 
-from ratlip_cli.config import resolve_config, set_value
+from ratlip_cli.config import resolve_config, set_value, validate
 from ratlip_cli.console import console, warn
 from ratlip_cli.errors import RatlipError
 from ratlip_cli.profiling import malloc_trim, tune_cpu_allocator
@@ -355,6 +356,13 @@ def _run(options: BenchOptions, device: torch.device, tuned: bool) -> list[dict[
         raise RatlipError(f"ratlip bench sweeps the RAT hidden size; model.family={base.model.family} has no RAT "
                           "(its training speed is metrics.csv's images_per_s)")
     hiddens = options.hiddens if options.hiddens is not None else sorted({0, base.model.rat.hidden})
+    for hidden in hiddens:  # e.g. GALIP has no RAT: --hidden 0,64 is refused before anything is timed
+        probe = copy.deepcopy(base)
+        set_value(probe, "model.rat.hidden", hidden)
+        try:
+            validate(probe)
+        except RatlipError as exc:
+            raise RatlipError(f"--hidden {hidden}: {exc}") from None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(options.seed)
         text = get_family(base).text_encoder(base, RunFiles(None, seed=options.seed), device)

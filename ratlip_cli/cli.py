@@ -7,12 +7,55 @@ from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 import typer
+import typer.core
+from rich.markup import escape
 
 from ratlip_cli import __version__, refusals
 from ratlip_cli.console import console, err_console
 from ratlip_cli.errors import RatlipError
 
-app = typer.Typer(
+
+def literal_help(command) -> None:
+    """Make a click command's help, epilog and parameter help print as written under Rich markup.
+
+    Help is plain text: brackets such as `pip install -e ".[demo]"` or `[default: ...]` are words,
+    never markup tags, so every string is escaped here once instead of by hand.
+    """
+    if getattr(command, "rich_markup_mode", None) != "rich":
+        return
+    for attr in ("help", "short_help", "epilog"):
+        if getattr(command, attr, None):
+            setattr(command, attr, escape(getattr(command, attr)))
+    for param in command.params:
+        if getattr(param, "help", None):
+            param.help = escape(param.help)
+
+
+class LiteralHelpCommand(typer.core.TyperCommand):
+    """A command whose help text is shown as written (`literal_help`)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        literal_help(self)
+
+
+class LiteralHelpGroup(typer.core.TyperGroup):
+    """The `ratlip` group, its help shown as written (`literal_help`)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        literal_help(self)
+
+
+class RatlipTyper(typer.Typer):
+    """A Typer app whose commands default to `LiteralHelpCommand`."""
+
+    def command(self, *args, cls=None, **kwargs):
+        return super().command(*args, cls=cls or LiteralHelpCommand, **kwargs)
+
+
+app = RatlipTyper(
+    cls=LiteralHelpGroup,
     name="ratlip",
     help="Train, sample, evaluate and ablate RATLIP text-to-image GANs.",
     no_args_is_help=True,
@@ -50,7 +93,7 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except RatlipError as exc:
-            err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/yellow]")
@@ -120,7 +163,7 @@ def prepare(
     ] = None,
     out: Annotated[
         Optional[Path],
-        typer.Option("--out", help="Where to write the prepared dataset \\[default: the preset's data.root, e.g. data/cub]."),
+        typer.Option("--out", help="Where to write the prepared dataset [default: the preset's data.root, e.g. data/cub]."),
     ] = None,
     size: Annotated[
         Optional[int],
@@ -128,7 +171,7 @@ def prepare(
             "--size",
             min=8,
             help="Shorter side of the stored images in pixels, aspect kept (shapes: the square side) "
-            "\\[default: the preset's data.prepared_size: 304, shapes 64].",
+            "[default: the preset's data.prepared_size: 304, shapes 64].",
         ),
     ] = None,
     preset: Annotated[
@@ -162,7 +205,7 @@ def prepare(
     ] = "prepared",
     shard_mb: Annotated[
         Optional[float],
-        typer.Option("--shard-mb", min=0.001, help="--format shards only: target shard size in MB \\[default: 1000].",
+        typer.Option("--shard-mb", min=0.001, help="--format shards only: target shard size in MB [default: 1000].",
                      show_default=False),
     ] = None,
     decoded: Annotated[
@@ -175,7 +218,7 @@ def prepare(
     test_percent: Annotated[
         Optional[int],
         typer.Option("--test-percent", min=0, max=100,
-                     help="webdataset only: percent of samples (by a hash of the key) in the test split \\[default: 10].",
+                     help="webdataset only: percent of samples (by a hash of the key) in the test split [default: 10].",
                      show_default=False),
     ] = None,
 ) -> None:
@@ -295,7 +338,7 @@ def pretrain_text(
     device: DeviceOpt = None,
     out: Annotated[
         Optional[Path],
-        typer.Option("--out", help="Output folder (damsm.out) \\[default: <train.runs_dir>/damsm-<data.name>, "
+        typer.Option("--out", help="Output folder (damsm.out) [default: <train.runs_dir>/damsm-<data.name>, "
                      "where the dmgan family looks]."),
     ] = None,
     restart: Annotated[
@@ -577,7 +620,7 @@ def ablate(
     hidden: Annotated[
         Optional[str],
         typer.Option("--hidden", help="Comma-separated RAT hidden sizes h to sweep; 0 is RATLIP without RAT (plain "
-                     "affines, no recurrence). Shorthand for --sweep model.rat.hidden=... \\[default: 0,4,8,16,32,64,128 "
+                     "affines, no recurrence). Shorthand for --sweep model.rat.hidden=... [default: 0,4,8,16,32,64,128 "
                      "when --sweep is not given].", show_default=False),
     ] = None,
     sweep: Annotated[
@@ -603,7 +646,7 @@ def ablate(
         typer.Option(
             "--metrics",
             help="Comma-separated: cs (CLIP score), fid, kid, rp (CLIP R-precision), shapes (the shapes "
-            "checker's match rates; shapes dataset only) \\[default: cs,fid,kid,rp].",
+            "checker's match rates; shapes dataset only) [default: cs,fid,kid,rp].",
             show_default=False,
         ),
     ] = None,
@@ -612,7 +655,7 @@ def ablate(
         typer.Option(
             "--out",
             help="Ablation folder (sweep.yaml, ablation.csv, ablation.png, one run folder per value and seed) "
-            "\\[default: runs/ablate-PRESET, runs/ablate-PRESET-shard-I-of-N with --shard].",
+            "[default: runs/ablate-PRESET, runs/ablate-PRESET-shard-I-of-N with --shard].",
             show_default=False,
         ),
     ] = None,
@@ -687,7 +730,7 @@ def bench(
     ] = "cub",
     hidden: Annotated[
         Optional[str],
-        typer.Option("--hidden", help="RAT hidden sizes to compare, comma-separated \\[default: 0 and the preset's h, e.g. 0,64]."),
+        typer.Option("--hidden", help="RAT hidden sizes to compare, comma-separated [default: 0 and the preset's h, e.g. 0,64]."),
     ] = None,
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Generator batch sizes, comma-separated.")] = "1,8",
     precision: Annotated[
@@ -706,7 +749,7 @@ def bench(
     ] = 4,
     skip_train: Annotated[bool, typer.Option("--skip-train", help="Time the generator only.")] = False,
     threads: Annotated[
-        Optional[int], typer.Option("--threads", min=1, help="CPU threads (torch.set_num_threads) \\[default: torch's].")
+        Optional[int], typer.Option("--threads", min=1, help="CPU threads (torch.set_num_threads) [default: torch's].")
     ] = None,
     tune_malloc: Annotated[
         bool,
@@ -758,7 +801,7 @@ def report(
     ],
     out: Annotated[
         Optional[Path],
-        typer.Option("--out", help="HTML file to write \\[default: FOLDER/report.html].", show_default=False),
+        typer.Option("--out", help="HTML file to write [default: FOLDER/report.html].", show_default=False),
     ] = None,
     max_grids: Annotated[
         int,

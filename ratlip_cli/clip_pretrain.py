@@ -92,24 +92,23 @@ def ensure_in_domain_clip(cfg: Config, quiet: bool = False) -> Path:
 
 
 class _Split:
-    """A split held in memory: uint8 images (N, H, W, 3) at the CLIP image size and their captions."""
+    """A split held in memory: uint8 images (N, H, W, 3) at the CLIP image size and their captions
+    (read through `read_split`, so the folder format and tar shards give the same arrays)."""
 
-    def __init__(self, prepared, split: str, size: int) -> None:
+    def __init__(self, dataset, split: str, size: int) -> None:
         from PIL import Image
 
-        from ratlip_cli.data.dataset import center_crop, load_rgb, resize_shorter_side
+        from ratlip_cli.data.dataset import center_crop, resize_shorter_side
+        from ratlip_cli.data.split import read_split
 
-        rows = prepared.split_images(split)
-        by_key = prepared.captions_by_key()
-        self.keys: list[str] = rows["key"].tolist()
-        self.captions: list[list[str]] = [by_key.get(k, []) for k in self.keys]
-        if not self.keys:
-            raise RatlipError(f"split '{split}' of {prepared.root} has no images")
+        part = read_split(dataset, split)
+        self.keys: list[str] = part.keys
+        self.captions: list[list[str]] = part.captions
         if any(not c for c in self.captions):
-            raise RatlipError(f"some images of split '{split}' in {prepared.root} have no caption")
+            raise RatlipError(f"some images of split '{split}' in {part.root} have no caption")
         arrays = []
-        for rel in rows["path"]:
-            img = center_crop(resize_shorter_side(load_rgb(prepared.root / rel), size), size)
+        for i in range(len(part)):
+            img = center_crop(resize_shorter_side(part.open_image(i), size), size)
             if img.size != (size, size):
                 img = img.resize((size, size), Image.Resampling.BICUBIC)
             arrays.append(np.asarray(img, dtype=np.uint8))

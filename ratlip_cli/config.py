@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import types
 import typing
@@ -13,6 +14,7 @@ from typing import Any
 import yaml
 
 from ratlip_cli.errors import RatlipError
+from ratlip_cli.files import check_name
 
 
 @dataclass
@@ -198,6 +200,7 @@ class CaeganConfig:
 class DataConfig:
     """Where the prepared dataset lives and how training images are augmented."""
 
+    # The dataset's name (in default folder names such as <train.runs_dir>/damsm-<name>): one folder name.
     name: str = "cub"
     root: str = "data/cub"
     # Size the images are stored at by `ratlip prepare` (shorter side).
@@ -241,6 +244,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     runs_dir: str = "runs"
+    # The run folder <runs_dir>/<name>; empty: <preset>-<YYYYmmdd-HHMMSS>. One folder name (files.check_name:
+    # no / or \, no leading dot or whitespace, no control characters).
     name: str = ""
     log_every: int = 50
     sample_every: int = 1000
@@ -460,7 +465,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 def load_preset(name: str) -> dict[str, Any]:
     """The mapping stored in presets/<name>.yaml."""
     path = presets_dir() / f"{name}.yaml"
-    if not path.is_file():
+    if name not in available_presets():  # a shipped preset's name, never a path (runs/<preset>-<time>)
         raise RatlipError(f"unknown preset '{name}'; choose one of: {', '.join(available_presets())}")
     return _load_yaml(path, "preset")
 
@@ -474,8 +479,11 @@ def resolve_config(
     """Build the config: defaults (or a copy of ``base``), then the preset, then a YAML file, then `--set` overrides.
 
     ``base`` is an existing run's config (resuming: no preset, the file and overrides on top).
+    Then the family's own settings (`apply_family_settings`): keys the file or an override set are
+    explicit (a contradiction is refused), the rest are implied (set, with a note printed once).
     """
     cfg = from_dict(to_dict(base)) if base is not None else Config()
+    explicit: dict[str, str] = {}
     if preset:
         data = load_preset(preset)
         data.pop("preset", None)
@@ -484,11 +492,90 @@ def resolve_config(
     if config_file:
         data = _load_yaml(Path(config_file), "config file")
         merge_dict(cfg, data)
+        explicit.update(dict.fromkeys(_leaf_keys(data), f"--config {config_file}"))
     for text in overrides or []:
         key, value = parse_override(text)
         set_value(cfg, key, value)
+        explicit.update(dict.fromkeys(_leaf_keys(value, key), "--set"))
+    show_notes(apply_family_settings(cfg, explicit))
     validate(cfg)
     return cfg
+
+
+def _leaf_keys(value: Any, prefix: str = "") -> list[str]:
+    """The dotted keys a (nested) mapping sets under ``prefix``; a non-mapping value is ``prefix`` itself."""
+    if not isinstance(value, dict):
+        return [prefix] if prefix else []
+    return [k for name, v in value.items() for k in _leaf_keys(v, f"{prefix}.{name}" if prefix else str(name))]
+
+
+def get_value(cfg: Config, key: str) -> Any:
+    """The value of the dotted ``key`` (an existing key) in ``cfg``."""
+    node: Any = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _text(value: Any) -> str:
+    """A value as it would be written after --set key= (true/false for booleans)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def family_settings(cfg: Config) -> tuple[dict[str, Any], str]:
+    """What ``cfg.model.family`` requires, {dotted key: value}, and why (`Family.own_settings`).
+
+    The default family (ratlip) requires nothing, so it is not imported for this: resolving a config
+    that names no family stays free of torch (tests/test_family_settings.py checks that it has none).
+    """
+    if cfg.model.family == ModelConfig.family:
+        return {}, ""
+    from ratlip_cli.models.registry import get_family
+
+    family = get_family(cfg)
+    return dict(family.own_settings(cfg)), family.own_settings_why
+
+
+def apply_family_settings(cfg: Config, explicit: dict[str, str] | None = None) -> list[str]:
+    """Set in ``cfg`` what its family requires where it differs; returns one note per key changed.
+
+    ``explicit`` maps the keys the user set (``--set``, ``--config FILE``) to where they were set: one of
+    them set to another value is a contradiction, refused with one line. Every other key (defaults, the
+    preset, a resumed run's config) is implied by the family and changed. `ratlip ablate --sweep
+    model.family=...` calls this with no explicit keys: each cell gets its family's own settings.
+    """
+    settings, why = family_settings(cfg)
+    notes = []
+    for key, value in settings.items():
+        current = get_value(cfg, key)
+        if current == value:
+            continue
+        family = cfg.model.family
+        if key in (explicit or {}):
+            raise RatlipError(
+                f"model.family={family} sets {key}={_text(value)} ({why}), but {explicit[key]} gives "
+                f"{key}={_text(current)}; drop that setting or choose another model.family"
+            )
+        set_value(cfg, key, value)
+        notes.append(f"model.family={family}: {key}={_text(value)} ({why})")
+    return notes
+
+
+# Set by `ratlip train --gpus` before it relaunches itself through torchrun: the launcher printed the notes.
+QUIET_NOTES_ENV = "RATLIP_CONFIG_NOTES_SHOWN"
+_shown: set[str] = set()
+
+
+def show_notes(notes: list[str]) -> None:
+    """Print each note of `apply_family_settings` once per process (on rank 0 only)."""
+    if os.environ.get(QUIET_NOTES_ENV) or os.environ.get("RANK", "0") != "0":
+        return
+    from ratlip_cli.console import notice
+
+    for note in notes:
+        if note not in _shown:
+            _shown.add(note)
+            notice(note)
 
 
 def validate(cfg: Config) -> None:
@@ -505,11 +592,14 @@ def validate(cfg: Config) -> None:
             raise RatlipError(f"config key '{key}' must be positive, got {value}")
     if cfg.model.rat.hidden < 0:
         raise RatlipError(f"config key 'model.rat.hidden' must be >= 0, got {cfg.model.rat.hidden}")
-    if cfg.model.family == "galip" and cfg.model.rat.hidden != 0:
-        raise RatlipError(
-            f"model.family=galip has no RAT but model.rat.hidden is {cfg.model.rat.hidden}; "
-            "also set model.rat.hidden=0 (or use model.family=ratlip)"
-        )
+    settings, why = family_settings(cfg)
+    for key, value in settings.items():
+        if get_value(cfg, key) != value:
+            raise RatlipError(f"model.family={cfg.model.family} needs {key}={_text(value)} ({why}), "
+                              f"got {key}={_text(get_value(cfg, key))}")
+    if cfg.train.name:  # empty: <preset>-<time>
+        check_name(cfg.train.name, "train.name")
+    check_name(cfg.data.name, "data.name")
     if cfg.data.crop_size > cfg.data.load_size:
         raise RatlipError(
             f"data.crop_size ({cfg.data.crop_size}) must not exceed data.load_size ({cfg.data.load_size})"

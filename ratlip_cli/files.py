@@ -50,6 +50,31 @@ class WriteError(RatlipError):
         return cls(f"cannot write {path}: {reason}{hint}", path, exc.errno)
 
 
+def check_name(name: str, key: str) -> str:
+    """``name`` when it is exactly one file or folder name, else a one-line `RatlipError` naming ``key``.
+
+    The one rule for every user-given name that becomes a path component (``train.name``,
+    ``data.name``, ``ratlip import --name``, ...): not empty; no ``/`` or ``\\``; no control
+    characters (NUL included); no leading dot (so never ``.`` or ``..``, a hidden folder, or the
+    ``.NAME.tmp-PID`` scheme of temp files); no leading or trailing whitespace.
+    """
+    name = str(name)
+    why = ""
+    if not name:
+        why = "it is empty"
+    elif "/" in name or "\\" in name:
+        why = "it contains a path separator (/ or \\)"
+    elif any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        why = "it contains a control character"
+    elif name.startswith("."):
+        why = "it starts with a dot"
+    elif name != name.strip():
+        why = "it starts or ends with whitespace"
+    if why:
+        raise RatlipError(f"{key} must be one folder name, got {name!r}: {why}")
+    return name
+
+
 def temp_path(path: str | Path) -> Path:
     """The temp file beside ``path`` that this process writes before renaming it into place."""
     path = Path(path)

@@ -123,6 +123,7 @@ def test_random_tiny_uses_clean_fids_own_pipeline(tmp_path):
         str(tmp_path), fx.model, num_workers=0, batch_size=3, device=torch.device("cpu"), mode="clean", verbose=False
     )
     assert ours.shape == (6, 16)
+    # The same network on the same pixels in the same batches of 3, on one machine: equal (0 measured).
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
 
 

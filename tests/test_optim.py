@@ -8,6 +8,11 @@ import torch
 
 from ratlip_cli.optim import adam, adamw
 from ratlip_cli.profiling import apply_cpu_settings
+from tolerance import fp32_close
+
+# Fused and loop Adam are different fp32 kernels: each of the 5 steps rounds a parameter at most twice
+# (AdamW's decay, the update; the update's own rounding is lr times smaller), on both sides.
+DEPTH = 2 * 5
 
 
 def test_fused_adam_on_cpu_matches_the_loop_version():
@@ -27,7 +32,7 @@ def test_fused_adam_on_cpu_matches_the_loop_version():
         slow.step()
     for p, q, p0 in zip(a, b, start):
         assert (p - p0).abs().max() > 1e-3  # the steps moved the parameters
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+        fp32_close(p, q, DEPTH, computations=2)
     # a checkpoint of one loads into the other
     slow.load_state_dict(fast.state_dict())
 
@@ -51,7 +56,7 @@ def test_fused_adamw_keeps_each_groups_weight_decay_and_matches_the_loop_version
         fast.step()
         slow.step()
     for p, q in zip(a, b):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+        fp32_close(p, q, DEPTH, computations=2)
 
 
 def test_cpu_settings_set_the_threads(monkeypatch):

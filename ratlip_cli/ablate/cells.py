@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
-from ratlip_cli.config import Config, parse_override, set_value, validate
+from ratlip_cli.config import Config, apply_family_settings, parse_override, set_value, validate
 from ratlip_cli.errors import RatlipError
 from ratlip_cli.ablate.options import (
     EVAL_SEED,
@@ -85,14 +85,14 @@ def train_run(cfg: Config, run_dir: Path) -> TrainedRun:
 
 def _shapes_scores(run_dir: Path, cfg: Config, device: str | None) -> dict[str, Any]:
     """The shapes checker's match rates of the run's exported generator (`eval.generator`) on test captions."""
-    from ratlip_cli.data import load_prepared
+    from ratlip_cli.data.shards import open_dataset
     from ratlip_cli.evaluate import resolve_device
     from ratlip_cli.export import load_generator, noise_dim
     from ratlip_cli.train.shapes_eval import score_generator_on_shapes, shapes_eval_captions
 
     dev = resolve_device(device)
     loaded = load_generator(run_dir, dev, cfg.eval.generator)
-    captions = shapes_eval_captions(load_prepared(cfg.data.root), "test", cfg.eval.num)
+    captions = shapes_eval_captions(open_dataset(cfg.data.root, cfg.data.format, cfg.data.shard_url), "test", cfg.eval.num)
     res = score_generator_on_shapes(
         loaded.generator, loaded.embed, captions, noise_dim(loaded),
         device=dev, seed=EVAL_SEED, batch_size=max(1, cfg.eval.batch_size), distributed=False,
@@ -143,7 +143,7 @@ def cell_config(cfg: Config, out: Path, value: Any, seed: int, key: str = RAT_KE
         _, typed = parse_override(f"{key}={value}")
         set_value(c, key, typed)
         if key == "model.family":  # e.g. GALIP's cells get model.rat.hidden = 0 (config.yaml records it)
-            get_family(c.model.family).own_settings(c)
+            apply_family_settings(c)
         get_family(c.model.family).pin_paths(c)  # e.g. DM-GAN's encoders under the sweep's own runs_dir
         c.train.runs_dir = str(out)
         c.train.name = run_name(value, seed, key)

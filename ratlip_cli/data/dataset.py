@@ -10,7 +10,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ratlip_cli.config import DataConfig
-from ratlip_cli.data.prepared import PreparedDataset, load_prepared, resize_shorter
+from ratlip_cli.data.prepared import PreparedDataset, resize_shorter
+from ratlip_cli.data.split import load_rgb, read_split
 from ratlip_cli.console import warn
 from ratlip_cli.errors import RatlipError
 
@@ -19,14 +20,6 @@ from ratlip_cli.errors import RatlipError
 UNREADABLE: tuple[type[BaseException], ...] = (OSError, ValueError, SyntaxError)
 MAX_SKIPS = 32
 SKIP_SEP = "\x1f"
-
-
-def load_rgb(path: str | Path):
-    """Open an image fully into memory as RGB (the file is closed before returning)."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return im.convert("RGB")
 
 
 def resize_shorter_side(img, size: int):
@@ -121,19 +114,22 @@ class TextImageDataset(Dataset):
         uint8: bool = False,
         decoded: bool = False,
     ) -> None:
-        self.prepared = root if isinstance(root, PreparedDataset) else load_prepared(root)
+        if isinstance(root, (str, Path)):
+            from ratlip_cli.data.shards import open_dataset
+
+            root = open_dataset(root)
+        self.prepared = root  # a PreparedDataset or a ShardSet (local shards), read through `read_split`
         if data_cfg.crop_size > data_cfg.load_size:
             raise RatlipError(
                 f"data.crop_size ({data_cfg.crop_size}) must not exceed data.load_size ({data_cfg.load_size})"
             )
         if seed < 0:
             raise RatlipError(f"the dataset seed must be >= 0, got {seed}")
-        rows = self.prepared.split_images(split)
-        by_key = self.prepared.captions_by_key()
+        part = read_split(self.prepared, split, require_files=not skip_unreadable)
         self.split = split
-        self.keys: list[str] = rows["key"].tolist()
-        self.paths: list[Path] = [self.prepared.root / p for p in rows["path"]]
-        self.captions: list[list[str]] = [by_key.get(k, []) for k in self.keys]
+        self.keys: list[str] = part.keys
+        self.paths: list[Any] = part.paths  # a Path, or a TarMember for tar shards
+        self.captions: list[list[str]] = part.captions
         missing = [k for k, c in zip(self.keys, self.captions) if not c]
         if missing:
             raise RatlipError(f"{len(missing)} images of split '{split}' have no caption (e.g. {missing[0]})")
@@ -147,10 +143,17 @@ class TextImageDataset(Dataset):
         self.skip_unreadable = skip_unreadable
         self.uint8 = uint8
         self.decoded = None
-        if decoded:  # crop from the decoded copy when the dataset has a current one
+        if decoded and isinstance(self.prepared, PreparedDataset):  # crop from its decoded copy when current
             from ratlip_cli.data.decoded import open_decoded
 
             self.decoded = open_decoded(self.prepared)
+
+    def _name(self, index: int) -> str:
+        """Image `index` as a user finds it: its path under the dataset, or its key in a shard."""
+        path = self.paths[index]
+        if isinstance(path, Path):
+            return path.relative_to(self.prepared.root).as_posix()
+        return f"{self.keys[index]} in {Path(path.path).name}"
 
     def set_epoch(self, epoch: int) -> None:
         """Choose which captions, crops and flips the items of this epoch get."""
@@ -188,7 +191,7 @@ class TextImageDataset(Dataset):
                 if not self.skip_unreadable:
                     raise
                 reason = " ".join(str(exc).split()) or type(exc).__name__
-                skipped.append(f"{self.paths[j].relative_to(self.prepared.root).as_posix()} ({reason})")
+                skipped.append(f"{self._name(j)} ({reason})")
                 continue
             tokens = self.tokenizer([caption])[0].long()
             item = {"image": image, "tokens": tokens, "caption": caption, "index": j}

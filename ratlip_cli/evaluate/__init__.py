@@ -159,7 +159,7 @@ def evaluate_run(run_dir: str | Path, settings: dict[str, Any], opts: EvalOption
         metrics, got, reference = _score(batches, mine, cfg, opts, split, extractor, clip, bars, "generating + scoring")
     row = None
     if dist.is_main():
-        row = _row("run", run_dir.name, metrics, got, reference, cfg, opts, extractor, clip, device, started)
+        row = _row("run", run_dir.name, metrics, got, reference, split, cfg, opts, extractor, clip, device, started)
         row["generator"] = getattr(loaded, "which", cfg.eval.generator)
         if extra[0]:
             row.update(scorer_r_precision(scorer, torch.cat(extra[0]), extra[1], split, cfg.eval, opts.seed))
@@ -192,7 +192,7 @@ def evaluate_folder(
         metrics, got, reference = _score(batches, mine, cfg, opts, split, extractor, clip, bars, "scoring images")
     row = None
     if dist.is_main():
-        row = _row("folder", str(Path(images_dir)), metrics, got, reference, cfg, opts, extractor, clip, device,
+        row = _row("folder", str(Path(images_dir)), metrics, got, reference, split, cfg, opts, extractor, clip, device,
                    started)
         if opts.out_csv:
             append_csv(Path(opts.out_csv), row)

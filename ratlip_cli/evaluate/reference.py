@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -17,6 +15,7 @@ from rich.progress import Progress
 
 from ratlip_cli import __version__, dist
 from ratlip_cli.console import warn
+from ratlip_cli.data.split import DatasetSplit, read_split
 from ratlip_cli.errors import RatlipError
 from ratlip_cli.files import atomic_write, utc_timestamp
 from ratlip_cli.metrics.features import FeatureExtractor
@@ -29,94 +28,14 @@ from ratlip_cli.evaluate.options import (
 
 # ----------------------------------------------------------------------------- the test split
 
-
-@dataclass
-class ReferenceSplit:
-    """The reference split of a prepared dataset: images (sorted by key) and all their captions."""
-
-    root: Path
-    split: str
-    keys: list[str]
-    paths: list[Any]  # Path per image; for tar shards a TarMember (a byte range of a shard)
-    captions: list[list[str]]
-    fingerprint: str
-    _pool: tuple[list[str], dict[str, frozenset[int]]] | None = field(default=None, repr=False)
-
-    def pool(self) -> tuple[list[str], dict[str, frozenset[int]]]:
-        """(sorted unique captions, text -> pool indices of every caption of every image having that text).
-
-        R-precision draws its wrong captions from this pool, excluding the true caption and the other
-        captions of the same image(s), so a correct description never counts as a wrong one.
-        """
-        if self._pool is None:
-            texts = sorted({t for caps in self.captions for t in caps})
-            index = {t: i for i, t in enumerate(texts)}
-            excluded: dict[str, set[int]] = {}
-            for caps in self.captions:
-                ids = {index[t] for t in caps}
-                for t in caps:
-                    excluded.setdefault(t, set()).update(ids)
-            self._pool = (texts, {t: frozenset(v) for t, v in excluded.items()})
-        return self._pool
-
-
-def _load_prepared(root: Path):
-    try:
-        from ratlip_cli.data import load_prepared
-    except ImportError:
-        raise RatlipError("this install lacks ratlip_cli.data.load_prepared (cannot read prepared datasets)") from None
-    return load_prepared(root)
-
-
-def _shard_split(ds, root: Path, split: str) -> ReferenceSplit:
-    """`load_test_split` for tar shards: images are byte ranges of the shards, in key order; the
-    fingerprint is computed as for the prepared format (equal images give equal fingerprints)."""
-    if split not in ds.splits:
-        raise RatlipError(f"dataset {root} has no '{split}' images (splits present: {', '.join(ds.splits) or 'none'})")
-    rows = sorted(ds.index_split(split), key=lambda r: r[0])
-    digest = hashlib.sha1(f"{split}\n".encode())
-    for key, caps, member in rows:
-        digest.update(f"{key}\t{member.size}\t{len(caps)}\n".encode())
-    if not any(caps for _, caps, _ in rows):
-        raise RatlipError(f"the '{split}' split of {root} has no captions")
-    return ReferenceSplit(root, split, [r[0] for r in rows], [r[2] for r in rows], [r[1] for r in rows],
-                          digest.hexdigest())
+# The evaluation's reference split is a `DatasetSplit` (ratlip_cli/data/split.py), read the same way
+# from the folder format and from tar shards.
+ReferenceSplit = DatasetSplit
 
 
 def load_test_split(root: str | Path, split: str = "test", shard_url: str = "") -> ReferenceSplit:
     """Read `split` of the dataset (prepared or tar shards) at `root`: images, captions, a content fingerprint."""
-    from ratlip_cli.data.shards import is_shard_dataset, load_shards
-
-    root = Path(root).expanduser()
-    if is_shard_dataset(root):
-        return _shard_split(load_shards(root, shard_url), root, split)
-    ds = _load_prepared(root)
-    images = ds.images
-    rows = images[images["split"] == split]
-    if rows.empty:
-        present = ", ".join(sorted(map(str, images["split"].unique()))) or "none"
-        raise RatlipError(f"dataset {root} has no '{split}' images (splits present: {present})")
-    rows = rows.sort_values("key")
-    caps = ds.captions.sort_values(["key", "caption_idx"])
-    by_key = {str(k): [str(t) for t in g["text"]] for k, g in caps.groupby("key", sort=False)}
-    base = Path(getattr(ds, "root", root))
-    keys, paths, captions = [], [], []
-    digest = hashlib.sha1(f"{split}\n".encode())
-    for key, path in zip(rows["key"].astype(str), rows["path"].astype(str)):
-        full = Path(path) if Path(path).is_absolute() else base / path
-        try:
-            size = full.stat().st_size
-        except OSError:
-            raise RatlipError(
-                f"image of '{key}' missing from the prepared dataset: {full} (re-run `ratlip prepare`)"
-            ) from None
-        keys.append(key)
-        paths.append(full)
-        captions.append(by_key.get(key, []))
-        digest.update(f"{key}\t{size}\t{len(by_key.get(key, []))}\n".encode())
-    if not any(captions):
-        raise RatlipError(f"the '{split}' split of {root} has no captions")
-    return ReferenceSplit(root, split, keys, paths, captions, digest.hexdigest())
+    return read_split(Path(root).expanduser(), split, shard_url)
 
 
 def plan_captions(split: ReferenceSplit, passes: int, num: int, seed: int) -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
@@ -15,6 +14,7 @@ from ratlip_cli import __version__, dist
 from ratlip_cli.config import Config, EvalConfig
 from ratlip_cli.console import warn
 from ratlip_cli.errors import RatlipError
+from ratlip_cli.data.split import dataset_record
 from ratlip_cli.files import utc_timestamp
 from ratlip_cli.metrics.clip_score import (
     ClipScorer,
@@ -142,6 +142,7 @@ def _row(
     metrics: dict,
     got: Collected,
     reference: ReferenceStats,
+    split: ReferenceSplit,
     cfg: Config,
     opts: EvalOptions,
     extractor: FeatureExtractor,
@@ -149,7 +150,10 @@ def _row(
     device: torch.device,
     started: float,
 ) -> dict[str, Any]:
+    """The eval.csv row; the dataset is the one evaluated (its folder and content fingerprint), not the
+    folder the cached reference statistics were first computed from."""
     ecfg = cfg.eval
+    record = dataset_record(split)
     return {
         "time": utc_timestamp(),
         "mode": mode,
@@ -172,8 +176,9 @@ def _row(
         "ref_size": reference.meta.get("size", ""),
         "ref_images": reference.meta.get("num_images", ""),
         "ref_cache": reference.path.name,
-        "dataset": str(Path(reference.meta.get("dataset", ""))),
-        "split": reference.meta.get("split", ""),
+        "dataset": record["dataset"],
+        "split": record["split"],
+        "dataset_fingerprint": record["fingerprint"],
         "seed": opts.seed,
         "kid_subsets": ecfg.kid_subsets,
         "kid_subset_size": ecfg.kid_subset_size,

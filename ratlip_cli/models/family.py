@@ -100,11 +100,15 @@ class StepOutput:
 
     ``losses``: the rank-averaged loss vector in the step's ``loss_columns`` order, or None when the
     step was skipped (non-finite losses: no weight changed and the EMA must not move);
-    ``overflow``: the skip was a routine fp16 GradScaler overflow rather than a divergence.
+    ``overflow``: the skip was a routine fp16 GradScaler overflow rather than a divergence;
+    ``skipped``: a step that decided on the device whether it skipped (no host sync) returns its
+    losses (non-finite ones included) with this 0-dim bool tensor, true where it skipped as above:
+    the loop masks the EMA update with it and reads it, with the losses, only when it logs.
     """
 
     losses: torch.Tensor | None
     overflow: bool = False
+    skipped: torch.Tensor | None = None
 
 
 class TrainingStep(ABC):
@@ -182,9 +186,18 @@ class Family(ABC):
     def export_text_encoder(self, source: dict[str, Any], cfg: Config, folder: Path) -> TextEncoder:
         """Rebuild an export's text encoder from the ``source`` it stored (paths relative to ``folder``)."""
 
-    def own_settings(self, cfg: Config) -> None:
-        """Set in ``cfg`` what this family requires where a config written for another family differs
-        (`ratlip ablate --sweep model.family=...`: every cell gets its family's own). Default: nothing."""
+    #: why the family needs its `own_settings` (the note and the error say it)
+    own_settings_why: str = ""
+
+    def own_settings(self, cfg: Config) -> dict[str, Any]:
+        """What this family requires, {dotted config key: value} (default: nothing).
+
+        The config builder (`ratlip_cli.config.apply_family_settings`, for every command) sets each key
+        the user did not set, with a note (`--set model.family=galip` alone gives model.rat.hidden=0),
+        and refuses one the user set to another value; `ratlip ablate --sweep model.family=...` gives
+        every cell its family's own. `validate` refuses a config that breaks them.
+        """
+        return {}
 
     def pin_paths(self, cfg: Config) -> None:
         """Fix in ``cfg`` any default path that depends on ``train.runs_dir`` (`ratlip ablate` then

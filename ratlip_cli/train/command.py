@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from ratlip_cli import dist
-from ratlip_cli.config import Config, resolve_config, to_yaml
+from ratlip_cli.config import QUIET_NOTES_ENV, Config, resolve_config, to_yaml
 from ratlip_cli.console import console
 from ratlip_cli.errors import RatlipError
 from ratlip_cli.train.loop import ResumePoint
@@ -119,6 +119,7 @@ def run_train_command(opts: TrainOptions) -> int:
         console.print(f"launching {gpus} processes: {' '.join(argv[1:])}", highlight=False, soft_wrap=True)
         sys.stdout.flush()
         sys.stderr.flush()
+        os.environ[QUIET_NOTES_ENV] = "1"  # this process printed the config's notes; its workers do not
         os.execv(argv[0], argv)
     from ratlip_cli.train.loop import train
 

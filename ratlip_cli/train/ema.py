@@ -61,16 +61,28 @@ class EmaGenerator:
         return 0.5 ** (batch_images / max(halflife, 1e-8))
 
     @torch.no_grad()
-    def update(self, batch_images: int, cur_images: int) -> float:
-        """Move the EMA towards the live weights; returns the beta used."""
+    def update(self, batch_images: int, cur_images: int, skip: torch.Tensor | None = None) -> float:
+        """Move the EMA towards the live weights; returns the beta used.
+
+        ``skip``: a 0-dim bool tensor (a step's `StepOutput.skipped`, on the device): where true the
+        EMA keeps its values (beta 1, nothing of the live weights added, buffers not copied), decided
+        on the device without a host read; where false the update is the unmasked one bit for bit.
+        """
         beta = self.beta(batch_images, cur_images)
         if self._ema_params:
             # ema = param + beta * (ema - param), i.e. lerp(param, ema, beta), in the EMA's dtype.
             live = [p.detach().to(e.dtype) for p, e in zip(self._live_params, self._ema_params)]
-            torch._foreach_mul_(self._ema_params, beta)
+            if skip is None:
+                torch._foreach_mul_(self._ema_params, beta)
+            else:  # x * 1 and x + (1 - beta) * 0 leave x as it is (a -0.0 may read +0.0)
+                torch._foreach_mul_(self._ema_params, torch.where(skip, 1.0, beta))
+                live = torch._foreach_mul(live, (~skip).to(live[0].dtype))
             torch._foreach_add_(self._ema_params, live, alpha=1.0 - beta)
         for e, b in zip(self._ema_bufs, self._live_bufs):
-            e.copy_(b)
+            if skip is None:
+                e.copy_(b)
+            else:
+                torch.where(skip, e, b.to(e.dtype), out=e)
         return beta
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -14,6 +14,11 @@ gradients during the G step, and MA-GP's double backward.
 
 Determinism: on CPU the same seed gives the same run, and a resumed run continues bit for bit
 (weights, optimisers, EMA, RNGs and the data position are all in the checkpoint).
+
+No host sync per step: a step's losses and its device-side skip flag (`StepOutput.skipped`) stay on
+the device, the EMA update is masked with the flag, and the host reads them (all in one go) only
+on steps that log, evaluate, sample or checkpoint, or after `FLAG_READ_EVERY` steps; the counts,
+log sums and the divergence stop are then worked out step by step as if read at each step.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ ARCHITECTURE_SECTIONS = ("model", "clip", "dmgan")
 SAMPLE_COLUMNS = 8
 # Test hook: a folder where every rank saves its final weights as rank<N>.pt.
 DEBUG_DUMP_ENV = "RATLIP_DEBUG_DUMP_DIR"
+# Steps whose losses and skip flags stay on the device at most, between two reads by the host.
+FLAG_READ_EVERY = 100
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,11 +199,9 @@ def fixed_sample_captions(prepared, n: int = SAMPLE_COLUMNS) -> tuple[list[str],
             return []
         if hasattr(prepared, "split_shards"):  # tar shards: the first n samples (shards are shuffled)
             return [caps[0] for caps in prepared.split_captions(split, limit=n)]
-        pairs = prepared.split_pairs(split)
-        firsts = pairs.groupby("key", sort=True).first()["text"].tolist()
-        if len(firsts) <= n:
-            return firsts
-        return [firsts[int(i * len(firsts) / n)] for i in range(n)]
+        from ratlip_cli.data.split import read_split
+
+        return read_split(prepared, split, require_files=False).first_captions(n)
 
     return pick("train"), pick("test")
 
@@ -382,6 +387,7 @@ class Trainer:
         self.step = self.epoch = self.step_in_epoch = self.images = 0
         self.elapsed = 0.0
         self.nonfinite_total = self.nonfinite_streak = 0
+        self._pending: list[tuple[int, Any]] = []  # (step, StepOutput) not read by the host yet
         self.acc = self._new_acc()
         torch.manual_seed(derive_seed(tc.seed, "torch", self.rank))
         np.random.seed(derive_seed(tc.seed, "numpy", self.rank) % (2**32))
@@ -407,6 +413,7 @@ class Trainer:
         return {**dict.fromkeys(self.loss_columns, 0.0), "n": 0.0, "images": 0.0, "time": 0.0}
 
     def _state(self) -> dict[str, Any]:
+        self._read_step_flags()
         rngs = dist.all_gather_object({"rng": capture_rng(), "noise": self.noise_gen.get_state()})
         return {
             "step": self.step,
@@ -519,7 +526,50 @@ class Trainer:
             worker_init_fn=ignore_stop_signals,
         )
 
+    def _flags_due(self) -> bool:
+        """Whether the host reads the pending steps now: this step logs, evaluates, samples or
+        checkpoints (each waits for the device anyway), or `FLAG_READ_EVERY` steps are pending."""
+        tc = self.tc
+        every = (tc.log_every, tc.eval_every, tc.sample_every, tc.checkpoint_every)
+        return len(self._pending) >= FLAG_READ_EVERY or any(e > 0 and self.step % e == 0 for e in every)
+
+    def _read_step_flags(self) -> None:
+        """Count the pending steps' skips and add their losses to the log sums, in step order, with one
+        host read for all; stop a diverged run naming the step where `train.max_nonfinite` was reached."""
+        pending, self._pending = self._pending, []
+        deferred = [out for _, out in pending if out.losses is not None]
+        rows: list[list[float]] = []
+        if deferred:
+            flat = [torch.cat([out.losses.detach().float().flatten(),
+                               (out.skipped if out.skipped is not None else out.losses.new_zeros(())).float().view(1)])
+                    for out in deferred]
+            same = len({t.device for t in flat}) == 1
+            rows = torch.stack(flat).tolist() if same else [t.tolist() for t in flat]
+        values = iter(rows)
+        limit = max(1, self.tc.max_nonfinite)
+        for step, out in pending:
+            row = next(values) if out.losses is not None else None
+            if row is None or row[-1] != 0:
+                # A GradScaler overflow (fp16) is routine and not counted, but a run of them
+                # still ends the run like non-finite losses do.
+                self.nonfinite_total += 0 if out.overflow else 1
+                self.nonfinite_streak += 1
+            else:
+                self.nonfinite_streak = 0
+                for k, v in zip(self.loss_columns, row[:-1]):
+                    self.acc[k] += v
+                self.acc["n"] += 1
+            if self.nonfinite_streak >= limit:
+                where = (f"the last good checkpoint is {self.last_checkpoint}"
+                         if self.last_checkpoint else "no checkpoint was written yet")
+                raise RatlipError(
+                    f"training diverged: {self.nonfinite_streak} steps in a row had non-finite losses "
+                    f"(step {step}); {where}; resume it with lower learning rates "
+                    "(--set train.lr_d=... --set train.lr_g=...) or --precision fp32"
+                )
+
     def _log_row(self, extra: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        self._read_step_flags()
         n = self.acc["n"]
         if n == 0 and not extra and self.acc["images"] == 0:
             return None
@@ -672,31 +722,19 @@ class Trainer:
                     self.step += 1
                     self.step_in_epoch += 1
                     self.images += b_global
-                    if out.losses is None:
-                        # A GradScaler overflow (fp16) is routine and not counted, but a run of them
-                        # still ends the run like non-finite losses do.
-                        self.nonfinite_total += 0 if out.overflow else 1
-                        self.nonfinite_streak += 1
-                    else:
-                        self.nonfinite_streak = 0
-                        self.ema.update(b_global, self.images)
-                        for k, v in zip(self.loss_columns, out.losses.tolist()):
-                            self.acc[k] += v
-                        self.acc["n"] += 1
+                    if out.losses is not None:  # skipped on the device where out.skipped says so
+                        self.ema.update(b_global, self.images, skip=out.skipped)
+                    self._pending.append((self.step, out))
                     self.acc["images"] += b_global
                     if self.step_in_epoch >= spe:
                         self.epoch += 1
                         self.step_in_epoch = 0
                     self.elapsed = elapsed_before + (time.perf_counter() - loop_start)
 
-                    if self.nonfinite_streak >= max(1, tc.max_nonfinite):
-                        where = (f"the last good checkpoint is {self.last_checkpoint}"
-                                 if self.last_checkpoint else "no checkpoint was written yet")
-                        raise RatlipError(
-                            f"training diverged: {self.nonfinite_streak} steps in a row had non-finite losses "
-                            f"(step {self.step}); {where}; resume it with lower learning rates "
-                            "(--set train.lr_d=... --set train.lr_g=...) or --precision fp32"
-                        )
+                    if self._flags_due():  # counts skips, sums losses, stops a diverged run
+                        t_read = time.perf_counter()
+                        self._read_step_flags()
+                        self.acc["time"] += time.perf_counter() - t_read  # the device finishing the queued steps
                     extra = None
                     if tc.eval_every > 0 and self.eval_captions and self.step % tc.eval_every == 0:
                         extra = self._evaluate()
@@ -734,6 +772,7 @@ class Trainer:
                     stop_reason = self._done_reason()
         # The end: a grid, a checkpoint and the export. (No row for a partial log interval: its sums
         # are in the checkpoint, so a resumed run logs exactly the rows an uninterrupted one would.)
+        self._read_step_flags()
         if self.main and tc.sample_every > 0 and self.step % tc.sample_every != 0:
             self._sample()
         path = self.last_checkpoint

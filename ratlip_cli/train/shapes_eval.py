@@ -21,15 +21,12 @@ def shapes_eval_captions(prepared, split: str = "test", num: int = 0, novel_only
     ``novel_only`` keeps the (colour, shape, background) combinations never seen in train.
     """
     from ratlip_cli.data.shapes import held_out_combos, parse_shapes_caption
+    from ratlip_cli.data.split import read_split
 
-    pairs = prepared.split_pairs(split)
-    by_key: dict[str, list[str]] = {}
-    for key, text in zip(pairs["key"].tolist(), pairs["text"].tolist()):
-        by_key.setdefault(key, []).append(text)
+    part = read_split(prepared, split)
     held = set(held_out_combos())
     out = []
-    for i, key in enumerate(sorted(by_key)):
-        caps = by_key[key]
+    for i, caps in enumerate(c for c in part.captions if c):
         cap = caps[i % len(caps)]
         if novel_only:
             p = parse_shapes_caption(cap)

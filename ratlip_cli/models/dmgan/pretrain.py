@@ -120,7 +120,9 @@ def pretrain_text(cfg: Config, restart: bool = False, on_step=None) -> PretrainR
     if state is not None:
         vocab = Vocabulary.from_dict(state["vocabulary"])
     else:
-        vocab = Vocabulary.build(prepared.split_captions("train"), dcfg.words_num)
+        from ratlip_cli.data.split import read_split
+
+        vocab = Vocabulary.build(read_split(prepared, "train").all_captions(), dcfg.words_num)
     torch.manual_seed(derive_seed(dcfg.seed, "damsm-init"))
     text, image = build_encoders(dcfg, vocab, image_trunk(dcfg))
     text.to(device).train()

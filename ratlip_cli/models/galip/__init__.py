@@ -15,9 +15,11 @@ class GalipFamily(RatlipFamily):
     name = "galip"
     summary = "GALIP: generative adversarial CLIPs (arXiv 2301.12959), RATLIP's baseline"
 
-    def own_settings(self, cfg) -> None:
-        """GALIP has no RAT: model.rat.hidden = 0 (a RATLIP preset's 64 would be refused)."""
-        cfg.model.rat.hidden = 0
+    own_settings_why = "GALIP has no RAT"
+
+    def own_settings(self, cfg) -> dict:
+        """GALIP has no RAT: model.rat.hidden = 0 (implied over a RATLIP preset's 64; an explicit 64 is refused)."""
+        return {"model.rat.hidden": 0}
 
 
 FAMILY = GalipFamily()

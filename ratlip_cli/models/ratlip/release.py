@@ -16,6 +16,7 @@ read from the keys and shapes (`detect_release`).
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,12 +248,16 @@ def import_release_run(
     from ratlip_cli.train.run import claim_new_run
     from ratlip_cli.weights import load_clip
 
+    from ratlip_cli.files import check_name
+
+    if name is not None:
+        check_name(name, "--name")  # the run folder train.runs_dir/NAME
     release = read_release_checkpoint(path)
     inferred = [f"model.family={release.family}", f"model.rat.hidden={release.rat_hidden}"]
     if release.rat_hidden:
         inferred.append("model.rat.mode=authors")
     if name:
-        inferred.append(f"train.name={name}")
+        inferred.append(f"train.name={json.dumps(name)}")  # quoted: a name such as 007 or yes stays a string
     cfg = resolve_config(preset, config_file, [*inferred, *(overrides or [])])
     paths, lock = claim_new_run(cfg)  # one writer per run folder, as `ratlip train`
     try:

@@ -10,6 +10,13 @@
 Multi-process: gradients (and the step's losses, in the same buffer) are averaged with one
 all-reduce per optimiser and BatchNorm statistics after each step (`dist.average_gradients`,
 `dist.average_buffers`), so parameters stay bit-identical across ranks.
+
+Non-finite losses skip the step without a host sync (fp32 and bf16, fused Adam): whether each
+optimiser steps is decided on the device (`optim.step_unless`: the fused kernel's ``found_inf``),
+and a non-finite D loss also skips the G update and puts back the BatchNorm statistics the G pass
+moved, as the early return of the host check did. The step returns the losses with a device flag
+`StepOutput.skipped` that the loop reads only when it logs. With fp16 (GradScaler) or an
+optimiser without the fused kernel the step reads the losses on the host and returns early.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from ratlip_cli.data.dataset import to_model_range
 from ratlip_cli.config import Config
 from ratlip_cli.losses import d_hinge_loss, g_loss, ma_gp, mismatched
 from ratlip_cli.models.family import Networks, StepOutput, TrainingStep
-from ratlip_cli.optim import adam
+from ratlip_cli.optim import BufferGuard, adam, all_finite, skips_on_device, step_unless
 from ratlip_cli.models.params import load_trainable_state_dict, set_trainable, trainable_parameters, trainable_state_dict
 from ratlip_cli.precision import autocast
 from ratlip_cli.train.run import metrics_columns
@@ -44,13 +51,14 @@ def _unique(params) -> list[nn.Parameter]:
     return out
 
 
-def _float_buffers(frozen: nn.Module, *modules: nn.Module) -> list[torch.Tensor]:
-    """Floating-point buffers of ``modules`` (BatchNorm statistics), the frozen backbone's left out."""
+def _float_buffers(frozen: nn.Module, *modules: nn.Module, floating: bool = True) -> list[torch.Tensor]:
+    """Floating-point buffers of ``modules`` (BatchNorm statistics), the frozen backbone's left out
+    (``floating=False``: the integer ones too, e.g. BatchNorm's ``num_batches_tracked``)."""
     skip = {id(t) for t in frozen.buffers()}
     seen, out = set(), []
     for m in modules:
         for b in m.buffers():
-            if b.is_floating_point() and id(b) not in skip and id(b) not in seen:
+            if (b.is_floating_point() or not floating) and id(b) not in skip and id(b) not in seen:
                 seen.add(id(b))
                 out.append(b)
     return out
@@ -76,10 +84,13 @@ class RatlipStep(TrainingStep):
         self.g_params = _unique(trainable_parameters(self.G))
         self.d_params = _unique(trainable_parameters(self.D) + trainable_parameters(self.head))
         self.buffers = _float_buffers(self.backbone, self.G, self.D, self.head)
+        self.all_buffers = _float_buffers(self.backbone, self.G, self.D, self.head, floating=False)
         betas = (float(tc.betas[0]), float(tc.betas[1]))
         self.opt_g = adam(self.g_params, lr=tc.lr_g, betas=betas)
         self.opt_d = adam(self.d_params, lr=tc.lr_d, betas=betas)
         self.scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "amp_fp16")
+        # Skip non-finite steps on the device (no host sync) where both optimisers can (fused Adam).
+        self.device_skip = all(skips_on_device(o) for o in (self.opt_g, self.opt_d))
 
     @property
     def ema_source(self) -> nn.Module:
@@ -125,7 +136,7 @@ class RatlipStep(TrainingStep):
         with torch.no_grad(), amp():
             s = self.backbone.encode_text(tokens)[0]
         s = s.float()
-        z = torch.randn(b, self.cfg.model.z_dim, generator=self.noise).to(dev)
+        z = torch.randn(b, self.cfg.model.z_dim, generator=self.noise).to(dev, non_blocking=True)
         need_clip = tc.clip_sim_weight != 0
 
         # ---- D step
@@ -145,13 +156,21 @@ class RatlipStep(TrainingStep):
                 pooled_fake = self.backbone.encode_image(fake)
             fake_logits = self.head(self.D(x_fake.detach()), s)
         fp16 = self.scaler.is_enabled()
+        on_device = self.device_skip and not fp16
         gp = ma_gp(real_logits, x_real, s_real, tc.ma_gp_weight, tc.ma_gp_power,
                    scale=self.scaler.get_scale() if fp16 else None)
         dl = d_hinge_loss(real_logits, fake_logits, mis_logits, gp)
         self.opt_d.zero_grad(set_to_none=True)
         self.scaler.scale(dl.total).backward()
         d_vec = torch.stack([dl.total, dl.real, dl.fake, dl.mis, dl.ma_gp]).detach().float()
-        d_vec = dist.average_gradients(self.d_params, d_vec).cpu()
+        d_vec = dist.average_gradients(self.d_params, d_vec)
+        if on_device:
+            ok_d = all_finite(d_vec)
+            step_unless(self.opt_d, ~ok_d)
+            guard = BufferGuard(self.all_buffers)
+            guard.save()  # what a skipped step leaves: the statistics before the G pass, not averaged
+            return self._g_step(x_fake, s, pooled_fake if need_clip else None, d_vec, ok_d, guard)
+        d_vec = d_vec.cpu()
         if not torch.isfinite(d_vec).all():
             self.opt_d.zero_grad(set_to_none=True)
             overflow = fp16 and bool(torch.isfinite(d_vec[1:4]).all())
@@ -160,18 +179,31 @@ class RatlipStep(TrainingStep):
             return StepOutput(None, overflow)
         self.scaler.step(self.opt_d)
 
-        # ---- G step (D frozen; the same fakes through the updated D)
+        return self._g_step(x_fake, s, pooled_fake if need_clip else None, d_vec)
+
+    def _g_step(self, x_fake: torch.Tensor, s: torch.Tensor, pooled_fake: torch.Tensor | None, d_vec: torch.Tensor,
+                ok_d: torch.Tensor | None = None, guard: BufferGuard | None = None) -> StepOutput:
+        """The G update (D frozen; the same fakes through the updated D), skipped on the device where
+        ``ok_d`` (the D losses' device flag) is given and false, or the G losses are not finite."""
+        tc = self.cfg.train
         set_trainable(self.D, False)
         set_trainable(self.head, False)
-        with amp():
+        with autocast(self.device, self.precision):
             fake_logits_g = self.head(self.D(x_fake), s)
-        gl = g_loss(fake_logits_g, s, pooled_fake if need_clip else None, tc.clip_sim_weight)
+        gl = g_loss(fake_logits_g, s, pooled_fake, tc.clip_sim_weight)
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler.scale(gl.total).backward()
         g_vec = torch.stack([gl.total, gl.clip_sim]).detach().float()
-        g_vec = dist.average_gradients(self.g_params, g_vec).cpu()
+        g_vec = dist.average_gradients(self.g_params, g_vec)
         set_trainable(self.D, True)
         set_trainable(self.head, True)
+        if ok_d is not None and guard is not None:
+            ok = ok_d & all_finite(g_vec)
+            step_unless(self.opt_g, ~ok)
+            dist.average_buffers(self.buffers)
+            guard.restore_unless(ok_d)
+            return StepOutput(torch.cat([d_vec, g_vec]), skipped=~ok)
+        g_vec = g_vec.cpu()
         if not torch.isfinite(g_vec).all():
             self.opt_g.zero_grad(set_to_none=True)
             self.scaler.update()
