@@ -17,11 +17,16 @@ from ratlip_cli.models.generator import ConvShuffle, upsample2x_conv3x3
 from ratlip_cli.models.rat import AffineFeed
 
 runner = CliRunner()
+# oneDNN runs bf16 convolutions natively only with AVX512-BF16 or AMX; elsewhere it falls back to reference
+# kernels about 200x slower (measured here with ONEDNN_MAX_CPU_ISA=AVX2: over 4 minutes instead of 20 s).
+NATIVE_BF16 = bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
 
 
 # ---- the command --------------------------------------------------------------------------------
 
 
+@pytest.mark.skipif(not NATIVE_BF16, reason="the bf16 rows need a CPU with AVX512-BF16 or AMX (oneDNN's "
+                    "reference bf16 kernels take minutes)")
 def test_bench_tiny_cli_writes_every_column(tmp_path):
     out = tmp_path / "bench.csv"
     args = ["bench", "tiny", "--hidden", "0,8", "--batch-sizes", "1,2", "--precision", "fp32,bf16",

@@ -188,7 +188,7 @@ def test_generator_matches_reference(ref):
 
 
 def test_discriminators_and_generator_loss_match_reference(ref):
-    s, r, d = ref["sizes"], ref["g"], ref["d"]
+    s, d = ref["sizes"], ref["d"]
     g = _generator(ref, "reference")
     fake, _, _, _ = _generate(g, ref)
     gen = torch.Generator().manual_seed(5)

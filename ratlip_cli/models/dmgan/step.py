@@ -11,6 +11,11 @@ With the frozen DAMSM encoders of `ratlip pretrain-text`:
 Real images: the dataset's crop (data.crop_size, the last stage's size), area-downsampled to the
 earlier stages' sizes. Multi-process: gradients and losses averaged per optimiser
 (`dist.average_gradients`), BatchNorm statistics after the step (`dist.average_buffers`).
+
+Non-finite losses at a stage skip that stage's D update, the later ones and G's, as an early
+return would, but decided on the device without a host sync (fp32/bf16, fused Adam;
+`optim.step_unless`), with the BatchNorm statistics put back to what the early return left; the
+loop reads the flag (`StepOutput.skipped`) when it logs. fp16 keeps the host check.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from ratlip_cli.models.dmgan.damsm_losses import same_caption_mask, sent_loss, w
 from ratlip_cli.models.dmgan.losses import discriminator_loss, generator_adv_loss, kl_loss
 from ratlip_cli.models.dmgan.vocab import caption_lengths
 from ratlip_cli.models.family import Networks, StepOutput, TrainingStep
-from ratlip_cli.optim import adam
+from ratlip_cli.optim import BufferGuard, adam, all_finite, skips_on_device, step_unless
 from ratlip_cli.precision import autocast
 
 D_COLUMNS = ("d_loss", "d_real", "d_fake", "d_mis")
@@ -52,12 +57,15 @@ class DmganStep(TrainingStep):
         self.g_params = list(self.G.parameters())
         self.d_params = [list(d.parameters()) for d in self.D]
         self.buffers = [b for m in (self.G, self.D) for b in m.buffers() if b.is_floating_point()]
+        self.all_buffers = [b for m in (self.G, self.D) for b in m.buffers()]
         betas = (float(dm.betas[0]), float(dm.betas[1]))
         self.opt_g = adam(self.g_params, lr=dm.lr_g, betas=betas)
         self.opt_d = [adam(p, lr=dm.lr_d, betas=betas) for p in self.d_params]
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "amp_fp16")
         d = self.encoders.dcfg
         self.gammas = (d.gamma1, d.gamma2, d.gamma3)
+        # Skip non-finite steps on the device (no host sync) where every optimiser can (fused Adam).
+        self.device_skip = all(skips_on_device(o) for o in (self.opt_g, *self.opt_d))
 
     def generator_forward(self, z: torch.Tensor, sentence: torch.Tensor, words: torch.Tensor, mask: torch.Tensor,
                           eps: torch.Tensor, real: torch.Tensor):
@@ -110,21 +118,25 @@ class DmganStep(TrainingStep):
         real = to_model_range(batch["image"].to(dev, non_blocking=True))
         tokens = batch["tokens"].to(dev, non_blocking=True)
         b = real.shape[0]
-        lens = caption_lengths(tokens)
+        lens = caption_lengths(batch["tokens"])  # host data: from the batch before it moves to the device
         with torch.no_grad():
             words, sentence = self.encoders.text(tokens, lens)
         words, sentence = words.float(), sentence.float()
         mask = tokens[:, : words.shape[2]] == 0
-        exclude = same_caption_mask(list(batch["caption"])).to(dev) if "caption" in batch else None
+        exclude = same_caption_mask(list(batch["caption"])).to(dev, non_blocking=True) if "caption" in batch else None
         reals = [real if s == real.shape[-1] else F.interpolate(real, size=(s, s), mode="area") for s in self.sizes]
-        z = torch.randn(b, dm.z_dim, generator=self.noise).to(dev)
-        eps = torch.randn(b, dm.condition_dim, generator=self.noise).to(dev)
+        z = torch.randn(b, dm.z_dim, generator=self.noise).to(dev, non_blocking=True)
+        eps = torch.randn(b, dm.condition_dim, generator=self.noise).to(dev, non_blocking=True)
         with amp():
             fakes, _maps, mu, logvar = self.generator_forward(z, sentence, words, mask, eps, real)
         fakes = [f.float() for f in fakes]
         fp16 = self.scaler.is_enabled()
+        on_device = self.device_skip and not fp16
+        # On the device: ok = every stage so far finite; the guard keeps the statistics at the first that is not.
+        ok = torch.ones((), dtype=torch.bool, device=dev) if on_device else None
+        guard = BufferGuard(self.all_buffers)
 
-        parts = torch.zeros(4)
+        parts = torch.zeros(4, device=dev) if on_device else torch.zeros(4)
         for i, (net, opt) in enumerate(zip(self.D, self.opt_d)):
             net.requires_grad_(True)
             with amp():
@@ -132,7 +144,14 @@ class DmganStep(TrainingStep):
             opt.zero_grad(set_to_none=True)
             self.scaler.scale(dl.total).backward()
             vec = torch.stack([dl.total, dl.real, dl.fake, dl.wrong]).detach().float()
-            vec = dist.average_gradients(self.d_params[i], vec).cpu()
+            vec = dist.average_gradients(self.d_params[i], vec)
+            if ok is not None:
+                guard.save(ok)
+                ok = ok & all_finite(vec)
+                step_unless(opt, ~ok)
+                parts += vec
+                continue
+            vec = vec.cpu()
             if not torch.isfinite(vec).all():
                 opt.zero_grad(set_to_none=True)
                 if fp16:
@@ -155,9 +174,16 @@ class DmganStep(TrainingStep):
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         g_vec = torch.stack([total, damsm, kl, *extra]).detach().float()
-        g_vec = dist.average_gradients(self.g_params, g_vec).cpu()
+        g_vec = dist.average_gradients(self.g_params, g_vec)
         for net in self.D:
             net.requires_grad_(True)
+        if ok is not None:
+            ok_g = ok & all_finite(g_vec)
+            step_unless(self.opt_g, ~ok_g)
+            dist.average_buffers(self.buffers)
+            guard.restore_unless(ok)
+            return StepOutput(torch.cat([parts, g_vec]), skipped=~ok_g)
+        g_vec = g_vec.cpu()
         if not torch.isfinite(g_vec).all():
             self.opt_g.zero_grad(set_to_none=True)
             self.scaler.update()
