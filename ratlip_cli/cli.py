@@ -398,8 +398,14 @@ def sample(
     ] = None,
     save_individual: Annotated[
         Optional[Path],
-        typer.Option("--save-individual", help="Also write every image as its own PNG, plus seeds.csv, into this folder."),
+        typer.Option("--save-individual", help="Also write every image as its own PNG, plus seeds.csv, into this folder "
+                     "(at the generator's own size, pixels exact, whatever --display-size says)."),
     ] = None,
+    display_size: Annotated[
+        int,
+        typer.Option("--display-size", help="In the grid, enlarge images smaller than this many pixels by a whole "
+                     "factor, nearest neighbour (32 px -> 128 px at the default); 0 keeps their own size."),
+    ] = 128,
     device: DeviceOpt = None,
     batch_size: Annotated[
         int, typer.Option("--batch-size", help="Images per generator call; does not change the images.")
@@ -463,6 +469,7 @@ def sample(
             seed=seed,
             out=out,
             save_individual=save_individual,
+            display_size=display_size,
             device=device,
             batch_size=batch_size,
             interpolate=tuple(interpolate) if interpolate else None,

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ratlip_cli.config import ClipPretrainConfig, Config
-from ratlip_cli.console import console
+from ratlip_cli.console import console, notice
 from ratlip_cli.errors import RatlipError
 
 IN_DOMAIN = "in-domain"
@@ -50,6 +50,8 @@ class PretrainReport:
     seconds: float
     retrieval: dict[str, float] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    # The content fingerprints (`data.split.read_split`) of the train and test splits it saw.
+    fingerprints: dict[str, str] = field(default_factory=dict)
 
 
 def settings_key(arch: str, pcfg: ClipPretrainConfig, data_name: str, image_size: int) -> str:
@@ -70,13 +72,61 @@ def in_domain_label(cfg: Config) -> str:
     return f"in-domain CLIP ({cfg.data.name})"
 
 
+SHIPPED_FOLDER = Path(__file__).parent / "assets" / CACHE_FOLDER
+
+
+def shipped_in_domain_clip(cfg: Config) -> Path | None:
+    """The in-domain CLIP shipped inside the package for exactly this config and dataset, if any.
+
+    A shipped file is used only where it is the file `ratlip pretrain-clip` would build: the same
+    settings key (arch, clip.pretrain, data name and size) and the same train and test content
+    (the splits' fingerprints, recorded beside it). Anything else is pretrained as before.
+    """
+    from ratlip_cli.data.split import read_split
+
+    name = in_domain_clip_path(cfg).name
+    weights, record = SHIPPED_FOLDER / name, (SHIPPED_FOLDER / name).with_suffix(".json")
+    if not (weights.is_file() and record.is_file()):
+        return None
+    wanted = json.loads(record.read_text(encoding="utf-8")).get("fingerprints", {})
+    try:
+        found = {split: read_split(cfg.data.root, split).fingerprint for split in ("train", "test")}
+    except RatlipError:
+        return None
+    return weights if wanted and found == wanted else None
+
+
+def _install_shipped(shipped: Path, path: Path) -> None:
+    """Copy a shipped in-domain CLIP and its report into the dataset's cache (atomically)."""
+    from ratlip_cli.files import write_bytes, write_json
+
+    report = json.loads(shipped.with_suffix(".json").read_text(encoding="utf-8"))
+    report["weights"] = str(path)
+    write_bytes(path, shipped.read_bytes())
+    write_json(path.with_suffix(".json"), report)
+
+
 def ensure_in_domain_clip(cfg: Config, quiet: bool = False) -> Path:
-    """The cached in-domain CLIP file for `cfg`, pretrained now (a few minutes on a CPU) when missing."""
+    """The cached in-domain CLIP file for `cfg`: the one shipped with the package when it was built
+    from this very dataset and these settings, else pretrained now (a few minutes on a CPU)."""
     from ratlip_cli import dist
 
     path = in_domain_clip_path(cfg)
     if not path.is_file():
+        shipped = None
         if dist.is_main():
+            from ratlip_cli.train.loop import ensure_dataset
+
+            ensure_dataset(cfg)  # the shipped file is matched against the prepared dataset's content
+            shipped = shipped_in_domain_clip(cfg)
+        if shipped is not None:
+            _install_shipped(shipped, path)
+            if not quiet:
+                notice(
+                    f"clip.weights=in-domain: using the {cfg.clip.arch} CLIP shipped with ratlip, built from this "
+                    f"dataset with these settings (`ratlip pretrain-clip {cfg.data.name}` rebuilds it); cached at {path}"
+                )
+        elif dist.is_main():
             if not quiet:
                 console.print(
                     f"clip.weights=in-domain: pretraining {cfg.clip.arch} on {cfg.data.root} once "
@@ -104,6 +154,7 @@ class _Split:
         part = read_split(dataset, split)
         self.keys: list[str] = part.keys
         self.captions: list[list[str]] = part.captions
+        self.fingerprint: str = part.fingerprint
         if any(not c for c in self.captions):
             raise RatlipError(f"some images of split '{split}' in {part.root} have no caption")
         arrays = []
@@ -304,6 +355,7 @@ def pretrain_clip(cfg: Config, out: str | Path, work_dir: str | Path | None = No
         weights=str(out), arch=cfg.clip.arch, dataset=str(prepared.root), steps=step,
         images_seen=step * min(pcfg.batch_size, n), seconds=round(seconds, 1), retrieval=retrieval,
         settings={"key": settings, **asdict(pcfg)},
+        fingerprints={"train": train_split.fingerprint, "test": test_split.fingerprint},
     )  # fmt: skip
     from ratlip_cli.files import write_json
 

@@ -19,7 +19,7 @@ from ratlip_cli.console import console
 from ratlip_cli.errors import RatlipError
 from ratlip_cli.dist import resolve_device
 from ratlip_cli.export import list_runs, load_weights, resolve_weights
-from ratlip_cli.grid import render_grid
+from ratlip_cli.grid import DISPLAY_SIZE, render_grid
 from ratlip_cli.sample import check_prompts, context_length, generate, prepare_generator
 from ratlip_cli.seeds import row_seeds
 
@@ -70,7 +70,7 @@ class Drawer:
         kept = checked[0].kept
         images = generate(loaded, [kept], n, seed)
         label = f"{kept}…" if checked[0].truncated else prompt
-        grid = render_grid(images, [label])
+        grid = render_grid(images, [label], display_size=DISPLAY_SIZE)
         command = shlex.join(["ratlip", "sample", prompt, "--run", str(run), "--n", str(n), "--seed", str(seed),
                               "--generator", which])
         note = f"{run.name}: {which} generator, {images.shape[-1]} px" + (

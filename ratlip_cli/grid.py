@@ -19,6 +19,10 @@ IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"
 LABEL_MAX_LINES = 3
 LABEL_BACKGROUND = (255, 255, 255)
 LABEL_COLOUR = (20, 20, 20)
+# Display grids (`ratlip sample`, the demo, the training loop's grids) show images smaller than this
+# many pixels enlarged by a whole factor, nearest neighbour, so a 32 px sample is readable at a glance;
+# the pixels themselves are kept exact in `--save-individual` files.
+DISPLAY_SIZE = 128
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -156,18 +160,31 @@ def grid_layout(
     )
 
 
+def display_scale(image_size: int, display_size: int) -> int:
+    """The whole factor that enlarges `image_size` px images to at least `display_size` px (1: as they are)."""
+    if display_size < 0:
+        raise RatlipError(f"the display size must be >= 0 pixels (0 keeps the images' own size), got {display_size}")
+    return max(1, -(-display_size // image_size)) if display_size else 1
+
+
 def render_grid(
     images: torch.Tensor,
     labels: Optional[Sequence[str]] = None,
     font_size: Optional[int] = None,
+    display_size: int = 0,
 ) -> Image.Image:
-    """A captioned grid from uint8 images (rows, cols, 3, S, S): each row's label in a strip above it."""
+    """A captioned grid from uint8 images (rows, cols, 3, S, S): each row's label in a strip above it.
+
+    With `display_size`, images smaller than that are enlarged by `display_scale` (nearest neighbour:
+    every pixel becomes a k x k block of the same value) and the labels sized for the enlarged cells.
+    """
     if images.dim() != 5 or images.shape[2] != 3 or images.dtype != torch.uint8:
         raise ValueError(f"expected uint8 images (rows, cols, 3, S, S), got {tuple(images.shape)} {images.dtype}")
     rows, cols, _, size, size_w = images.shape
     if size != size_w:
         raise ValueError(f"expected square images, got {size}x{size_w}")
-    layout = grid_layout(labels, rows, cols, size, font_size)
+    scale = display_scale(size, display_size)
+    layout = grid_layout(labels, rows, cols, size * scale, font_size)
     canvas = Image.new("RGB", (layout.width, layout.height), LABEL_BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     font = label_font(layout.font_size)
@@ -177,7 +194,10 @@ def render_grid(
             draw.text((layout.pad, y), line, fill=LABEL_COLOUR, font=font)
             y += layout.line_height
         for c in range(cols):
-            canvas.paste(to_pil(images[r, c]), layout.cell_origin(r, c))
+            cell = to_pil(images[r, c])
+            if scale > 1:
+                cell = cell.resize((size * scale, size * scale), Image.Resampling.NEAREST)
+            canvas.paste(cell, layout.cell_origin(r, c))
     return canvas
 
 

@@ -33,6 +33,8 @@ from ratlip_cli.grid import (  # noqa: F401 (re-exported: the grid and image hel
     LABEL_MAX_LINES,
     GridLayout,
     default_font_size,
+    DISPLAY_SIZE,
+    display_scale,
     grid_layout,
     image_format,
     label_font,
@@ -268,6 +270,7 @@ class SampleOptions:
     seed: int = 0
     out: Path = Path("grid.png")
     save_individual: Optional[Path] = None
+    display_size: int = DISPLAY_SIZE
     device: Optional[str] = None
     batch_size: int = 16
     interpolate: Optional[tuple[str, str]] = None
@@ -298,6 +301,7 @@ def run_sample(opts: SampleOptions) -> Path:
     if opts.interpolate and opts.steps < 2:
         raise RatlipError(f"--steps must be at least 2 for --interpolate, got {opts.steps}")
     _check_counts(columns, opts.batch_size)
+    display_scale(1, opts.display_size)  # a negative size is refused before any work
     image_format(opts.out)
     if opts.precision not in PRECISIONS:
         raise RatlipError(f"unknown --precision '{opts.precision}'; choose one of: {', '.join(PRECISIONS)}")
@@ -339,14 +343,16 @@ def run_sample(opts: SampleOptions) -> Path:
             labels = [_label(p) for p in checked]
             seeds = [row_seeds(opts.seed, text, columns, vary) for text in kept]
 
-    grid = render_grid(images, labels)
+    grid = render_grid(images, labels, display_size=opts.display_size)
     out = save_image(grid, opts.out)
     if opts.save_individual is not None:
         row_prompts = [p for p in checked for _ in range(total_stages)] if opts.all_stages else checked
         _save_individual(opts.save_individual, images, row_prompts, seeds, bool(opts.interpolate))
     rows, cols = images.shape[:2]
     size = images.shape[-1]
-    _say(f"wrote {out} ({_count(rows, 'row')} x {_count(cols, 'image')} of {size}x{size})")
+    scale = display_scale(size, opts.display_size)
+    shown = f", shown {scale}x at {size * scale}x{size * scale}" if scale > 1 else ""
+    _say(f"wrote {out} ({_count(rows, 'row')} x {_count(cols, 'image')} of {size}x{size}{shown})")
     _say(f"seed {opts.seed}; {_noise_note(vary, bool(opts.interpolate))}")
     if opts.save_individual is not None:
         _say(f"single images and their noise seeds (seeds.csv) in {opts.save_individual}")

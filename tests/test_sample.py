@@ -143,7 +143,9 @@ def test_cli_prompt_order_and_batch_size_do_not_change_images(tiny_run, tmp_path
     rb = sample_cli(*order, "--run", str(tiny_run), "--n", "3", "--out", str(b), "--batch-size", "1")
     assert rb.exit_code == 0, rb.output
     ga, gb = Image.open(a), Image.open(b)
-    la, lb = S.grid_layout(PROMPTS, 3, 3, 32), S.grid_layout(order, 2, 3, 32)
+    # 32 px images are shown 4x (128 px, the default --display-size) in the grid
+    assert "shown 4x at 128x128" in ra.output
+    la, lb = S.grid_layout(PROMPTS, 3, 3, 128), S.grid_layout(order, 2, 3, 128)
     assert ga.size == (la.width, la.height) and gb.size == (lb.width, lb.height)
     for col in range(3):
         assert cell(gb, lb, 0, col).tobytes() == cell(ga, la, 2, col).tobytes()
@@ -151,7 +153,25 @@ def test_cli_prompt_order_and_batch_size_do_not_change_images(tiny_run, tmp_path
     singles = sorted((tmp_path / "single").glob("*.png"))
     assert len(singles) == 9 and (tmp_path / "single" / "seeds.csv").is_file()
     for i, path in enumerate(singles):
-        assert cell(ga, la, i // 3, i % 3).tobytes() == Image.open(path).convert("RGB").tobytes()
+        single = Image.open(path).convert("RGB")
+        assert single.size == (32, 32)  # the generator's own pixels, not the display size
+        assert cell(ga, la, i // 3, i % 3).tobytes() == single.resize((128, 128), Image.Resampling.NEAREST).tobytes()
+
+
+def test_cli_display_size_zero_keeps_native_pixels_and_negative_is_refused(tiny_run, tmp_path):
+    out = tmp_path / "native.png"
+    r = sample_cli(PROMPTS[0], "--run", str(tiny_run), "--n", "2", "--out", str(out), "--display-size", "0",
+                   "--save-individual", str(tmp_path / "single"))
+    assert r.exit_code == 0, r.output
+    layout = S.grid_layout(PROMPTS[:1], 1, 2, 32)
+    grid = Image.open(out)
+    assert grid.size == (layout.width, layout.height)
+    first = Image.open(sorted((tmp_path / "single").glob("*.png"))[0]).convert("RGB")
+    assert cell(grid, layout, 0, 0).tobytes() == first.tobytes()
+    # 100 px asks for a whole factor: 32 px -> 4x = 128 px (at least the size asked for)
+    assert S.display_scale(32, 100) == 4 and S.display_scale(32, 128) == 4 and S.display_scale(256, 128) == 1
+    bad = sample_cli(PROMPTS[0], "--run", str(tiny_run), "--out", str(tmp_path / "x.png"), "--display-size", "-1")
+    assert bad.exit_code != 0 and "display size must be >= 0" in bad.output and "Traceback" not in bad.output
 
 
 @pytest.mark.parametrize("name, fmt", [("g.png", "PNG"), ("g.jpg", "JPEG"), ("g.jpeg", "JPEG"), ("g.webp", "WEBP")])
@@ -172,7 +192,7 @@ def test_cli_interpolate_and_latest_run(tiny_run, tmp_path):
                         "--out", str(out))
     assert result.exit_code == 0, result.output
     assert "most recent" in result.output and "new" in result.output
-    layout = S.grid_layout([f"{PROMPTS[0]}  ->  {PROMPTS[1]}"], 1, 3, 32)
+    layout = S.grid_layout([f"{PROMPTS[0]}  ->  {PROMPTS[1]}"], 1, 3, 128)
     assert Image.open(out).size == (layout.width, layout.height)
 
 

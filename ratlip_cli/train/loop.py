@@ -34,11 +34,12 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+from rich.markup import escape
 
 from ratlip_cli import __version__, dist
 from ratlip_cli.dist import resolve_device
 from ratlip_cli.config import Config, from_dict, resolve_config, save_config, to_dict
-from ratlip_cli.console import console, warn
+from ratlip_cli.console import console, err_console, warn
 from ratlip_cli.errors import RatlipError
 from ratlip_cli.seeds import derive_seed
 from ratlip_cli.train.checkpoint import capture_rng, latest_checkpoint, restore_rng, save_checkpoint
@@ -149,7 +150,8 @@ def ensure_dataset(cfg: Config):
         if dist.is_main():
             from ratlip_cli.data import generate_shapes
 
-            console.print(f"generating the shapes dataset at {root} ({cfg.data.prepared_size} px) ...", highlight=False)
+            err_console.print(escape(f"generating the shapes dataset at {root} ({cfg.data.prepared_size} px) ..."),
+                              highlight=False)  # stderr: `--json` output on stdout stays parseable
             fmt = "shards" if cfg.data.format == "shards" else "prepared"
             generate_shapes(root, size=cfg.data.prepared_size, fmt=fmt)
         dist.barrier()

@@ -141,12 +141,13 @@ def read_metrics(path: str | Path) -> list[dict[str, str]]:
 
 def save_sample_grid(images: torch.Tensor, captions: list[str], path: Path, ncols: int) -> None:
     """Save ``images`` (N, 3, H, W) in [-1, 1], N a multiple of ``ncols``, as a PNG grid of rows of
-    ``ncols`` images (`grid.render_grid`, no label strips) and the captions, cell by cell, beside it."""
-    from ratlip_cli.grid import render_grid, save_image, to_uint8
+    ``ncols`` images (`grid.render_grid`, no label strips, small images enlarged to `grid.DISPLAY_SIZE`)
+    and the captions, cell by cell, beside it."""
+    from ratlip_cli.grid import DISPLAY_SIZE, render_grid, save_image, to_uint8
 
     pixels = to_uint8(images)
     ncols = max(1, ncols)
-    grid = render_grid(pixels.view(pixels.shape[0] // ncols, ncols, *pixels.shape[1:]))
+    grid = render_grid(pixels.view(pixels.shape[0] // ncols, ncols, *pixels.shape[1:]), display_size=DISPLAY_SIZE)
     lines = [f"row {i // ncols + 1}, col {i % ncols + 1}: {c}" for i, c in enumerate(captions)]
     write_text(path.with_suffix(".txt"), "\n".join(lines) + "\n")
     save_image(grid, path)
