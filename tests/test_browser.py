@@ -68,4 +68,5 @@ def test_chromium_shows_the_report_of_a_trained_run(tmp_path):
     assert alts == ["training curves"] + [f"samples at step {s}" for s in (0, 2, 4)]
     for img in shown["images"]:
         assert img["ok"] and img["w"] > 0 and img["h"] > 0, img  # the browser decoded it
-    assert shown["images"][1]["w"] == 8 * 32  # the 8-column grid of 32 px cells (grid.render_grid, no padding)
+    # the 8-column grid of 32 px cells shown 4x (grid.DISPLAY_SIZE = 128 px; grid.render_grid, no padding)
+    assert shown["images"][1]["w"] == 8 * 128
