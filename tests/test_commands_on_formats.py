@@ -69,3 +69,19 @@ def test_eval_reads_every_format_and_records_the_dataset_it_read(trained):
     assert len({r["dataset_fingerprint"] for r in rows.values()}) == 1
     # the decoded copy trains the same generator as the folder: the same FID on the same images
     assert rows["decoded"]["fid"] == rows["prepared"]["fid"]
+
+
+@pytest.mark.parametrize("fmt", ["shards", "decoded"])
+def test_pretrain_text_ablate_and_report_read_the_format(trained, tmp_path, fmt):
+    root, run = trained[fmt]
+    data = ["--set", f"data.root={root}", "--set", "data.name=shapes"]
+    r = CliRunner().invoke(app, ["pretrain-text", "tiny", *data, "--set", "damsm.max_steps=2",
+                                 "--set", f"train.runs_dir={tmp_path}"])  # fmt: skip
+    assert r.exit_code == 0 and "Traceback" not in r.output and "held-out 'test' split" in r.output, r.output
+    r = CliRunner().invoke(app, ["ablate", "tiny", "--hidden", "0", "--steps", "2", *data, "--out", str(tmp_path / "abl"),
+                                 "--eval-num", "16", "--feature-extractor", "random-tiny", "--device", "cpu", "--quiet"])
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    assert (tmp_path / "abl" / "ablation.csv").read_text().count("\n") >= 2
+    r = CliRunner().invoke(app, ["report", str(run), "--out", str(tmp_path / "report.html")])
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    assert (tmp_path / "report.html").stat().st_size > 1000
