@@ -483,8 +483,9 @@ def _speed_row(
 def _train_row(cfg, family, nets, device, hidden, precision, options: BenchOptions) -> dict[str, Any]:
     """Time the family's training step (as `train` builds it) on a synthetic batch (random images at data.crop_size)."""
     cfg.train.precision = TRAIN_PRECISION[precision]
+    cfg.train.global_batch = 0  # one step at the bench's batch; a paper preset's release batch would accumulate 8
     train_step = family.training_step(cfg, nets, device, torch.Generator().manual_seed(options.seed))
-    b = options.train_batch_size
+    b = options.train_batch_size * getattr(train_step, "accumulate", 1)  # micro-batches of train_batch_size
     gen = torch.Generator().manual_seed(options.seed + 1)
     size = cfg.data.crop_size
     batch = {

@@ -224,8 +224,16 @@ class DataConfig:
 class TrainConfig:
     """Optimisation, precision, logging and checkpointing of `ratlip train`."""
 
+    # Images per micro-batch of one process: what the mismatched pairs, MA-GP and BatchNorm statistics see.
     batch_size: int = 64
-    epochs: int = 1502
+    # Micro-batches per optimiser step and process (gradient accumulation): the optimiser sees the mean
+    # over world_size x accumulate x batch_size images, exactly as world_size x accumulate processes of
+    # batch_size would (docs/training.md, "The release's batch on fewer GPUs"). ratlip and galip families.
+    accumulate: int = 1
+    # The images per optimiser step to reproduce (e.g. the release's 8 GPUs x 64 = 512); 0: off. When set,
+    # accumulate = global_batch / (processes x batch_size), which must be a whole number.
+    global_batch: int = 0
+    epochs: int = 1501
     max_steps: int = 0
     max_minutes: float = 0.0
     lr_g: float = 1e-4
@@ -578,6 +586,25 @@ def show_notes(notes: list[str]) -> None:
             notice(note)
 
 
+def accumulation(train: TrainConfig, world_size: int) -> int:
+    """Micro-batches per optimiser step and process: `train.accumulate`, or what `train.global_batch` implies."""
+    if train.global_batch == 0:
+        return train.accumulate
+    per_step = world_size * train.batch_size
+    steps, rest = divmod(train.global_batch, per_step)
+    if rest or steps == 0:
+        raise RatlipError(
+            f"train.global_batch={train.global_batch} is not a multiple of {world_size} process(es) x "
+            f"train.batch_size={train.batch_size}; set a global batch that is, or train.global_batch=0"
+        )
+    if train.accumulate not in (1, steps):
+        raise RatlipError(
+            f"train.global_batch={train.global_batch} with {world_size} process(es) x batch {train.batch_size} "
+            f"means train.accumulate={steps}, but it is {train.accumulate}; set only one of the two"
+        )
+    return steps
+
+
 def validate(cfg: Config) -> None:
     """Cross-field checks that single-key typing cannot express."""
     positive = {
@@ -585,6 +612,7 @@ def validate(cfg: Config) -> None:
         "model.ngf": cfg.model.ngf,
         "model.image_size": cfg.model.image_size,
         "train.batch_size": cfg.train.batch_size,
+        "train.accumulate": cfg.train.accumulate,
         "data.crop_size": cfg.data.crop_size,
     }
     for key, value in positive.items():
@@ -610,6 +638,8 @@ def validate(cfg: Config) -> None:
         raise RatlipError(
             f"config key 'model.prompt_blocks' must be increasing block indices, got {cfg.model.prompt_blocks}"
         )
+    if cfg.train.global_batch < 0:
+        raise RatlipError(f"config key 'train.global_batch' must be >= 0 (0: off), got {cfg.train.global_batch}")
     if cfg.train.threads < 0:
         raise RatlipError(f"config key 'train.threads' must be >= 0 (0: torch's default), got {cfg.train.threads}")
     if len(cfg.train.betas) != 2:

@@ -5,6 +5,8 @@ Sources (OxygenLu/RATLIP and tobran/GALIP, both MIT; paths inside their reposito
   lr_g 0.0001, lr_d 0.0004, sim_w 4.0, z_dim 100, nf 64, imsize 256, max_epoch, sample_times.
 - code/scripts/train.sh: batch_size=64 (per GPU; passed on the command line, which overrides the yml's
   batch_size through merge_args_yaml's `args.update(opt)` in code/lib/utils.py).
+- code/src/train.py: `for epoch in range(start_epoch, args.max_epoch, 1)` with start_epoch = 1 (train.sh's
+  state_epoch=1): max_epoch - 1 epochs.
 - code/src/train.py: torch.optim.Adam(..., betas=(0.0, 0.9)) for G and D.
 - code/lib/modules.py: MA_GP_FP32 / MA_GP_MP `2.0 * torch.mean((grad_l2norm) ** 6)`;
   `errD = errD_real + (errD_fake + errD_mis)/2.0 + errD_MAGP`; `errG = -output.mean() - args.sim_w*text_img_sim`.
@@ -21,7 +23,7 @@ import pytest
 from ratlip_cli.config import resolve_config
 
 PAPER = ("cub", "oxford", "celeba-tiny", "coco")
-EPOCHS = {"cub": 1502, "oxford": 1502, "celeba-tiny": 1502, "coco": 3005}  # birds/flower/faces.yml; GALIP coco.yml
+EPOCHS = {"cub": 1501, "oxford": 1501, "celeba-tiny": 1501, "coco": 3004}  # range(1, max_epoch): birds/flower/faces.yml 1502, GALIP coco.yml 3005
 PASSES = {"cub": 12, "oxford": 12, "celeba-tiny": 12, "coco": 1}  # sample_times
 
 
@@ -33,7 +35,7 @@ def test_paper_preset_hyperparameters(preset):
     assert t.betas == [0.0, 0.9]
     assert (t.ma_gp_weight, t.ma_gp_power) == (2.0, 6.0)
     assert t.clip_sim_weight == 4.0
-    assert t.batch_size == 64
+    assert t.batch_size == 64 and t.global_batch == 512  # train.sh: 8 processes (nodes=8) x batch_size=64
     assert t.epochs == EPOCHS[preset]
     assert cfg.eval.passes == PASSES[preset] and cfg.eval.num == 0
     assert cfg.eval.generator == "raw"  # GALIP/RATLIP evaluate the trained generator (no EMA exists there)

@@ -160,6 +160,8 @@ class Family(ABC):
     summary: str = ""
     #: whether `model.rat.hidden` means something to this family (what `ablate` and `bench` sweep)
     has_rat: bool = True
+    #: whether its training step implements `train.accumulate` (micro-batches per optimiser step)
+    accumulates: bool = False
 
     @abstractmethod
     def text_encoder(self, cfg: Config, files: RunFiles, device: torch.device | str = "cpu") -> TextEncoder:

@@ -38,7 +38,7 @@ from rich.markup import escape
 
 from ratlip_cli import __version__, dist
 from ratlip_cli.dist import resolve_device
-from ratlip_cli.config import Config, from_dict, resolve_config, save_config, to_dict
+from ratlip_cli.config import Config, accumulation, from_dict, resolve_config, save_config, to_dict
 from ratlip_cli.console import console, err_console, warn
 from ratlip_cli.errors import RatlipError
 from ratlip_cli.seeds import derive_seed
@@ -306,6 +306,11 @@ class Trainer:
         self.distributed = dist.init_from_env(self.device.type)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.main = dist.is_main()
+        self.accumulate = accumulation(tc, self.world)
+        if self.accumulate > 1 and not self.family.accumulates:
+            raise RatlipError(f"train.accumulate (or train.global_batch) is implemented for the ratlip and galip "
+                              f"families only; model.family={self.family.name} needs train.accumulate=1 and "
+                              f"train.global_batch=0")
         if self.device.type == "cpu":
             from ratlip_cli.profiling import apply_cpu_settings
 
@@ -346,8 +351,12 @@ class Trainer:
         text = self.family.text_encoder(cfg, files)
         torch.manual_seed(derive_seed(tc.seed, "init"))
         self.nets = self.family.build(cfg, text).to(self.device)
-        self.noise_gen = torch.Generator().manual_seed(derive_seed(tc.seed, "noise", self.rank))
-        self.step_fn = self.family.training_step(cfg, self.nets, self.device, self.noise_gen)
+        # One noise generator per micro-batch, seeded as the process it stands for (rank x accumulate + i).
+        self.noise_gens = [torch.Generator().manual_seed(derive_seed(tc.seed, "noise", v)) for v in self._virtual_ranks()]
+        self.noise_gen = self.noise_gens[0]
+        noise = self.noise_gens if self.accumulate > 1 else self.noise_gen
+        self.step_fn = self.family.training_step(cfg, self.nets, self.device, noise)
+        process_batch = tc.batch_size * self.accumulate
         self.ema = EmaGenerator(self.step_fn.ema_source, tc.ema_halflife_kimg, tc.ema_rampup)
         self.loss_columns = tuple(self.step_fn.loss_columns)
 
@@ -357,7 +366,7 @@ class Trainer:
             from ratlip_cli.data.stream import ShardStream
 
             self.dataset = self.sampler = ShardStream(
-                prepared, "train", cfg.data, self.nets.text.tokenizer, tc.batch_size, data_seed, self.rank, self.world,
+                prepared, "train", cfg.data, self.nets.text.tokenizer, process_batch, data_seed, self.rank, self.world,
                 uint8=True,
             )
             self.dataset.check_workers(cfg.data.num_workers)
@@ -366,13 +375,13 @@ class Trainer:
                 prepared, "train", cfg.data, self.nets.text.tokenizer, train=True, seed=data_seed, skip_unreadable=True,
                 uint8=True, decoded=True,
             )
-            self.sampler = EpochBatchSampler(len(self.dataset), tc.batch_size, tc.seed, self.rank, self.world)
+            self.sampler = EpochBatchSampler(len(self.dataset), process_batch, tc.seed, self.rank, self.world)
         self.unreadable = UnreadableImages(tc.max_unreadable, prepared.root)
         if self.sampler.steps_per_epoch == 0:
             raise RatlipError(
                 f"the train split has {getattr(self.dataset, 'num_samples', None) or len(self.dataset)} images, "
                 f"fewer than one batch of "
-                f"{tc.batch_size * self.world}; lower train.batch_size"
+                f"{process_batch * self.world}; lower train.batch_size"
             )
         self.sample_train, self.sample_test = fixed_sample_captions(prepared)
         self.eval_captions: list[str] = []
@@ -404,6 +413,10 @@ class Trainer:
             write_environment(self.paths.root, self.device, self.world)
         self.board = RunBoard(self.paths.root, resume_step=self.step if state is not None else None, enabled=self.main)
 
+    def _virtual_ranks(self) -> range:
+        """The processes this one's micro-batches stand for: rank x accumulate + i (the rank itself without accumulation)."""
+        return range(self.rank * self.accumulate, (self.rank + 1) * self.accumulate)
+
     def close(self) -> None:
         """Release the run folder for the next writer."""
         if self.lock is not None:
@@ -416,7 +429,8 @@ class Trainer:
 
     def _state(self) -> dict[str, Any]:
         self._read_step_flags()
-        rngs = dist.all_gather_object({"rng": capture_rng(), "noise": self.noise_gen.get_state()})
+        noise = [g.get_state() for g in self.noise_gens] if self.accumulate > 1 else self.noise_gen.get_state()
+        rngs = dist.all_gather_object({"rng": capture_rng(), "noise": noise})
         return {
             "step": self.step,
             "epoch": self.epoch,
@@ -425,6 +439,7 @@ class Trainer:
             "elapsed_s": self.elapsed,
             "world_size": self.world,
             "batch_size": self.tc.batch_size,
+            "accumulate": self.accumulate,
             **self.step_fn.state_dict(),
             "ema": self.ema.state_dict(),
             "rng": [r["rng"] for r in rngs],
@@ -457,19 +472,22 @@ class Trainer:
         self.nonfinite_streak = int(state.get("nonfinite_streak", 0))
         self.unreadable.load(list(state.get("unreadable", [])))
         self.acc = {**self._new_acc(), **{k: float(v) for k, v in state.get("log_acc", {}).items()}}
-        same_layout = int(state["world_size"]) == self.world and int(state["batch_size"]) == self.tc.batch_size
-        if same_layout:
+        layout = (int(state["world_size"]), int(state["batch_size"]), int(state.get("accumulate", 1)))
+        if layout == (self.world, self.tc.batch_size, self.accumulate):
             restore_rng(state["rng"][self.rank])
-            self.noise_gen.set_state(state["noise_rng"][self.rank])
+            noise = state["noise_rng"][self.rank]
+            for g, st in zip(self.noise_gens, noise if self.accumulate > 1 else [noise]):
+                g.set_state(st)
         else:
             if self.main:
                 warn(
-                    f"resuming with {self.world} process(es) x batch {self.tc.batch_size} instead of "
-                    f"{state['world_size']} x {state['batch_size']}: the data order restarts at the beginning "
+                    f"resuming with {self.world} process(es) x {self.accumulate} micro-batch(es) x batch "
+                    f"{self.tc.batch_size} instead of {layout[0]} x {layout[2]} x {layout[1]}: the data order restarts at the beginning "
                     f"of epoch {self.epoch + 1} and random states are reseeded (not an exact continuation)"
                 )
             self.step_in_epoch = 0
-            self.noise_gen.manual_seed(derive_seed(self.tc.seed, "noise", self.rank, self.step))
+            for g, v in zip(self.noise_gens, self._virtual_ranks()):
+                g.manual_seed(derive_seed(self.tc.seed, "noise", v, self.step))
             torch.manual_seed(derive_seed(self.tc.seed, "torch", self.rank, self.step))
 
     def save_checkpoint(self) -> Path | None:

@@ -26,6 +26,7 @@ class RatlipFamily(Family):
 
     name = "ratlip"
     summary = "RATLIP: GALIP with a recurrent affine transformation (RAT) bridge (arXiv 2405.08114)"
+    accumulates = True
 
     def text_encoder(self, cfg: Config, files: RunFiles, device: torch.device | str = "cpu") -> TextEncoder:
         return run_clip_text(cfg, files, device)

@@ -21,14 +21,14 @@ optimiser without the fused kernel the step reads the losses on the host and ret
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from ratlip_cli import dist
 from ratlip_cli.data.dataset import to_model_range
-from ratlip_cli.config import Config
+from ratlip_cli.config import Config, accumulation
 from ratlip_cli.losses import d_hinge_loss, g_loss, ma_gp, mismatched
 from ratlip_cli.models.family import Networks, StepOutput, TrainingStep
 from ratlip_cli.optim import BufferGuard, adam, all_finite, skips_on_device, step_unless
@@ -69,9 +69,12 @@ class RatlipStep(TrainingStep):
 
     loss_columns = (*D_COLUMNS, *G_COLUMNS)
 
-    def __init__(self, cfg: Config, nets: Networks, device: torch.device, noise: torch.Generator) -> None:
+    def __init__(self, cfg: Config, nets: Networks, device: torch.device,
+                 noise: torch.Generator | Sequence[torch.Generator]) -> None:
         tc = cfg.train
-        self.cfg, self.nets, self.device, self.noise = cfg, nets, device, noise
+        self.noises = list(noise) if isinstance(noise, (list, tuple)) else [noise]
+        self.cfg, self.nets, self.device, self.noise = cfg, nets, device, self.noises[0]
+        self.accumulate = accumulation(tc, dist.get_world_size())
         self.precision = tc.precision
         self.G = nets.trainable["generator"]
         self.D = nets.trainable["discriminator"]
@@ -127,6 +130,8 @@ class RatlipStep(TrainingStep):
                 f"gp {row['ma_gp']:.4f}) g {row['g_loss']:.4f}")
 
     def __call__(self, batch: dict[str, Any]) -> StepOutput:
+        if self.accumulate > 1:
+            return accumulated_step(self, batch)
         tc, dev = self.cfg.train, self.device
         amp = lambda: autocast(dev, self.precision)  # noqa: E731
         cl = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -213,3 +218,140 @@ class RatlipStep(TrainingStep):
         self.scaler.update()
         dist.average_buffers(self.buffers)
         return StepOutput(torch.cat([d_vec, g_vec]))
+
+
+def _noise_for(step: RatlipStep, i: int) -> torch.Generator:
+    """Micro-batch ``i``'s noise: its own generator (the loop gives one per micro-batch), else the one."""
+    return step.noises[i] if len(step.noises) > 1 else step.noises[0]
+
+
+def _snapshot(buffers: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [b.clone() for b in buffers]
+
+
+def _load(buffers: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+    for b, v in zip(buffers, values):
+        b.copy_(v)
+
+
+def _load_mean(buffers: list[torch.Tensor], states: list[list[torch.Tensor]]) -> None:
+    """Buffers <- the mean of ``states`` (what `dist.average_buffers` gives over that many processes);
+    integer buffers (``num_batches_tracked``) are equal in every state and are copied."""
+    for j, b in enumerate(buffers):
+        if b.is_floating_point():
+            b.copy_(torch.stack([st[j].float() for st in states]).mean(0).to(b.dtype))
+        else:
+            b.copy_(states[0][j])
+
+
+def accumulated_step(step: RatlipStep, batch: dict[str, Any]) -> StepOutput:
+    """One optimiser step over `accumulate` micro-batches of `train.batch_size`, equal to that many
+    processes of one micro-batch each (`dist.average_gradients` of per-process means).
+
+    Each micro-batch is its own "process": its mismatched pairs, MA-GP and BatchNorm statistics see
+    only its images, its noise comes from its own generator, and its BatchNorm statistics start from
+    the step's start; the step ends with their mean. The D pass runs G without a graph and the G
+    pass runs it again (same weights, same output), so memory holds one micro-batch's graph; the
+    second G forward's BatchNorm update is undone. Losses and non-finite handling follow the
+    one-batch step; fp16 (GradScaler) scales each micro-batch's loss.
+    """
+    tc, dev, k = step.cfg.train, step.device, step.accumulate
+    amp = lambda: autocast(dev, step.precision)  # noqa: E731
+    cl = torch.channels_last if step.channels_last else torch.contiguous_format
+    images, all_tokens = batch["image"], batch["tokens"]
+    if images.shape[0] % k:
+        raise ValueError(f"a batch of {images.shape[0]} does not split into {k} micro-batches")
+    b = images.shape[0] // k
+    need_clip = tc.clip_sim_weight != 0
+    fp16 = step.scaler.is_enabled()
+    on_device = step.device_skip and not fp16
+    g_buffers = _float_buffers(step.backbone, step.G, floating=False)
+    start = _snapshot(step.all_buffers)
+
+    # ---- D pass, micro-batch by micro-batch
+    set_trainable(step.D, True)
+    set_trainable(step.head, True)
+    step.opt_d.zero_grad(set_to_none=True)
+    micro, after_d, d_vecs = [], [], []
+    for i in range(k):
+        _load(step.all_buffers, start)
+        real = to_model_range(images[i * b:(i + 1) * b].to(dev, non_blocking=True)).to(memory_format=cl)
+        tokens = all_tokens[i * b:(i + 1) * b].to(dev, non_blocking=True)
+        with torch.no_grad(), amp():
+            s = step.backbone.encode_text(tokens)[0]
+        s = s.float()
+        z = torch.randn(b, step.cfg.model.z_dim, generator=_noise_for(step, i)).to(dev, non_blocking=True)
+        with amp():
+            x_real, _ = step.D.encode(real, with_pooled=False)
+        x_real = x_real.detach().requires_grad_(True)
+        s_real = s.detach().requires_grad_(True)
+        with amp():
+            dmap_real = step.D(x_real)
+            real_logits = step.head(dmap_real, s_real)
+            mis_logits = step.head(dmap_real, mismatched(s))
+            with torch.no_grad():
+                x_fake, _ = step.D.encode(step.G(z, s), with_pooled=False)
+            fake_logits = step.head(step.D(x_fake), s)
+        gp = ma_gp(real_logits, x_real, s_real, tc.ma_gp_weight, tc.ma_gp_power,
+                   scale=step.scaler.get_scale() if fp16 else None)
+        dl = d_hinge_loss(real_logits, fake_logits, mis_logits, gp)
+        step.scaler.scale(dl.total / k).backward()
+        d_vecs.append(torch.stack([dl.total, dl.real, dl.fake, dl.mis, dl.ma_gp]).detach().float())
+        after_d.append(_snapshot(step.all_buffers))
+        micro.append((z, s))
+    d_vec = dist.average_gradients(step.d_params, torch.stack(d_vecs).mean(0))
+    _load_mean(step.all_buffers, after_d)
+    if on_device:
+        ok_d = all_finite(d_vec)
+        step_unless(step.opt_d, ~ok_d)
+        guard = BufferGuard(step.all_buffers)
+        guard.save()
+    else:
+        d_vec = d_vec.cpu()
+        if not torch.isfinite(d_vec).all():
+            step.opt_d.zero_grad(set_to_none=True)
+            overflow = fp16 and bool(torch.isfinite(d_vec[1:4]).all())
+            if fp16:
+                step.scaler.update(step.scaler.get_scale() * step.scaler.get_backoff_factor())
+            return StepOutput(None, overflow)
+        step.scaler.step(step.opt_d)
+
+    # ---- G pass: the updated D on the same fakes, recomputed with their graph
+    set_trainable(step.D, False)
+    set_trainable(step.head, False)
+    step.opt_g.zero_grad(set_to_none=True)
+    after_g, g_vecs = [], []
+    for i, (z, s) in enumerate(micro):
+        _load(step.all_buffers, after_d[i])
+        g_state = _snapshot(g_buffers)
+        with amp():
+            fake = step.G(z, s)
+            x_fake, pooled = step.D.encode(fake, with_pooled=need_clip)
+            if need_clip and pooled is None:
+                pooled = step.backbone.encode_image(fake)
+            logits = step.head(step.D(x_fake), s)
+        gl = g_loss(logits, s, pooled if need_clip else None, tc.clip_sim_weight)
+        step.scaler.scale(gl.total / k).backward()
+        _load(g_buffers, g_state)  # G's BatchNorm moves once per micro-batch, in the D pass (after backward: autograd saved them)
+        g_vecs.append(torch.stack([gl.total, gl.clip_sim]).detach().float())
+        after_g.append(_snapshot(step.all_buffers))
+    g_vec = dist.average_gradients(step.g_params, torch.stack(g_vecs).mean(0))
+    _load_mean(step.all_buffers, after_g)
+    set_trainable(step.D, True)
+    set_trainable(step.head, True)
+    if on_device:
+        ok = ok_d & all_finite(g_vec)
+        step_unless(step.opt_g, ~ok)
+        dist.average_buffers(step.buffers)
+        guard.restore_unless(ok_d)
+        return StepOutput(torch.cat([d_vec, g_vec]), skipped=~ok)
+    g_vec = g_vec.cpu()
+    if not torch.isfinite(g_vec).all():
+        step.opt_g.zero_grad(set_to_none=True)
+        step.scaler.update()
+        dist.average_buffers(step.buffers)
+        return StepOutput(None, False)
+    step.scaler.step(step.opt_g)
+    step.scaler.update()
+    dist.average_buffers(step.buffers)
+    return StepOutput(torch.cat([d_vec, g_vec]))
