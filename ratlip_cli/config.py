@@ -243,6 +243,10 @@ class TrainConfig:
     ma_gp_power: float = 6.0
     clip_sim_weight: float = 4.0
     precision: str = "fp32"
+    # amp_fp16 only: ratlip (one GradScaler; a non-finite D loss skips the whole step) or release (the
+    # authors' recipe: a GradScaler each for D and G with growth_interval 2000, reset to 16384 below
+    # 64, and a D step skipped on an overflow while G still steps).
+    fp16_recipe: str = "ratlip"
     channels_last: bool = True
     # CPU threads of a training process (torch.set_num_threads); 0: torch's default (OMP_NUM_THREADS or
     # the cores). On a CPU shared with other jobs 1 is often faster (docs/benchmarks.md).
@@ -315,6 +319,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.d_backbone": ("clip", "cnn"),
     "data.format": ("auto", "prepared", "shards"),
     "train.precision": ("fp32", "amp_bf16", "amp_fp16"),
+    "train.fp16_recipe": ("ratlip", "release"),
     "eval.generator": ("ema", "raw"),
     "clip.input_mapping": ("correct", "authors"),
     "eval.fid_mode": ("clean", "legacy_pytorch", "legacy_tensorflow"),
@@ -483,10 +488,13 @@ def resolve_config(
     config_file: str | Path | None = None,
     overrides: list[str] | None = None,
     base: Config | None = None,
+    recipe_of: tuple[str, str] | None = None,
 ) -> Config:
     """Build the config: defaults (or a copy of ``base``), then the preset, then a YAML file, then `--set` overrides.
 
-    ``base`` is an existing run's config (resuming: no preset, the file and overrides on top).
+    ``base`` is an existing run's config (resuming: no preset, the file and overrides on top; the
+    family's recipe is not re-applied). ``recipe_of`` = (family, key prefix): that family's recipe
+    keys under the prefix apply too (`ratlip pretrain-text`: ("dmgan", "damsm.")).
     Then the family's own settings (`apply_family_settings`): keys the file or an override set are
     explicit (a contradiction is refused), the rest are implied (set, with a note printed once).
     """
@@ -505,7 +513,9 @@ def resolve_config(
         key, value = parse_override(text)
         set_value(cfg, key, value)
         explicit.update(dict.fromkeys(_leaf_keys(value, key), "--set"))
-    show_notes(apply_family_settings(cfg, explicit))
+    show_notes(apply_family_settings(cfg, explicit, recipe=base is None))
+    if recipe_of and base is None:  # a family's command on another family's config, e.g. pretrain-text
+        show_notes(apply_recipe(cfg, explicit, *recipe_of))
     validate(cfg)
     return cfg
 
@@ -544,7 +554,7 @@ def family_settings(cfg: Config) -> tuple[dict[str, Any], str]:
     return dict(family.own_settings(cfg)), family.own_settings_why
 
 
-def apply_family_settings(cfg: Config, explicit: dict[str, str] | None = None) -> list[str]:
+def apply_family_settings(cfg: Config, explicit: dict[str, str] | None = None, recipe: bool = True) -> list[str]:
     """Set in ``cfg`` what its family requires where it differs; returns one note per key changed.
 
     ``explicit`` maps the keys the user set (``--set``, ``--config FILE``) to where they were set: one of
@@ -566,7 +576,30 @@ def apply_family_settings(cfg: Config, explicit: dict[str, str] | None = None) -
             )
         set_value(cfg, key, value)
         notes.append(f"model.family={family}: {key}={_text(value)} ({why})")
+    if recipe:
+        notes += apply_recipe(cfg, explicit or {})
     return notes
+
+
+def apply_recipe(cfg: Config, explicit: dict[str, str], family: str | None = None, prefix: str = "") -> list[str]:
+    """Set a family's published recipe for the dataset (`Family.recipe`; default family: cfg's) where
+    the user set nothing, only keys starting with ``prefix``; returns the note (none if nothing changed)."""
+    name = family or cfg.model.family
+    if name == ModelConfig.family:
+        return []
+    from ratlip_cli.models.registry import get_family
+
+    settings, source = get_family(name).recipe(cfg)
+    settings = {k: v for k, v in settings.items() if k.startswith(prefix)}
+    changed = {k: v for k, v in settings.items() if k not in explicit and get_value(cfg, k) != v}
+    for key, value in changed.items():
+        set_value(cfg, key, value)
+    kept = [k for k in settings if k in explicit and get_value(cfg, k) != settings[k]]
+    if not source or not (changed or kept):
+        return []
+    values = ", ".join(f"{k}={_text(v)}" for k, v in changed.items())
+    return [f"model.family={name} on data.name={cfg.data.name}: {source}"
+            + (f": {values}" if values else "") + (f" (yours kept: {', '.join(kept)})" if kept else "")]
 
 
 # Set by `ratlip train --gpus` before it relaunches itself through torchrun: the launcher printed the notes.

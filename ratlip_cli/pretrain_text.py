@@ -22,7 +22,7 @@ def run_pretrain_text_command(preset: str | None, config: Path | None, sets: lis
         extra.append(f"train.device={device}")
     if out is not None:
         extra.append(f"damsm.out={out}")
-    cfg = resolve_config(preset or DEFAULT_PRESET, config, extra)
+    cfg = resolve_config(preset or DEFAULT_PRESET, config, extra, recipe_of=(TEXT_FAMILY, "damsm."))
     if print_config:
         console.print(to_yaml(cfg), end="", highlight=False, markup=False)
         return

@@ -191,6 +191,15 @@ class Family(ABC):
     #: why the family needs its `own_settings` (the note and the error say it)
     own_settings_why: str = ""
 
+    def recipe(self, cfg: Config) -> tuple[dict[str, Any], str]:
+        """The family's published training recipe for ``cfg``'s dataset: ({dotted key: value}, source).
+
+        Unlike `own_settings` these are defaults: the config builder sets each key the user did not
+        set (`--set`, `--config`) with one note naming the source, and an explicit value wins. Not
+        re-applied to a resumed run's config. Default: none.
+        """
+        return {}, ""
+
     def own_settings(self, cfg: Config) -> dict[str, Any]:
         """What this family requires, {dotted config key: value} (default: nothing).
 

@@ -53,12 +53,41 @@ def build_dmgan(cfg: Config, nef: int, words_num: int, make_generator=dmgan_gene
     return DmganImageGenerator(g, nef, words_num), ds
 
 
+# DM-GAN's released recipes (MinfengZhu/DM-GAN code/cfg/bird_DMGAN.yml and coco_DMGAN.yml; TEXT.WORDS_NUM
+# 18 is code/miscc/config.py's default, which bird_DMGAN.yml keeps). One words_num serves the DAMSM
+# pretraining and the GAN (AttnGAN's code/cfg/DAMSM/coco.yml pretrains COCO's text encoder at 15 words).
+DMGAN_RECIPES: dict[str, tuple[dict[str, Any], str]] = {
+    "cub": ({"train.batch_size": 10, "train.epochs": 800, "dmgan.damsm_weight": 5.0, "dmgan.r_num": 2,
+             "damsm.words_num": 18}, "DM-GAN's bird recipe (code/cfg/bird_DMGAN.yml)"),
+    "coco": ({"train.batch_size": 16, "train.epochs": 200, "dmgan.damsm_weight": 50.0, "dmgan.r_num": 3,
+              "damsm.words_num": 12}, "DM-GAN's COCO recipe (code/cfg/coco_DMGAN.yml)"),
+}
+# Datasets whose preset carries its own (CPU-sized) dmgan section: no published recipe applies.
+OWN_SECTION = ("shapes", "tiny")
+
+
+def dmgan_recipe(data_name: str) -> tuple[dict[str, Any], str]:
+    """DM-GAN's recipe for a dataset and where it comes from; one process, one batch per step."""
+    if data_name in OWN_SECTION:
+        return {}, ""
+    one_batch = {"train.global_batch": 0, "train.accumulate": 1}  # DM-GAN trains one process, one batch
+    if data_name in DMGAN_RECIPES:
+        settings, source = DMGAN_RECIPES[data_name]
+        return {**settings, **one_batch}, source
+    return ({**DMGAN_RECIPES["cub"][0], **one_batch},
+            "DM-GAN publishes recipes for CUB and COCO only; using its bird recipe (code/cfg/bird_DMGAN.yml)")
+
+
 class DmganFamily(Family):
     """DM-GAN (Zhu et al., CVPR 2019) with AttnGAN's DAMSM text encoder."""
 
     name = "dmgan"
     summary = "DM-GAN: 3-stage generator with dynamic memory, DAMSM text encoder (Zhu et al., CVPR 2019)"
     has_rat = False
+
+    def recipe(self, cfg: Config) -> tuple[dict[str, Any], str]:
+        """DM-GAN's published recipe for `data.name` (`dmgan_recipe`)."""
+        return dmgan_recipe(cfg.data.name)
 
     def text_encoder(self, cfg: Config, files: RunFiles, device: torch.device | str = "cpu") -> TextEncoder:
         from ratlip_cli.models.dmgan.text import run_damsm_text

@@ -36,6 +36,11 @@ from ratlip_cli.models.params import load_trainable_state_dict, set_trainable, t
 from ratlip_cli.precision import autocast
 from ratlip_cli.train.run import metrics_columns
 
+# The release's fp16 recipe (code/cfg/*.yml: growth_interval 2000, scaler_min 64; modules.py resets to 16384).
+RELEASE_GROWTH_INTERVAL = 2000
+RELEASE_SCALER_MIN = 64.0
+RELEASE_SCALER_RESET = 16384.0
+
 D_COLUMNS = ("d_loss", "d_real", "d_fake", "d_mis", "ma_gp")
 G_COLUMNS = ("g_loss", "g_clip")
 # metrics.csv of a RATLIP/GALIP run
@@ -92,6 +97,11 @@ class RatlipStep(TrainingStep):
         self.opt_g = adam(self.g_params, lr=tc.lr_g, betas=betas)
         self.opt_d = adam(self.d_params, lr=tc.lr_d, betas=betas)
         self.scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "amp_fp16")
+        # The release's fp16 recipe: one scaler per optimiser (code/src/train.py, lib/modules.py `train`).
+        self.release_fp16 = tc.precision == "amp_fp16" and tc.fp16_recipe == "release"
+        if self.release_fp16:
+            self.scaler_d = torch.amp.GradScaler(device.type, growth_interval=RELEASE_GROWTH_INTERVAL)
+            self.scaler_g = torch.amp.GradScaler(device.type, growth_interval=RELEASE_GROWTH_INTERVAL)
         # Skip non-finite steps on the device (no host sync) where both optimisers can (fused Adam).
         self.device_skip = all(skips_on_device(o) for o in (self.opt_g, self.opt_d))
 
@@ -114,6 +124,8 @@ class RatlipStep(TrainingStep):
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
             "scaler": self.scaler.state_dict(),
+            **({"scaler_d": self.scaler_d.state_dict(), "scaler_g": self.scaler_g.state_dict()}
+               if self.release_fp16 else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -124,6 +136,9 @@ class RatlipStep(TrainingStep):
         self.opt_d.load_state_dict(state["opt_d"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        if self.release_fp16 and state.get("scaler_d"):
+            self.scaler_d.load_state_dict(state["scaler_d"])
+            self.scaler_g.load_state_dict(state["scaler_g"])
 
     def describe(self, row: dict[str, Any]) -> str:
         return (f"d {row['d_loss']:.4f} (real {row['d_real']:.3f} fake {row['d_fake']:.3f} mis {row['d_mis']:.3f} "
@@ -132,6 +147,8 @@ class RatlipStep(TrainingStep):
     def __call__(self, batch: dict[str, Any]) -> StepOutput:
         if self.accumulate > 1:
             return accumulated_step(self, batch)
+        if self.release_fp16:
+            return release_fp16_step(self, batch)
         tc, dev = self.cfg.train, self.device
         amp = lambda: autocast(dev, self.precision)  # noqa: E731
         cl = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -355,3 +372,72 @@ def accumulated_step(step: RatlipStep, batch: dict[str, Any]) -> StepOutput:
     step.scaler.update()
     dist.average_buffers(step.buffers)
     return StepOutput(torch.cat([d_vec, g_vec]))
+
+
+def _release_update(scaler: torch.amp.GradScaler) -> bool:
+    """The release's scaler update: back off or grow, then reset to 16384 below 64; True where the step
+    was skipped (an inf/nan gradient: the update backs the scale off)."""
+    before = scaler.get_scale()
+    scaler.update()
+    skipped = scaler.get_scale() < before
+    if scaler.get_scale() < RELEASE_SCALER_MIN:
+        scaler.update(RELEASE_SCALER_RESET)
+    return skipped
+
+
+def release_fp16_step(step: RatlipStep, batch: dict[str, Any]) -> StepOutput:
+    """One step with the release's fp16 recipe (`train.fp16_recipe: release`): D and G each with its own
+    GradScaler; an overflow skips that optimiser's update only (G still steps after a skipped D);
+    MA-GP's gradients are taken of D's scaled output. The losses are read on the host (as the
+    GradScaler does). A step where both updates were skipped is an overflow (nothing changed)."""
+    tc, dev = step.cfg.train, step.device
+    amp = lambda: autocast(dev, step.precision)  # noqa: E731
+    cl = torch.channels_last if step.channels_last else torch.contiguous_format
+    real = to_model_range(batch["image"].to(dev, non_blocking=True)).to(memory_format=cl)
+    tokens = batch["tokens"].to(dev, non_blocking=True)
+    b = real.shape[0]
+    with torch.no_grad(), amp():
+        s = step.backbone.encode_text(tokens)[0]
+    s = s.float()
+    z = torch.randn(b, step.cfg.model.z_dim, generator=step.noise).to(dev, non_blocking=True)
+    need_clip = tc.clip_sim_weight != 0
+
+    set_trainable(step.D, True)
+    set_trainable(step.head, True)
+    with amp():
+        x_real, _ = step.D.encode(real, with_pooled=False)
+    x_real = x_real.detach().requires_grad_(True)
+    s_real = s.detach().requires_grad_(True)
+    with amp():
+        dmap_real = step.D(x_real)
+        real_logits = step.head(dmap_real, s_real)
+        mis_logits = step.head(dmap_real, mismatched(s))
+        fake = step.G(z, s)
+        x_fake, pooled_fake = step.D.encode(fake, with_pooled=need_clip)
+        if need_clip and pooled_fake is None:
+            pooled_fake = step.backbone.encode_image(fake)
+        fake_logits = step.head(step.D(x_fake.detach()), s)
+    gp = ma_gp(real_logits, x_real, s_real, tc.ma_gp_weight, tc.ma_gp_power, scale=step.scaler_d.get_scale())
+    dl = d_hinge_loss(real_logits, fake_logits, mis_logits, gp)
+    step.opt_d.zero_grad(set_to_none=True)
+    step.scaler_d.scale(dl.total).backward()
+    d_vec = dist.average_gradients(step.d_params, torch.stack([dl.total, dl.real, dl.fake, dl.mis, dl.ma_gp]).detach().float())
+    step.scaler_d.step(step.opt_d)
+    d_skipped = _release_update(step.scaler_d)
+
+    set_trainable(step.D, False)
+    set_trainable(step.head, False)
+    with amp():
+        fake_logits_g = step.head(step.D(x_fake), s)
+    gl = g_loss(fake_logits_g, s, pooled_fake if need_clip else None, tc.clip_sim_weight)
+    step.opt_g.zero_grad(set_to_none=True)
+    step.scaler_g.scale(gl.total).backward()
+    g_vec = dist.average_gradients(step.g_params, torch.stack([gl.total, gl.clip_sim]).detach().float())
+    step.scaler_g.step(step.opt_g)
+    g_skipped = _release_update(step.scaler_g)
+    set_trainable(step.D, True)
+    set_trainable(step.head, True)
+    dist.average_buffers(step.buffers)
+    if d_skipped and g_skipped:
+        return StepOutput(None, overflow=True)
+    return StepOutput(torch.cat([d_vec, g_vec]).cpu())
