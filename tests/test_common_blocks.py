@@ -12,7 +12,7 @@ from torch import nn
 from ratlip_cli.models.common.carafe import CARAFE, carafe_reassemble
 from ratlip_cli.models.common.channel_attention import (
     ECA,
-    ChannelAttentionConv,
+    ChannelAttentionBlock,
     SqueezeExcite,
     channel_attention,
     eca_kernel_size,
@@ -129,7 +129,7 @@ def test_channel_attention_conv_kinds():
     assert isinstance(channel_attention("none", 16), nn.Identity)
     with pytest.raises(ValueError, match="eca, se, none"):
         channel_attention("cbam", 16)
-    block = ChannelAttentionConv(4, 16, attention="eca")
+    block = ChannelAttentionBlock(4, 16, attention="eca")
     x = torch.randn(2, 4, 5, 5)
     conv = F.conv2d(x, block.conv.weight, padding=1)
     torch.testing.assert_close(block(x), block.attention(conv))

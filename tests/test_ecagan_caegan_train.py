@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from ratlip_cli.cli import app
@@ -143,3 +144,35 @@ def test_ecagan_perceptual_switch_and_substitute_label(tmp_path, data_root, enco
     assert [type(m).__name__ for m in loss.features][-1] != "" and len(loss.features) == 6  # conv .. conv_4
     with pytest.raises(RatlipError, match="vgg16_file"):
         tiny(tmp_path, data_root, "model.family=ecagan", "ecagan.perceptual_network=vgg16")
+
+
+def test_paper_loss_formulas_train_and_change_the_logged_terms(tmp_path, data_root, encoders_dir):
+    """dmgan.loss_formulas=paper: the first step's logged KL is CAE-GAN's mean-only L_CA, and the D and
+    G totals use the papers' weights (same init, same batch: only the formulas differ)."""
+    code = train(_gan(tmp_path, data_root, encoders_dir, "caegan", "code", "train.max_steps=1", "train.log_every=1"))
+    paper = train(_gan(tmp_path, data_root, encoders_dir, "caegan", "paper", "train.max_steps=1", "train.log_every=1",
+                       "dmgan.loss_formulas=paper"))
+    a, b = _rows(code.run_dir)[0], _rows(paper.run_dir)[0]
+    assert a["d_real"] == b["d_real"] and a["d_fake"] == b["d_fake"] and a["d_mis"] == b["d_mis"]  # same logits
+    assert float(a["d_loss"]) != float(b["d_loss"])
+    assert 0 < float(b["g_kl"]) != float(a["g_kl"])
+    assert float(b["g_damsm"]) == pytest.approx(float(a["g_damsm"]), rel=1e-5)
+
+
+def test_head_attention_adds_a_channel_attention_conv_before_each_image_head(tmp_path, data_root):
+    """ecagan.head_attention: each stage's image = tanh(conv3x3(attention(conv(h)))); nothing else changes."""
+    from ratlip_cli.models.common.channel_attention import ChannelAttentionBlock
+    from ratlip_cli.models.ecagan.networks import AttentiveImageHead
+
+    keys = lambda g: {k: tuple(v.shape) for k, v in g.state_dict().items()}  # noqa: E731
+    plain = _generator(tmp_path, data_root, "ecagan")
+    head = _generator(tmp_path, data_root, "ecagan", "ecagan.head_attention=eca")
+    heads = [m for m in head.modules() if isinstance(m, AttentiveImageHead)]
+    assert len(heads) == head.branch_num
+    assert all(isinstance(h.attend, ChannelAttentionBlock) for h in heads)
+    added = set(keys(head)) - set(keys(plain))
+    assert added and all(k.split(".")[1] == "attend" for k in added)
+    assert set(keys(plain)) - set(keys(head)) == set()  # img_netK.img.* keep their names
+    x = torch.randn(2, heads[0].attend.conv.in_channels, 8, 8)
+    want = heads[0].img(heads[0].attend.attention(F.conv2d(x, heads[0].attend.conv.weight, padding=1)))
+    torch.testing.assert_close(heads[0](x), want)

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ratlip_cli.models.dmgan.losses import kl_mean_only
 from ratlip_cli.models.dmgan.step import DmganStep
 
 
@@ -35,6 +36,12 @@ class CaeganStep(DmganStep):
         if self._regions is None:
             return [torch.zeros((), device=self.device)]
         return [self.cfg.caegan.prior_weight * self.G.prior_loss(sentence, words, mask, self._regions)]
+
+    def ca_loss(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        """`dmgan.loss_formulas: paper`: CAE-GAN's L_CA = KL(N(mu(s)) || N(0, I)) as written (no variance term)."""
+        if self.cfg.dmgan.loss_formulas == "paper":
+            return kl_mean_only(mu)
+        return super().ca_loss(mu, logvar)
 
     def describe(self, row: dict[str, Any]) -> str:
         return f"{super().describe(row)} prior {row['g_prior']:.4f}"

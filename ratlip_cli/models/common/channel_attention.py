@@ -61,8 +61,10 @@ def channel_attention(kind: str, channels: int) -> nn.Module:
     raise ValueError(f"channel attention must be one of {', '.join(ATTENTION_KINDS)}, got {kind!r}")
 
 
-class ChannelAttentionConv(nn.Module):
-    """A k x k convolution (no bias, 'same' padding) whose output channels are reweighted by channel attention."""
+class ChannelAttentionBlock(nn.Module):
+    """A k x k convolution (no bias, 'same' padding) whose output channels are reweighted by channel attention.
+
+    (Its name has no "Conv" in it on purpose: DM-GAN's `init_weights` picks modules by class name.)"""
 
     def __init__(self, in_channels: int, out_channels: int, attention: str = "eca", kernel_size: int = 3) -> None:
         super().__init__()

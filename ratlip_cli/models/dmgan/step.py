@@ -113,6 +113,10 @@ class DmganStep(TrainingStep):
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
 
+    def ca_loss(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        """Conditioning augmentation's loss: KL(N(mu, sigma^2) || N(0, I)) (DM-GAN's code and paper, ECAGAN's)."""
+        return kl_loss(mu, logvar)
+
     def describe(self, row: dict[str, Any]) -> str:
         return (f"d {row['d_loss']:.4f} (real {row['d_real']:.3f} fake {row['d_fake']:.3f} mis {row['d_mis']:.3f}) "
                 f"g {row['g_loss']:.4f} (damsm {row['g_damsm']:.3f} kl {row['g_kl']:.4f})")
@@ -145,7 +149,7 @@ class DmganStep(TrainingStep):
         for i, (net, opt) in enumerate(zip(self.D, self.opt_d)):
             net.requires_grad_(True)
             with amp():
-                dl = discriminator_loss(net, reals[i], fakes[i], sentence)
+                dl = discriminator_loss(net, reals[i], fakes[i], sentence, dm.loss_formulas)
             opt.zero_grad(set_to_none=True)
             self.scaler.scale(dl.total).backward()
             vec = torch.stack([dl.total, dl.real, dl.fake, dl.wrong]).detach().float()
@@ -168,12 +172,12 @@ class DmganStep(TrainingStep):
         for net in self.D:
             net.requires_grad_(False)
         with amp():
-            adv = sum(generator_adv_loss(net, f, sentence) for net, f in zip(self.D, fakes))
+            adv = sum(generator_adv_loss(net, f, sentence, dm.loss_formulas) for net, f in zip(self.D, fakes))
             region, code = self.encoders.image(fakes[-1])
         w0, w1, _ = words_loss(region.float(), words, lens, exclude, *self.gammas)
         s0, s1 = sent_loss(code.float(), sentence, exclude, self.gammas[2])
         damsm = dm.damsm_weight * (w0 + w1 + s0 + s1)
-        kl = dm.kl_weight * kl_loss(mu.float(), logvar.float())
+        kl = dm.kl_weight * self.ca_loss(mu.float(), logvar.float())
         extra = self.extra_generator_losses(fakes, reals, sentence, words, mask)
         total = adv + damsm + kl + sum(extra, torch.zeros((), device=dev))
         self.opt_g.zero_grad(set_to_none=True)

@@ -15,4 +15,4 @@ def ecagan_generator(cfg: Config, nef: int, base_size: int) -> EcaganGenerator:
     carafe = CarafeSettings(e.k_up, e.k_enc, e.carafe_channels) if e.carafe else None
     return EcaganGenerator(ngf=dm.gf_dim, nef=nef, ncf=dm.condition_dim, z_dim=dm.z_dim, branch_num=dm.branch_num,
                            base_size=base_size, r_num=dm.r_num, mask_layout=dm.memory_mask, carafe=carafe,
-                           attention=e.channel_attention)
+                           attention=e.channel_attention, head_attention=e.head_attention)

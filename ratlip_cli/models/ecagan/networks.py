@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from ratlip_cli.models.common.carafe import CARAFE
-from ratlip_cli.models.common.channel_attention import channel_attention
-from ratlip_cli.models.dmgan.networks import GLU, DmganGenerator, InitStageG, conv3x3
+from ratlip_cli.models.common.channel_attention import ChannelAttentionBlock, channel_attention
+from ratlip_cli.models.dmgan.networks import GLU, DmganGenerator, GetImageG, InitStageG, conv3x3
 
 
 @dataclass(frozen=True)
@@ -50,14 +51,32 @@ class EcaganInitStage(InitStageG):
             setattr(self, f"upsample{k}", caup_block(gf // 2 ** (k - 1), gf // 2**k, carafe, attention))
 
 
+class AttentiveImageHead(nn.Module):
+    """The seed's other reading of ECAGAN ("after convolution with channel attention the image is
+    generated"): a channel-attention convolution (`ChannelAttentionBlock`, ngf -> ngf) before DM-GAN's
+    `GET_IMAGE_G` (conv3x3 to RGB, tanh)."""
+
+    def __init__(self, ngf: int, attention: str) -> None:
+        super().__init__()
+        self.attend = ChannelAttentionBlock(ngf, ngf, attention=attention)
+        self.img = GetImageG(ngf).img
+
+    def forward(self, h_code: torch.Tensor) -> torch.Tensor:
+        return self.img(self.attend(h_code))
+
+
 class EcaganGenerator(DmganGenerator):
-    """DM-GAN's generator (same forward) with ECAGAN's stage 0."""
+    """DM-GAN's generator (same forward) with ECAGAN's stage 0 (and, with ``head_attention``, attentive image heads)."""
 
     def __init__(self, ngf: int = 64, nef: int = 256, ncf: int = 100, z_dim: int = 100, branch_num: int = 3,
                  base_size: int = 64, r_num: int = 2, mask_layout: str = "correct",
-                 carafe: CarafeSettings | None = CarafeSettings(), attention: str = "eca") -> None:
+                 carafe: CarafeSettings | None = CarafeSettings(), attention: str = "eca",
+                 head_attention: str = "none") -> None:
         super().__init__(ngf, nef, ncf, z_dim, branch_num, base_size, r_num, mask_layout)
         self.h_net1 = EcaganInitStage(ngf, z_dim, ncf, base_size, carafe, attention)
+        if head_attention != "none":
+            for k in range(1, branch_num + 1):
+                setattr(self, f"img_net{k}", AttentiveImageHead(ngf, head_attention))
 
     def reset_after_init(self) -> None:
         """Give every CARAFE block its own initialisation again (call after DM-GAN's `init_weights`)."""
