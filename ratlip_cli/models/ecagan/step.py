@@ -18,6 +18,14 @@ from ratlip_cli.models.dmgan.step import DmganStep
 from ratlip_cli.models.family import Networks
 
 
+def perceptual_reduction(ecfg) -> str:
+    """How the stages' perceptual terms combine: `ecagan.perceptual_reduction`, where auto is ControlGAN's
+    code (mean over the stages) with VGG-16 and the seed's sum over stages with the Inception substitute."""
+    if ecfg.perceptual_reduction != "auto":
+        return ecfg.perceptual_reduction
+    return "mean" if ecfg.perceptual_network == "vgg16" else "sum"
+
+
 class EcaganStep(DmganStep):
     """DM-GAN's step with ECAGAN's perceptual loss at every stage."""
 
@@ -37,6 +45,8 @@ class EcaganStep(DmganStep):
         if self.perceptual is None:
             return [torch.zeros((), device=self.device)]
         per = sum(self.perceptual(f, r) for f, r in zip(fakes, reals))
+        if perceptual_reduction(self.cfg.ecagan) == "mean":
+            per = per / len(fakes)
         return [self.cfg.ecagan.perceptual_weight * per]
 
     def describe(self, row: dict[str, Any]) -> str:
