@@ -115,7 +115,7 @@ def ensure_in_domain_clip(cfg: Config, quiet: bool = False) -> Path:
     if not path.is_file():
         shipped = None
         if dist.is_main():
-            from ratlip_cli.train.loop import ensure_dataset
+            from ratlip_cli.data.ensure import ensure_dataset
 
             ensure_dataset(cfg)  # the shipped file is matched against the prepared dataset's content
             shipped = shipped_in_domain_clip(cfg)
@@ -263,11 +263,12 @@ def pretrain_clip(cfg: Config, out: str | Path, work_dir: str | Path | None = No
     `out`.json (the report). Resumable: a checkpoint in `work_dir` every `clip.pretrain.checkpoint_every` steps."""
     from open_clip.loss import ClipLoss
 
-    from ratlip_cli.evaluate import progress_bars
+    from ratlip_cli.progress import progress_bars
     from ratlip_cli.export import save_clip_weights
     from ratlip_cli.optim import adamw
     from ratlip_cli.profiling import tune_cpu_allocator
-    from ratlip_cli.train.loop import derive_seed, ensure_dataset
+    from ratlip_cli.data.ensure import ensure_dataset
+    from ratlip_cli.seeds import derive_seed
     from ratlip_cli.weights import clip_image_size, load_clip
 
     pcfg = cfg.clip.pretrain

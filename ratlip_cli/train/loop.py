@@ -25,23 +25,23 @@ from __future__ import annotations
 
 import os
 import random
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
-from rich.markup import escape
 
 from ratlip_cli import __version__, dist
 from ratlip_cli.dist import resolve_device
 from ratlip_cli.config import Config, from_dict, resolve_config, save_config, to_dict
-from ratlip_cli.console import console, err_console, warn
+from ratlip_cli.console import console, warn
 from ratlip_cli.errors import RatlipError
+from ratlip_cli.data.ensure import ensure_dataset
+from ratlip_cli.data.sampler import EpochBatchSampler
 from ratlip_cli.seeds import derive_seed
+from ratlip_cli.signals import StopFlag, ignore_stop_signals
 from ratlip_cli.train.checkpoint import capture_rng, latest_checkpoint, restore_rng, save_checkpoint
 from ratlip_cli.train.ema import EmaGenerator
 from ratlip_cli.train.budget import StopPlan, format_duration, stop_plan
@@ -140,59 +140,6 @@ def resume_config(
 # data
 
 
-def ensure_dataset(cfg: Config):
-    """The dataset at data.root (prepared or tar shards, per data.format); the built-in shapes data is
-    generated there when missing."""
-    from ratlip_cli.data.shards import open_dataset
-
-    root = Path(cfg.data.root)
-    if cfg.data.name == "shapes" and not (root / "manifest.json").is_file():
-        if dist.is_main():
-            from ratlip_cli.data import generate_shapes
-
-            err_console.print(escape(f"generating the shapes dataset at {root} ({cfg.data.prepared_size} px) ..."),
-                              highlight=False)  # stderr: `--json` output on stdout stays parseable
-            fmt = "shards" if cfg.data.format == "shards" else "prepared"
-            generate_shapes(root, size=cfg.data.prepared_size, fmt=fmt)
-        dist.barrier()
-    return open_dataset(root, cfg.data.format, cfg.data.shard_url)
-
-
-class EpochBatchSampler(torch.utils.data.Sampler):
-    """Batches of dataset indices for one rank, from a seeded per-epoch permutation.
-
-    Step k of epoch e gives rank r the slice ``perm_e[(k * W + r) * B : (k * W + r + 1) * B]``
-    (W processes, per-process batch B, incomplete global batches dropped), so the order depends only
-    on (seed, epoch) and resuming at step k of an epoch continues with the same samples.
-    """
-
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.rank, self.world = rank, world_size
-        self.epoch, self.start_step = 0, 0
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.n // (self.batch_size * self.world)
-
-    def set_position(self, epoch: int, start_step: int) -> None:
-        self.epoch, self.start_step = epoch, start_step
-
-    def permutation(self, epoch: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(derive_seed(self.seed, "order", epoch))
-        return torch.randperm(self.n, generator=g)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        perm = self.permutation(self.epoch)
-        b, w = self.batch_size, self.world
-        for k in range(self.start_step, self.steps_per_epoch):
-            lo = (k * w + self.rank) * b
-            yield perm[lo : lo + b].tolist()
-
-    def __len__(self) -> int:
-        return max(0, self.steps_per_epoch - self.start_step)
-
-
 def fixed_sample_captions(prepared, n: int = SAMPLE_COLUMNS) -> tuple[list[str], list[str]]:
     """Fixed train and test captions for sample grids: evenly spaced over each split (first phrasing)."""
 
@@ -206,48 +153,6 @@ def fixed_sample_captions(prepared, n: int = SAMPLE_COLUMNS) -> tuple[list[str],
         return read_split(prepared, split, require_files=False).first_captions(n)
 
     return pick("train"), pick("test")
-
-
-# ---------------------------------------------------------------------------------------------
-# signals
-
-
-class StopFlag:
-    """SIGINT/SIGTERM set a flag; the loop checkpoints at the next step boundary and stops.
-
-    A second SIGINT raises KeyboardInterrupt at once (for a user who really wants out).
-    """
-
-    def __init__(self) -> None:
-        self.signal_name: str | None = None
-        self._old: dict[int, Any] = {}
-
-    def _handler(self, signum, _frame) -> None:
-        name = signal.Signals(signum).name
-        if self.signal_name is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signal_name = name
-
-    def __enter__(self) -> StopFlag:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-def ignore_stop_signals(_worker_id: int) -> None:
-    """DataLoader worker init: leave SIGINT/SIGTERM to the training process.
-
-    torchrun, SLURM and Ctrl-C signal a whole process group; a loader worker killed by the signal
-    would make the training process fail before it checkpoints, instead of stopping at the step
-    boundary (`StopFlag`). The DataLoader shuts its workers down itself.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 # ---------------------------------------------------------------------------------------------

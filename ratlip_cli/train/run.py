@@ -157,7 +157,7 @@ def write_environment(root: Path, device: torch.device, world_size: int) -> None
     """`environment.json`: where the run (its latest start) trained, for `ratlip report` (rank 0)."""
     import json
 
-    from ratlip_cli.info import environment
+    from ratlip_cli.environment import environment
 
     env = {**environment(), "device": str(device), "processes": str(world_size)}
     write_text(root / "environment.json", json.dumps(env, indent=1) + "\n")

@@ -90,9 +90,11 @@ def pretrain_text(cfg: Config, restart: bool = False, on_step=None) -> PretrainR
     from ratlip_cli.models.dmgan.damsm_losses import damsm_loss, same_caption_mask
     from ratlip_cli.models.dmgan.vocab import Vocabulary, caption_lengths
     from ratlip_cli.files import torch_save
-    from ratlip_cli.train.checkpoint import capture_rng, restore_rng
+    from ratlip_cli.rng import capture_rng, restore_rng
     from ratlip_cli.seeds import derive_seed
-    from ratlip_cli.train.loop import EpochBatchSampler, StopFlag, ensure_dataset
+    from ratlip_cli.data.ensure import ensure_dataset
+    from ratlip_cli.data.sampler import EpochBatchSampler
+    from ratlip_cli.signals import StopFlag
 
     dcfg = cfg.damsm
     out = output_dir(cfg)
@@ -265,12 +267,12 @@ def pretrain_text(cfg: Config, restart: bool = False, on_step=None) -> PretrainR
 def held_out_metrics(cfg: Config, prepared, text, image, vocab, device) -> dict[str, Any]:
     """DAMSM retrieval on the test split (empty when the dataset has none)."""
     from ratlip_cli.models.dmgan.retrieval import damsm_retrieval, load_split_images
-    from ratlip_cli.evaluate import load_test_split
+    from ratlip_cli.data.split import read_split
 
     if "test" not in prepared.splits:
         warn(f"dataset {cfg.data.root} has no test split: no held-out retrieval figures")
         return {}
-    split = load_test_split(cfg.data.root, "test")
+    split = read_split(Path(cfg.data.root).expanduser(), "test")
     images = load_split_images(split, cfg.data)
     res = damsm_retrieval(text, image, vocab, split, images, device, cfg.eval.r_precision_candidates, cfg.damsm.seed)
     return {"split": "test", **res}
