@@ -348,6 +348,7 @@ def _device(options: BenchOptions) -> torch.device:
 
 
 def _run(options: BenchOptions, device: torch.device, tuned: bool) -> list[dict[str, Any]]:
+    from ratlip_cli.clip_pretrain import ensure_in_domain_clip
     from ratlip_cli.models.family import RunFiles
     from ratlip_cli.models.registry import get_family
 
@@ -365,7 +366,8 @@ def _run(options: BenchOptions, device: torch.device, tuned: bool) -> list[dict[
             raise RatlipError(f"--hidden {hidden}: {exc}") from None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(options.seed)
-        text = get_family(base).text_encoder(base, RunFiles(None, seed=options.seed), device)
+        files = RunFiles(None, seed=options.seed, in_domain_clip=ensure_in_domain_clip)
+        text = get_family(base).text_encoder(base, files, device)
     matmul = {p: matmul_gflops(device, p) for p in options.precisions}
     name = device_name(device)
     common = {

@@ -32,8 +32,8 @@ import torch
 from ratlip_cli.config import ClipPretrainConfig, Config
 from ratlip_cli.console import console, notice
 from ratlip_cli.errors import RatlipError
+from ratlip_cli.weights import IN_DOMAIN  # noqa: F401  (re-exported)
 
-IN_DOMAIN = "in-domain"
 CACHE_FOLDER = "in-domain-clip"
 CKPT_FORMAT = "ratlip-clip-pretrain"
 
@@ -264,12 +264,11 @@ def pretrain_clip(cfg: Config, out: str | Path, work_dir: str | Path | None = No
     from open_clip.loss import ClipLoss
 
     from ratlip_cli.progress import progress_bars
-    from ratlip_cli.export import save_clip_weights
     from ratlip_cli.optim import adamw
     from ratlip_cli.profiling import tune_cpu_allocator
     from ratlip_cli.data.ensure import ensure_dataset
     from ratlip_cli.seeds import derive_seed
-    from ratlip_cli.weights import clip_image_size, load_clip
+    from ratlip_cli.weights import clip_image_size, load_clip, save_clip_weights
 
     pcfg = cfg.clip.pretrain
     if pcfg.steps < 1 or pcfg.batch_size < 2:

@@ -34,7 +34,8 @@ from torch import nn
 from ratlip_cli import __version__
 from ratlip_cli.config import Config, from_dict, to_dict
 from ratlip_cli.errors import RatlipError
-from ratlip_cli.files import WriteError, json_text, safetensors_bytes, sha256_file, write_files, write_safetensors
+from ratlip_cli.files import WriteError, json_text, safetensors_bytes, sha256_file, write_files
+from ratlip_cli.weights import save_clip_weights  # noqa: F401  (re-exported: a run's frozen CLIP file)
 
 FORMAT = "ratlip-generator"
 FORMAT_VERSION = 1
@@ -43,12 +44,6 @@ RAW_WEIGHTS_FILE = "generator_raw.safetensors"
 CONFIG_FILE = "generator.json"
 GENERATOR_FILES = {"ema": WEIGHTS_FILE, "raw": RAW_WEIGHTS_FILE}
 EXPORT_FILE = Path("export") / WEIGHTS_FILE  # a run's exported generator, relative to the run folder
-
-
-def save_clip_weights(clip_model: nn.Module, path: str | Path) -> None:
-    """Save a (random) open_clip model's state as safetensors so `load_clip` can rebuild it exactly."""
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in clip_model.state_dict().items()}
-    write_safetensors(path, state, {"format": "open_clip state_dict", "saved_by": f"ratlip {__version__}"})
 
 
 def export_generator(

@@ -10,12 +10,18 @@ import socket
 from pathlib import Path
 
 import torch
+from torch import nn
 
+from ratlip_cli import __version__
 from ratlip_cli.errors import RatlipError
+from ratlip_cli.files import write_safetensors
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "models" / "model_configs"
 HUB_HOST = "huggingface.co"
 _registered = False
+
+
+IN_DOMAIN = "in-domain"  # clip.weights: the CLIP pretrained on the dataset itself (`ratlip pretrain-clip`)
 
 
 def register_model_configs() -> None:
@@ -97,6 +103,12 @@ def clip_source(arch: str, weights: str, cache_dir: str = "") -> tuple[str, bool
         return f"hub tag '{weights}' (in the local cache)", True
     online = hub_reachable()
     return f"hub tag '{weights}' ({'downloadable now' if online else 'not cached, hub unreachable'})", online
+
+
+def save_clip_weights(clip_model: nn.Module, path: str | Path) -> None:
+    """Save a (random) open_clip model's state as safetensors so `load_clip` can rebuild it exactly."""
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in clip_model.state_dict().items()}
+    write_safetensors(path, state, {"format": "open_clip state_dict", "saved_by": f"ratlip {__version__}"})
 
 
 def clip_image_size(model) -> int:

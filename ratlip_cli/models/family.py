@@ -32,13 +32,16 @@ class RunFiles:
 
     ``folder`` is the run directory (None outside a run, e.g. in `ratlip bench`); ``resuming``
     says whether the files were written by an earlier process of this run; ``main`` whether this
-    process is rank 0 (the only one that writes); ``seed`` is `train.seed`.
+    process is rank 0 (the only one that writes); ``seed`` is `train.seed`. ``in_domain_clip`` is the
+    harness's way to the CLIP pretrained on the dataset (`clip.weights=in-domain`): a function of the
+    config giving its file, pretrained first where it is missing (model code never starts a pretraining).
     """
 
     folder: Path | None
     resuming: bool = False
     main: bool = True
     seed: int = 0
+    in_domain_clip: Callable[[Config], Path] | None = None
 
 
 class TextEncoder:

@@ -35,6 +35,7 @@ import torch
 
 from ratlip_cli import __version__, dist
 from ratlip_cli.dist import resolve_device
+from ratlip_cli.clip_pretrain import ensure_in_domain_clip
 from ratlip_cli.config import Config, from_dict, resolve_config, save_config, to_dict
 from ratlip_cli.console import console, warn
 from ratlip_cli.errors import RatlipError
@@ -247,7 +248,8 @@ class Trainer:
 
         # The family's frozen text encoder (a random CLIP is saved in the run folder once), then its
         # networks: identical on every rank (same seed), then moved to the device.
-        files = RunFiles(self.paths.root, resuming=state is not None, main=self.main, seed=tc.seed)
+        files = RunFiles(self.paths.root, resuming=state is not None, main=self.main, seed=tc.seed,
+                         in_domain_clip=ensure_in_domain_clip)
         text = self.family.text_encoder(cfg, files)
         torch.manual_seed(derive_seed(tc.seed, "init"))
         self.nets = self.family.build(cfg, text).to(self.device)

@@ -28,16 +28,8 @@ import torch
 from ratlip_cli.config import Config
 from ratlip_cli.errors import RatlipError
 from ratlip_cli.files import write_csv, write_text
+from ratlip_cli.run_columns import EVAL_COLUMNS, TIMING_COLUMNS, metrics_columns  # noqa: F401  (re-exported)
 from ratlip_cli.train.lock import RunLock
-
-EVAL_COLUMNS = ["eval_colour", "eval_shape", "eval_background", "eval_all", "eval_n"]
-# Columns that depend on wall-clock time (everything else is reproducible on CPU).
-TIMING_COLUMNS = ["images_per_s", "elapsed_s"]
-
-
-def metrics_columns(loss_columns: tuple[str, ...] | list[str]) -> list[str]:
-    """metrics.csv's columns for a training step with these loss columns (the family's)."""
-    return ["step", "epoch", "images", *loss_columns, "nonfinite", "unreadable", *TIMING_COLUMNS, *EVAL_COLUMNS]
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 A run with `clip.weights=random` draws its CLIP from a seed derived from `train.seed` and saves it
 as ``clip.safetensors`` in the run folder (rank 0); with `clip.weights=in-domain` it loads the
-CLIP pretrained on the dataset (`ratlip_cli.clip_pretrain`, built on first use) and saves a copy there, so a resumed run, `ratlip sample` and
+CLIP pretrained on the dataset (the file `RunFiles.in_domain_clip` gives: the harness builds it on first
+use with `ratlip_cli.clip_pretrain`) and saves a copy there, so a resumed run, `ratlip sample` and
 `ratlip eval` rebuild exactly the same frozen network; an export records that file relative to
 itself (``source["file"]``).
 """
@@ -50,8 +51,7 @@ def _backbone(clip_model: nn.Module) -> nn.Module:
 def run_clip_text(cfg: Config, files: RunFiles, device: torch.device | str = "cpu") -> ClipText:
     """The run's frozen CLIP: pretrained, in-domain or random from a derived seed (the last two
     saved once in the run folder)."""
-    from ratlip_cli.clip_pretrain import IN_DOMAIN, ensure_in_domain_clip
-    from ratlip_cli.weights import load_clip
+    from ratlip_cli.weights import IN_DOMAIN, load_clip, save_clip_weights
 
     source: dict[str, Any] = {"arch": cfg.clip.arch, "weights": cfg.clip.weights, "file": None}
     if cfg.clip.weights not in ("random", IN_DOMAIN):
@@ -65,12 +65,13 @@ def run_clip_text(cfg: Config, files: RunFiles, device: torch.device | str = "cp
         clip_model, tokenizer = load_clip(cfg.clip.arch, str(path), cfg.clip.cache_dir)
         source["file"] = str(path)
     elif cfg.clip.weights == IN_DOMAIN:
-        clip_model, tokenizer = load_clip(cfg.clip.arch, str(ensure_in_domain_clip(cfg)), cfg.clip.cache_dir)
+        if files.in_domain_clip is None:
+            raise RatlipError("clip.weights=in-domain: this command does not provide the in-domain CLIP; "
+                              "`ratlip pretrain-clip` builds it, `ratlip train` uses it")
+        clip_model, tokenizer = load_clip(cfg.clip.arch, str(files.in_domain_clip(cfg)), cfg.clip.cache_dir)
         if files.folder is not None:
             path = files.folder / CLIP_FILE
             if files.main:
-                from ratlip_cli.export import save_clip_weights
-
                 save_clip_weights(clip_model, path)
             source["file"] = str(path)
     else:
@@ -80,8 +81,6 @@ def run_clip_text(cfg: Config, files: RunFiles, device: torch.device | str = "cp
         if files.folder is not None:
             path = files.folder / CLIP_FILE
             if files.main:
-                from ratlip_cli.export import save_clip_weights
-
                 save_clip_weights(clip_model, path)
             source["file"] = str(path)
     clip_model = clip_model.to(device)

@@ -34,7 +34,7 @@ from ratlip_cli.models.family import Networks, StepOutput, TrainingStep
 from ratlip_cli.optim import BufferGuard, adam, all_finite, skips_on_device, step_unless
 from ratlip_cli.models.params import load_trainable_state_dict, set_trainable, trainable_parameters, trainable_state_dict
 from ratlip_cli.precision import autocast
-from ratlip_cli.train.run import metrics_columns
+from ratlip_cli.run_columns import metrics_columns
 
 D_COLUMNS = ("d_loss", "d_real", "d_fake", "d_mis", "ma_gp")
 G_COLUMNS = ("g_loss", "g_clip")
