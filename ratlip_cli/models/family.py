@@ -98,6 +98,16 @@ class Networks:
 
 
 @dataclass
+class ReleaseRead:
+    """A released checkpoint of a family's authors, read by `Family.read_release`: the `--set`
+    overrides it implies (e.g. its family and sizes), what it is in words, and the family's own object."""
+
+    settings: list[str]
+    description: str
+    checkpoint: Any
+
+
+@dataclass
 class StepOutput:
     """What one optimisation step did.
 
@@ -240,9 +250,15 @@ class Family(ABC):
         """Move an initial generator off its initialisation (bench's precision comparison); default: no-op."""
         return None
 
-    def import_release(self, path: Path, preset: str | None, config_file: Path | None,
-                       overrides: list[str], name: str | None) -> Path:
-        """`ratlip import`: turn a released checkpoint of this family's authors into a run folder."""
+    def read_release(self, path: Path) -> ReleaseRead:
+        """`ratlip import`: read a released checkpoint of this family's authors (the harness writes the run)."""
+        from ratlip_cli.errors import RatlipError
+
+        raise RatlipError(f"model.family {self.name} cannot import released checkpoints")
+
+    def release_networks(self, cfg: Config, clip_model: nn.Module, release: ReleaseRead) -> tuple[Networks, bool]:
+        """The networks of ``cfg`` holding a release's weights (eval mode), and whether the copy of the
+        frozen CLIP stored in the release equals ``clip_model``."""
         from ratlip_cli.errors import RatlipError
 
         raise RatlipError(f"model.family {self.name} cannot import released checkpoints")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -17,7 +18,7 @@ from torch import nn
 
 from ratlip_cli.config import Config
 from ratlip_cli.models.common.clip_text import ClipText, export_clip_source, export_clip_text, run_clip_text
-from ratlip_cli.models.family import Family, Networks, RunFiles, TextEncoder, TrainingStep
+from ratlip_cli.models.family import Family, Networks, ReleaseRead, RunFiles, TextEncoder, TrainingStep
 
 
 class RatlipFamily(Family):
@@ -56,8 +57,6 @@ class RatlipFamily(Family):
 
     def param_counts(self, nets: Networks) -> dict[str, dict[str, int]]:
         """`models.params.param_counts`: bridge, rat, clip_mapper, generator_blocks, generator, ... total."""
-        from types import SimpleNamespace
-
         from ratlip_cli.models.params import param_counts
 
         t = nets.trainable
@@ -65,12 +64,20 @@ class RatlipFamily(Family):
                                  discriminator=t["discriminator"], head=t["head"])
         return param_counts(models)
 
-    def import_release(self, path: Path, preset: str | None, config_file: Path | None,
-                       overrides: list[str], name: str | None) -> Path:
-        """GALIP's and RATLIP's released `state_dict.pth` as a run (see `models/ratlip/release.py`)."""
-        from ratlip_cli.models.ratlip.release import import_release_run
+    def read_release(self, path: Path) -> ReleaseRead:
+        """GALIP's and RATLIP's released `state_dict.pth` (see `models/ratlip/release.py`)."""
+        from ratlip_cli.models.ratlip.release import read_release_checkpoint, release_description, release_settings
 
-        return import_release_run(path, preset, config_file, overrides, name)
+        checkpoint = read_release_checkpoint(path)
+        return ReleaseRead(release_settings(checkpoint), release_description(checkpoint), checkpoint)
+
+    def release_networks(self, cfg: Config, clip_model: nn.Module, release: ReleaseRead) -> tuple[Networks, bool]:
+        from ratlip_cli.models.ratlip.release import release_models
+
+        models, clip_matches = release_models(cfg, clip_model, release.checkpoint)
+        trainable = {"generator": models.generator, "discriminator": models.discriminator, "head": models.head}
+        nets = Networks(SimpleNamespace(module=models.backbone), models.generator, trainable, cfg.model.z_dim)
+        return nets, clip_matches
 
     @torch.no_grad()
     def randomise_generator(self, generator: nn.Module, seed: int, scale: float = 0.01, image_std: float = 0.5) -> None:
