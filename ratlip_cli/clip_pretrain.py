@@ -172,7 +172,7 @@ def _normalise(images: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> tor
 
 
 def _mean_std(model) -> tuple[torch.Tensor, torch.Tensor]:
-    from ratlip_cli.models.clip_backbone import OPENAI_MEAN, OPENAI_STD
+    from ratlip_cli.models.common.clip_backbone import OPENAI_MEAN, OPENAI_STD
 
     pcfg = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
     mean = torch.tensor(pcfg.get("mean", OPENAI_MEAN)).view(1, 3, 1, 1)

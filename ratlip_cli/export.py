@@ -64,7 +64,7 @@ def export_generator(
     recorded). Without ``text``, the config's CLIP is recorded, with ``clip_file`` the run's saved
     random CLIP (None when the config names pretrained weights).
     """
-    from ratlip_cli.models.params import trainable_state_dict
+    from ratlip_cli.models.trainable import trainable_state_dict
     from ratlip_cli.models.registry import get_family
 
     out_dir = Path(out_dir)
@@ -233,7 +233,7 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu", which: 
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from ratlip_cli.models.params import load_trainable_state_dict
+    from ratlip_cli.models.trainable import load_trainable_state_dict
     from ratlip_cli.models.registry import get_family
 
     which = export_which(path, which)

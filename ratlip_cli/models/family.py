@@ -240,6 +240,13 @@ class Family(ABC):
         out["total"] = {"trainable": total_t, "frozen": total_f, "total": total_t + total_f}
         return out
 
+    def param_table(self, cfg: Config, clip_model: nn.Module, hiddens: Sequence[int],
+                    with_release: bool = False) -> list[dict[str, Any]]:
+        """`ratlip ablate --params-only`: parameter counts per RAT hidden size h (RATLIP's Table II)."""
+        from ratlip_cli.errors import RatlipError
+
+        raise RatlipError(f"model.family={self.name} has no RAT: no parameter table per RAT hidden size")
+
     def pretrain_text(self, cfg: Config, restart: bool = False) -> Any:
         """`ratlip pretrain-text`: train the family's separately pretrained text encoder (DM-GAN's DAMSM)."""
         from ratlip_cli.errors import RatlipError

@@ -595,7 +595,7 @@ class Trainer:
         # For tests of multi-process training: every rank saves its final weights (outside the run dir).
         folder = os.environ.get(DEBUG_DUMP_ENV)
         if folder:
-            from ratlip_cli.models.params import trainable_state_dict
+            from ratlip_cli.models.trainable import trainable_state_dict
 
             state = {name: trainable_state_dict(m) for name, m in self.nets.trainable.items()}
             state["ema"] = self.ema.state_dict()

@@ -43,7 +43,7 @@ class ClipText(TextEncoder):
 
 
 def _backbone(clip_model: nn.Module) -> nn.Module:
-    from ratlip_cli.models.clip_backbone import ClipBackbone
+    from ratlip_cli.models.common.clip_backbone import ClipBackbone
 
     return ClipBackbone(clip_model)
 

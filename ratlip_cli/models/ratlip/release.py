@@ -160,7 +160,7 @@ def convert_discriminator(net_d: dict[str, torch.Tensor], discriminator: nn.Modu
 
 def load_release(models, release: ReleaseCheckpoint) -> None:
     """Copy a release's NetG, NetD and NetC into `models` (a `RatlipModels`); RatlipError if they do not fit."""
-    from ratlip_cli.models import load_trainable_state_dict, trainable_state_dict
+    from ratlip_cli.models.trainable import load_trainable_state_dict, trainable_state_dict
 
     g = models.generator
     source = release.path or "release checkpoint"
@@ -215,7 +215,7 @@ def release_description(release: ReleaseCheckpoint) -> str:
 def release_models(cfg, clip_model: nn.Module, release: ReleaseCheckpoint):
     """ratlip's networks for ``cfg`` around ``clip_model`` holding the release's weights, in eval mode,
     and whether the CLIP image tower stored in the release equals ``clip_model``'s."""
-    from ratlip_cli.models import build_models
+    from ratlip_cli.models.ratlip.build import build_models
 
     models = build_models(cfg, clip_model)
     load_release(models, release)
