@@ -77,8 +77,11 @@ def test_generate_draws_the_pixels_of_ratlip_sample(doc_session, tmp_path):
     folder, _ = doc_session
     run = folder / "runs" / "tiny"
     cli = _sample_cli(tmp_path, "--run", str(run))
-    ours = _as_hwc(Pipeline.from_pretrained(run).generate(PROMPTS, n=2, seed=5))
+    pipe = Pipeline.from_pretrained(run)
+    ours = _as_hwc(pipe.generate(PROMPTS, n=2, seed=5))
     assert (ours == cli).all()
+    assert (ours != _as_hwc(pipe.generate(PROMPTS, n=2, seed=6))).any()  # the comparison can fail
+    assert (ours[:, 0] != ours[:, 1]).any() and (ours[0] != ours[1]).any()  # noise and prompt matter
     # each prompt's images do not depend on the other prompts, nor on the batch size
     alone = Pipeline.from_pretrained(run / "export").generate(PROMPTS[1:], n=2, seed=5, batch_size=1)
     assert (_as_hwc(alone)[0] == cli[1]).all()
