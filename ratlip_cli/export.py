@@ -35,6 +35,8 @@ from ratlip_cli import __version__
 from ratlip_cli.config import Config, from_dict, to_dict
 from ratlip_cli.errors import RatlipError
 from ratlip_cli.files import WriteError, json_text, safetensors_bytes, sha256_file, write_files
+from ratlip_cli.models.registry import get_family
+from ratlip_cli.models.trainable import load_trainable_state_dict, trainable_state_dict
 from ratlip_cli.weights import save_clip_weights  # noqa: F401  (re-exported: a run's frozen CLIP file)
 
 FORMAT = "ratlip-generator"
@@ -64,9 +66,6 @@ def export_generator(
     recorded). Without ``text``, the config's CLIP is recorded, with ``clip_file`` the run's saved
     random CLIP (None when the config names pretrained weights).
     """
-    from ratlip_cli.models.trainable import trainable_state_dict
-    from ratlip_cli.models.registry import get_family
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     def weights_of(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -233,8 +232,6 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu", which: 
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from ratlip_cli.models.trainable import load_trainable_state_dict
-    from ratlip_cli.models.registry import get_family
 
     which = export_which(path, which)
     weights, doc_path = resolve_export_paths(path, which)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.table import Table
 
 from ratlip_cli import __version__
+from ratlip_cli.clip_pretrain import IN_DOMAIN, in_domain_clip_path
 from ratlip_cli.config import Config
 from ratlip_cli.console import console
 from ratlip_cli.environment import environment
@@ -12,8 +13,6 @@ from ratlip_cli.weights import clip_source, inception_source
 
 
 def _clip_source(cfg: Config, arch: str, weights: str) -> tuple[str, bool]:
-    from ratlip_cli.clip_pretrain import IN_DOMAIN, in_domain_clip_path
-
     if weights != IN_DOMAIN:
         return clip_source(arch, weights, cfg.clip.cache_dir)
     path = in_domain_clip_path(cfg)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ratlip_cli.config import Config
+from ratlip_cli.errors import RatlipError
 
 
 @dataclass
@@ -243,14 +244,10 @@ class Family(ABC):
     def param_table(self, cfg: Config, clip_model: nn.Module, hiddens: Sequence[int],
                     with_release: bool = False) -> list[dict[str, Any]]:
         """`ratlip ablate --params-only`: parameter counts per RAT hidden size h (RATLIP's Table II)."""
-        from ratlip_cli.errors import RatlipError
-
         raise RatlipError(f"model.family={self.name} has no RAT: no parameter table per RAT hidden size")
 
     def pretrain_text(self, cfg: Config, restart: bool = False) -> Any:
         """`ratlip pretrain-text`: train the family's separately pretrained text encoder (DM-GAN's DAMSM)."""
-        from ratlip_cli.errors import RatlipError
-
         raise RatlipError(f"model.family={self.name} has no separately pretrained text encoder")
 
     def randomise_generator(self, generator: nn.Module, seed: int) -> None:
@@ -259,13 +256,9 @@ class Family(ABC):
 
     def read_release(self, path: Path) -> ReleaseRead:
         """`ratlip import`: read a released checkpoint of this family's authors (the harness writes the run)."""
-        from ratlip_cli.errors import RatlipError
-
         raise RatlipError(f"model.family {self.name} cannot import released checkpoints")
 
     def release_networks(self, cfg: Config, clip_model: nn.Module, release: ReleaseRead) -> tuple[Networks, bool]:
         """The networks of ``cfg`` holding a release's weights (eval mode), and whether the copy of the
         frozen CLIP stored in the release equals ``clip_model``."""
-        from ratlip_cli.errors import RatlipError
-
         raise RatlipError(f"model.family {self.name} cannot import released checkpoints")

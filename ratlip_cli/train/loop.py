@@ -34,19 +34,31 @@ import numpy as np
 import torch
 
 from ratlip_cli import __version__, dist
-from ratlip_cli.dist import resolve_device
 from ratlip_cli.clip_pretrain import ensure_in_domain_clip
 from ratlip_cli.config import Config, from_dict, resolve_config, save_config, to_dict
 from ratlip_cli.console import console, warn
-from ratlip_cli.errors import RatlipError
+from ratlip_cli.data import TextImageDataset
+from ratlip_cli.data.dataset import UnreadableImages
 from ratlip_cli.data.ensure import ensure_dataset
 from ratlip_cli.data.sampler import EpochBatchSampler
+from ratlip_cli.data.split import read_split
+from ratlip_cli.data.stream import ShardStream
+from ratlip_cli.dist import resolve_device
+from ratlip_cli.errors import RatlipError
+from ratlip_cli.export import export_generator
+from ratlip_cli.models.family import RunFiles
+from ratlip_cli.models.registry import get_family
+from ratlip_cli.models.trainable import trainable_state_dict
+from ratlip_cli.profiling import apply_cpu_settings
+from ratlip_cli.progress import progress_bar
+from ratlip_cli.refusals import RESUME_FIXED, resume_refusals
 from ratlip_cli.seeds import derive_seed
 from ratlip_cli.signals import StopFlag, ignore_stop_signals
+from ratlip_cli.train.budget import StopPlan, format_duration, stop_plan
 from ratlip_cli.train.checkpoint import capture_rng, latest_checkpoint, restore_rng, save_checkpoint
 from ratlip_cli.train.ema import EmaGenerator
-from ratlip_cli.train.budget import StopPlan, format_duration, stop_plan
 from ratlip_cli.train.run import MetricsLog, RunPaths, claim_new_run, claim_run, save_sample_grid, write_environment
+from ratlip_cli.train.shapes_eval import score_generator_on_shapes, shapes_eval_captions
 from ratlip_cli.train.tensorboard import RunBoard
 
 # Config sections whose change would make a checkpoint's weights meaningless.
@@ -115,8 +127,6 @@ def resume_config(
     the seed, the run's name and place) are refused; every other change is applied. Pass the
     `ResumePoint` on to `train(cfg, resume=...)` so the checkpoint is read only once.
     """
-    from ratlip_cli.refusals import RESUME_FIXED, resume_refusals
-
     point = resume_point(run_dir)
     try:
         old = from_dict(point.state["config"])
@@ -149,7 +159,6 @@ def fixed_sample_captions(prepared, n: int = SAMPLE_COLUMNS) -> tuple[list[str],
             return []
         if hasattr(prepared, "split_shards"):  # tar shards: the first n samples (shards are shuffled)
             return [caps[0] for caps in prepared.split_captions(split, limit=n)]
-        from ratlip_cli.data.split import read_split
 
         return read_split(prepared, split, require_files=False).first_captions(n)
 
@@ -201,11 +210,6 @@ class Trainer:
 
     # ---- setup ---------------------------------------------------------------------------------
     def setup(self) -> None:
-        from ratlip_cli.data import TextImageDataset
-        from ratlip_cli.data.dataset import UnreadableImages
-        from ratlip_cli.models.family import RunFiles
-        from ratlip_cli.models.registry import get_family
-
         cfg, tc = self.cfg, self.tc
         self.family = get_family(cfg)
         self.device = resolve_device(tc.device)
@@ -213,8 +217,6 @@ class Trainer:
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.main = dist.is_main()
         if self.device.type == "cpu":
-            from ratlip_cli.profiling import apply_cpu_settings
-
             self.cpu_settings = apply_cpu_settings(tc.threads)
         if tc.precision == "amp_fp16" and self.device.type == "cpu" and self.main:
             warn("amp_fp16 on CPU is slow and only useful for testing; amp_bf16 or fp32 are the CPU choices")
@@ -261,7 +263,6 @@ class Trainer:
         # Data.
         data_seed = derive_seed(tc.seed, "data") % (2**32)
         if hasattr(prepared, "split_shards"):  # tar shards: a stream that batches (and positions) itself
-            from ratlip_cli.data.stream import ShardStream
 
             self.dataset = self.sampler = ShardStream(
                 prepared, "train", cfg.data, self.nets.text.tokenizer, tc.batch_size, data_seed, self.rank, self.world,
@@ -285,8 +286,6 @@ class Trainer:
         self.eval_captions: list[str] = []
         if tc.eval_every > 0:
             if cfg.data.name == "shapes" and "test" in prepared.splits:
-                from ratlip_cli.train.shapes_eval import shapes_eval_captions
-
                 self.eval_captions = shapes_eval_captions(prepared, "test", cfg.eval.num)
             elif self.main:
                 warn("train.eval_every: in-training evaluation is implemented for the shapes dataset only; "
@@ -392,8 +391,6 @@ class Trainer:
         return path
 
     def export(self) -> Path:
-        from ratlip_cli.export import export_generator
-
         return export_generator(
             self.ema.module, self.cfg, self.paths.export, text=self.nets.text, step=self.step, images_seen=self.images,
             raw=self.step_fn.ema_source,
@@ -542,8 +539,6 @@ class Trainer:
         return text.encode(text.tokenizer(captions).to(self.device))
 
     def _evaluate(self) -> dict[str, Any]:
-        from ratlip_cli.train.shapes_eval import score_generator_on_shapes
-
         res = score_generator_on_shapes(
             self.ema.module, self._embed, self.eval_captions, self.nets.z_dim,
             device=self.device, seed=self.tc.seed, batch_size=max(1, self.cfg.eval.batch_size),
@@ -561,8 +556,6 @@ class Trainer:
                          tc.max_minutes, rate)
 
     def _progress(self):
-        from ratlip_cli.progress import progress_bar
-
         enabled = self.main and console.is_terminal
         bar = progress_bar("[bold]epoch {task.fields[epoch]}", extra=("{task.fields[plan]}", "{task.fields[info]}"),
                            elapsed=True, remaining=False, enabled=enabled)
@@ -595,8 +588,6 @@ class Trainer:
         # For tests of multi-process training: every rank saves its final weights (outside the run dir).
         folder = os.environ.get(DEBUG_DUMP_ENV)
         if folder:
-            from ratlip_cli.models.trainable import trainable_state_dict
-
             state = {name: trainable_state_dict(m) for name, m in self.nets.trainable.items()}
             state["ema"] = self.ema.state_dict()
             torch.save(state, Path(folder) / f"rank{self.rank}.pt")

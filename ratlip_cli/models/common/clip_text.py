@@ -19,8 +19,10 @@ from torch import nn
 
 from ratlip_cli.config import Config
 from ratlip_cli.errors import RatlipError
+from ratlip_cli.models.common.clip_backbone import ClipBackbone
 from ratlip_cli.models.family import RunFiles, TextEncoder
 from ratlip_cli.seeds import derive_seed
+from ratlip_cli.weights import IN_DOMAIN, load_clip, save_clip_weights
 
 CLIP_FILE = "clip.safetensors"
 
@@ -43,16 +45,12 @@ class ClipText(TextEncoder):
 
 
 def _backbone(clip_model: nn.Module) -> nn.Module:
-    from ratlip_cli.models.common.clip_backbone import ClipBackbone
-
     return ClipBackbone(clip_model)
 
 
 def run_clip_text(cfg: Config, files: RunFiles, device: torch.device | str = "cpu") -> ClipText:
     """The run's frozen CLIP: pretrained, in-domain or random from a derived seed (the last two
     saved once in the run folder)."""
-    from ratlip_cli.weights import IN_DOMAIN, load_clip, save_clip_weights
-
     source: dict[str, Any] = {"arch": cfg.clip.arch, "weights": cfg.clip.weights, "file": None}
     if cfg.clip.weights not in ("random", IN_DOMAIN):
         clip_model, tokenizer = load_clip(cfg.clip.arch, cfg.clip.weights, cfg.clip.cache_dir)
@@ -97,8 +95,6 @@ def export_clip_source(source: dict[str, Any], out_dir: Path) -> dict[str, Any]:
 
 def export_clip_text(source: dict[str, Any], cfg: Config, folder: Path) -> ClipText:
     """Rebuild an export's frozen CLIP from its ``clip`` entry (paths relative to the export folder)."""
-    from ratlip_cli.weights import load_clip
-
     weights = source.get("weights") or cfg.clip.weights
     if source.get("file"):
         file = (folder / source["file"]).resolve()

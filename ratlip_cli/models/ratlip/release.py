@@ -25,6 +25,8 @@ import torch
 from torch import nn
 
 from ratlip_cli.errors import RatlipError
+from ratlip_cli.models.ratlip.build import build_models
+from ratlip_cli.models.trainable import load_trainable_state_dict, trainable_state_dict
 
 NETS = ("netG", "netD", "netC")
 
@@ -160,8 +162,6 @@ def convert_discriminator(net_d: dict[str, torch.Tensor], discriminator: nn.Modu
 
 def load_release(models, release: ReleaseCheckpoint) -> None:
     """Copy a release's NetG, NetD and NetC into `models` (a `RatlipModels`); RatlipError if they do not fit."""
-    from ratlip_cli.models.trainable import load_trainable_state_dict, trainable_state_dict
-
     g = models.generator
     source = release.path or "release checkpoint"
     if g.family != release.family:
@@ -215,8 +215,6 @@ def release_description(release: ReleaseCheckpoint) -> str:
 def release_models(cfg, clip_model: nn.Module, release: ReleaseCheckpoint):
     """ratlip's networks for ``cfg`` around ``clip_model`` holding the release's weights, in eval mode,
     and whether the CLIP image tower stored in the release equals ``clip_model``'s."""
-    from ratlip_cli.models.ratlip.build import build_models
-
     models = build_models(cfg, clip_model)
     load_release(models, release)
     for module in models.modules().values():
