@@ -14,6 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pytest's own dependency
+    import tomli as tomllib
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -33,6 +38,19 @@ def test_the_package_keeps_its_layers_and_has_no_circles():
     assert "3 kept, 0 broken" in out
     for contract in ("layers", "models-below-harness", "no-circles"):  # each contract is really checked
         assert _lint_imports(ROOT, "--contract", contract).returncode == 0
+
+
+def test_every_part_of_the_package_stands_in_a_layer():
+    """A module or package of ratlip_cli/ left out of the layers would escape the contract."""
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["importlinter"]["contracts"]
+    layers = next(c for c in contracts if c["id"] == "layers")["layers"]
+    listed = {part.strip() for line in layers for part in line.replace(":", "|").split("|")}
+    package = ROOT / "ratlip_cli"
+    parts = {f"ratlip_cli.{p.stem}" for p in package.glob("*.py") if p.stem != "__init__"}
+    parts |= {f"ratlip_cli.{p.parent.name}" for p in package.glob("*/__init__.py")}
+    assert len(parts) > 30
+    assert parts - listed == set()
+    assert listed - parts == set()  # and every name in the layers exists
 
 
 def test_the_contracts_catch_an_upward_import_and_a_circle(tmp_path):
