@@ -64,7 +64,7 @@ def main() -> None:
                    help="instead: the working tree's generator with NCHW vs channels_last activations")
     a = p.parse_args()
 
-    from ratlip_cli import models as current
+    from ratlip_cli.models.ratlip import build as current  # the working tree's build_models
     from ratlip_cli.profiling import tune_cpu_allocator
     from ratlip_cli.config import resolve_config
     from ratlip_cli.models.registry import get_family

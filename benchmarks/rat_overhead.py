@@ -29,7 +29,7 @@ def main() -> None:
 
     from ratlip_cli.profiling import tune_cpu_allocator
     from ratlip_cli.config import resolve_config
-    from ratlip_cli.models import build_models
+    from ratlip_cli.models.ratlip.build import build_models
     from ratlip_cli.weights import load_clip
 
     if a.threads:

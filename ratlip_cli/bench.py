@@ -51,9 +51,14 @@ from typing import Any, Callable
 
 import torch
 
+from ratlip_cli.clip_pretrain import ensure_in_domain_clip
 from ratlip_cli.config import resolve_config, set_value, validate
 from ratlip_cli.console import console, warn
+from ratlip_cli.dist import resolve_device
 from ratlip_cli.errors import RatlipError
+from ratlip_cli.files import write_csv as write_csv_file
+from ratlip_cli.models.family import RunFiles
+from ratlip_cli.models.registry import get_family
 from ratlip_cli.profiling import malloc_trim, tune_cpu_allocator
 
 COLUMNS = [
@@ -339,8 +344,6 @@ def run_bench(options: BenchOptions) -> list[dict[str, Any]]:
 
 
 def _device(options: BenchOptions) -> torch.device:
-    from ratlip_cli.dist import resolve_device
-
     device = resolve_device(options.device or "auto")
     if device.type == "cpu" and "fp16" in options.precisions:
         warn("fp16 on CPU is emulated and slow; bf16 is the CPU half precision")
@@ -348,9 +351,6 @@ def _device(options: BenchOptions) -> torch.device:
 
 
 def _run(options: BenchOptions, device: torch.device, tuned: bool) -> list[dict[str, Any]]:
-    from ratlip_cli.models.family import RunFiles
-    from ratlip_cli.models.registry import get_family
-
     base = resolve_config(options.preset, overrides=["clip.weights=random", *options.sets])
     if not get_family(base).has_rat:
         raise RatlipError(f"ratlip bench sweeps the RAT hidden size; model.family={base.model.family} has no RAT "
@@ -365,7 +365,8 @@ def _run(options: BenchOptions, device: torch.device, tuned: bool) -> list[dict[
             raise RatlipError(f"--hidden {hidden}: {exc}") from None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(options.seed)
-        text = get_family(base).text_encoder(base, RunFiles(None, seed=options.seed), device)
+        files = RunFiles(None, seed=options.seed, in_domain_clip=ensure_in_domain_clip)
+        text = get_family(base).text_encoder(base, files, device)
     matmul = {p: matmul_gflops(device, p) for p in options.precisions}
     name = device_name(device)
     common = {
@@ -413,8 +414,6 @@ def _run(options: BenchOptions, device: torch.device, tuned: bool) -> list[dict[
 
 def _bench_hidden(hidden: int, options: BenchOptions, device: torch.device, text, emit) -> None:
     """Every generator setting, then every training step, of one RAT hidden size (a fresh model)."""
-    from ratlip_cli.models.registry import get_family
-
     cfg = resolve_config(options.preset, overrides=["clip.weights=random", *options.sets])
     set_value(cfg, "model.rat.hidden", hidden)
     family = get_family(cfg)
@@ -515,8 +514,6 @@ def _train_row(cfg, family, nets, device, hidden, precision, options: BenchOptio
 
 def write_csv(rows: list[dict[str, Any]], path: str | Path) -> None:
     """Write the rows with every column of `COLUMNS`, atomically."""
-    from ratlip_cli.files import write_csv as write_csv_file
-
     write_csv_file(path, COLUMNS, ([row.get(c, "") for c in COLUMNS] for row in rows))
 
 

@@ -886,9 +886,10 @@ def import_(
     Example: ratlip import GALIP_CUB/state_dict.pth --preset cub --name galip-cub
     """
     from ratlip_cli.models.registry import get_family
+    from ratlip_cli.train.imported import import_release_run
 
     # GALIP's and RATLIP's files are both read by the RATLIP family package (GALIP's shares its code).
-    get_family("ratlip").import_release(checkpoint, preset, config, list(sets or []), name)
+    import_release_run(get_family("ratlip"), checkpoint, preset, config, list(sets or []), name)
 
 
 def main() -> None:

@@ -29,11 +29,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from ratlip_cli import dist
 from ratlip_cli.config import ClipPretrainConfig, Config
 from ratlip_cli.console import console, notice
+from ratlip_cli.data.dataset import center_crop, resize_shorter_side
+from ratlip_cli.data.ensure import ensure_dataset
+from ratlip_cli.data.shapes import BACKGROUNDS, COLOURS, SHAPES, SIZES, caption_for, parse_shapes_caption
+from ratlip_cli.data.split import read_split
 from ratlip_cli.errors import RatlipError
+from ratlip_cli.files import torch_save, write_bytes, write_json
+from ratlip_cli.models.common.clip_backbone import OPENAI_MEAN, OPENAI_STD
+from ratlip_cli.optim import adamw
+from ratlip_cli.profiling import tune_cpu_allocator
+from ratlip_cli.progress import progress_bars
+from ratlip_cli.seeds import derive_seed
+from ratlip_cli.weights import IN_DOMAIN, clip_image_size, load_clip, save_clip_weights  # noqa: F401  (IN_DOMAIN re-exported)
 
-IN_DOMAIN = "in-domain"
 CACHE_FOLDER = "in-domain-clip"
 CKPT_FORMAT = "ratlip-clip-pretrain"
 
@@ -82,8 +93,6 @@ def shipped_in_domain_clip(cfg: Config) -> Path | None:
     settings key (arch, clip.pretrain, data name and size) and the same train and test content
     (the splits' fingerprints, recorded beside it). Anything else is pretrained as before.
     """
-    from ratlip_cli.data.split import read_split
-
     name = in_domain_clip_path(cfg).name
     weights, record = SHIPPED_FOLDER / name, (SHIPPED_FOLDER / name).with_suffix(".json")
     if not (weights.is_file() and record.is_file()):
@@ -98,8 +107,6 @@ def shipped_in_domain_clip(cfg: Config) -> Path | None:
 
 def _install_shipped(shipped: Path, path: Path) -> None:
     """Copy a shipped in-domain CLIP and its report into the dataset's cache (atomically)."""
-    from ratlip_cli.files import write_bytes, write_json
-
     report = json.loads(shipped.with_suffix(".json").read_text(encoding="utf-8"))
     report["weights"] = str(path)
     write_bytes(path, shipped.read_bytes())
@@ -109,14 +116,10 @@ def _install_shipped(shipped: Path, path: Path) -> None:
 def ensure_in_domain_clip(cfg: Config, quiet: bool = False) -> Path:
     """The cached in-domain CLIP file for `cfg`: the one shipped with the package when it was built
     from this very dataset and these settings, else pretrained now (a few minutes on a CPU)."""
-    from ratlip_cli import dist
-
     path = in_domain_clip_path(cfg)
     if not path.is_file():
         shipped = None
         if dist.is_main():
-            from ratlip_cli.train.loop import ensure_dataset
-
             ensure_dataset(cfg)  # the shipped file is matched against the prepared dataset's content
             shipped = shipped_in_domain_clip(cfg)
         if shipped is not None:
@@ -148,9 +151,6 @@ class _Split:
     def __init__(self, dataset, split: str, size: int) -> None:
         from PIL import Image
 
-        from ratlip_cli.data.dataset import center_crop, resize_shorter_side
-        from ratlip_cli.data.split import read_split
-
         part = read_split(dataset, split)
         self.keys: list[str] = part.keys
         self.captions: list[list[str]] = part.captions
@@ -172,8 +172,6 @@ def _normalise(images: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> tor
 
 
 def _mean_std(model) -> tuple[torch.Tensor, torch.Tensor]:
-    from ratlip_cli.models.clip_backbone import OPENAI_MEAN, OPENAI_STD
-
     pcfg = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
     mean = torch.tensor(pcfg.get("mean", OPENAI_MEAN)).view(1, 3, 1, 1)
     std = torch.tensor(pcfg.get("std", OPENAI_STD)).view(1, 3, 1, 1)
@@ -214,8 +212,6 @@ def retrieval_report(model, tokenizer, split: _Split, data_name: str, batch: int
 
 
 def _shapes_attributes(split: _Split, img: torch.Tensor, embed) -> dict[str, float]:
-    from ratlip_cli.data.shapes import BACKGROUNDS, COLOURS, SHAPES, SIZES, caption_for, parse_shapes_caption
-
     combos = [(c, s, b, z) for c in COLOURS for s in SHAPES for b in BACKGROUNDS for z in SIZES]
     canon = embed([caption_for(*combo) for combo in combos])
     best = (img @ canon.T).argmax(1).tolist()
@@ -241,8 +237,6 @@ def _lr(step: int, pcfg: ClipPretrainConfig) -> float:
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    from ratlip_cli.files import torch_save
-
     torch_save({"format": CKPT_FORMAT, **state}, path)
 
 
@@ -262,13 +256,6 @@ def pretrain_clip(cfg: Config, out: str | Path, work_dir: str | Path | None = No
     """Train `cfg.clip.arch` from scratch on data.root's train split; write `out` (safetensors) and
     `out`.json (the report). Resumable: a checkpoint in `work_dir` every `clip.pretrain.checkpoint_every` steps."""
     from open_clip.loss import ClipLoss
-
-    from ratlip_cli.evaluate import progress_bars
-    from ratlip_cli.export import save_clip_weights
-    from ratlip_cli.optim import adamw
-    from ratlip_cli.profiling import tune_cpu_allocator
-    from ratlip_cli.train.loop import derive_seed, ensure_dataset
-    from ratlip_cli.weights import clip_image_size, load_clip
 
     pcfg = cfg.clip.pretrain
     if pcfg.steps < 1 or pcfg.batch_size < 2:
@@ -357,8 +344,6 @@ def pretrain_clip(cfg: Config, out: str | Path, work_dir: str | Path | None = No
         settings={"key": settings, **asdict(pcfg)},
         fingerprints={"train": train_split.fingerprint, "test": test_split.fingerprint},
     )  # fmt: skip
-    from ratlip_cli.files import write_json
-
     write_json(out.with_suffix(".json"), asdict(report))
     if ckpt.is_file():
         ckpt.unlink()

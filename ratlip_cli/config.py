@@ -240,7 +240,7 @@ class TrainConfig:
     batch_size: int = 64
     # Micro-batches per optimiser step and process (gradient accumulation): the optimiser sees the mean
     # over world_size x accumulate x batch_size images, exactly as world_size x accumulate processes of
-    # batch_size would (docs/training.md, "The release's batch on fewer GPUs"). ratlip and galip families.
+    # batch_size would (docs/internals.md, "The release's batch on fewer GPUs"). ratlip and galip families.
     accumulate: int = 1
     # The images per optimiser step to reproduce (e.g. the release's 8 GPUs x 64 = 512); 0: off. When set,
     # accumulate = global_batch / (processes x batch_size), which must be a whole number.
@@ -350,7 +350,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 def choices_of(key: str) -> tuple[str, ...] | None:
     """The allowed values of a dotted config key (None: any value of its type)."""
     if key == "model.family":  # the families register themselves in the model registry
-        from ratlip_cli.models.registry import family_names
+        from ratlip_cli.families import family_names
 
         return family_names()
     return CHOICES.get(key)
@@ -563,9 +563,9 @@ def family_settings(cfg: Config) -> tuple[dict[str, Any], str]:
     """
     if cfg.model.family == ModelConfig.family:
         return {}, ""
-    from ratlip_cli.models.registry import get_family
+    from ratlip_cli.families import load_family  # the family's package, on first use
 
-    family = get_family(cfg)
+    family = load_family(cfg.model.family)
     return dict(family.own_settings(cfg)), family.own_settings_why
 
 
@@ -602,9 +602,9 @@ def apply_recipe(cfg: Config, explicit: dict[str, str], family: str | None = Non
     name = family or cfg.model.family
     if name == ModelConfig.family:
         return []
-    from ratlip_cli.models.registry import get_family
+    from ratlip_cli.families import load_family  # the family's package, on first use
 
-    settings, source = get_family(name).recipe(cfg)
+    settings, source = load_family(name).recipe(cfg)
     settings = {k: v for k, v in settings.items() if k.startswith(prefix)}
     changed = {k: v for k, v in settings.items() if k not in explicit and get_value(cfg, k) != v}
     for key, value in changed.items():

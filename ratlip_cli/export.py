@@ -34,7 +34,10 @@ from torch import nn
 from ratlip_cli import __version__
 from ratlip_cli.config import Config, from_dict, to_dict
 from ratlip_cli.errors import RatlipError
-from ratlip_cli.files import WriteError, json_text, safetensors_bytes, sha256_file, write_files, write_safetensors
+from ratlip_cli.files import WriteError, json_text, safetensors_bytes, sha256_file, write_files
+from ratlip_cli.models.registry import get_family
+from ratlip_cli.models.trainable import load_trainable_state_dict, trainable_state_dict
+from ratlip_cli.weights import save_clip_weights  # noqa: F401  (re-exported: a run's frozen CLIP file)
 
 FORMAT = "ratlip-generator"
 FORMAT_VERSION = 1
@@ -43,12 +46,6 @@ RAW_WEIGHTS_FILE = "generator_raw.safetensors"
 CONFIG_FILE = "generator.json"
 GENERATOR_FILES = {"ema": WEIGHTS_FILE, "raw": RAW_WEIGHTS_FILE}
 EXPORT_FILE = Path("export") / WEIGHTS_FILE  # a run's exported generator, relative to the run folder
-
-
-def save_clip_weights(clip_model: nn.Module, path: str | Path) -> None:
-    """Save a (random) open_clip model's state as safetensors so `load_clip` can rebuild it exactly."""
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in clip_model.state_dict().items()}
-    write_safetensors(path, state, {"format": "open_clip state_dict", "saved_by": f"ratlip {__version__}"})
 
 
 def export_generator(
@@ -69,9 +66,6 @@ def export_generator(
     recorded). Without ``text``, the config's CLIP is recorded, with ``clip_file`` the run's saved
     random CLIP (None when the config names pretrained weights).
     """
-    from ratlip_cli.models.params import trainable_state_dict
-    from ratlip_cli.models.registry import get_family
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     def weights_of(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -238,8 +232,6 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu", which: 
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from ratlip_cli.models.params import load_trainable_state_dict
-    from ratlip_cli.models.registry import get_family
 
     which = export_which(path, which)
     weights, doc_path = resolve_export_paths(path, which)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from contextlib import contextmanager
+from typing import Iterator, Optional, Sequence
 
 from rich.progress import (
     BarColumn,
@@ -38,3 +39,11 @@ def progress_bar(
     columns += [TextColumn(text) for text in extra]
     show = out.is_terminal if enabled is None else enabled
     return Progress(*columns, console=out, disable=not show, transient=transient)
+
+
+@contextmanager
+def progress_bars(enabled: bool = True) -> Iterator[Progress]:
+    """Rich progress bars on stderr (stdout stays clean for --json): `ratlip eval`, CLIP pretraining."""
+    bars = progress_bar(elapsed=True, stderr=True, enabled=enabled)
+    with bars:
+        yield bars

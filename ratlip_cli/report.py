@@ -185,7 +185,7 @@ def _page(title: str, body: list[str]) -> str:
 
 
 def _environment_section(folder: Path) -> list[str]:
-    from ratlip_cli.info import environment
+    from ratlip_cli.environment import environment
 
     out = ["<h2>Environment</h2>"]
     stored = folder / ENVIRONMENT_FILE

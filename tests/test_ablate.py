@@ -96,7 +96,7 @@ def test_sweep_writes_csv_plot_and_runs(sweep):
 
 def test_parameter_counts_grow_with_h(sweep):
     from ratlip_cli.config import resolve_config
-    from ratlip_cli.models.params import param_table
+    from ratlip_cli.models.ratlip.params import param_table
     from ratlip_cli.weights import load_clip
 
     _, rows = read_csv(sweep[0] / "ablation.csv")

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from ratlip_cli.bench import COLUMNS, BenchOptions, build_table, psnr_and_max_diff, run_bench
 from ratlip_cli.cli import app
-from ratlip_cli.models import GBlock, ShuffleAttention
-from ratlip_cli.models.generator import ConvShuffle, upsample2x_conv3x3
-from ratlip_cli.models.rat import AffineFeed
+from ratlip_cli.models.ratlip.attention import ShuffleAttention
+from ratlip_cli.models.ratlip.generator import ConvShuffle, GBlock, upsample2x_conv3x3
+from ratlip_cli.models.ratlip.rat import AffineFeed
 
 runner = CliRunner()
 # oneDNN runs bf16 convolutions natively only with AVX512-BF16 or AMX; elsewhere it falls back to reference

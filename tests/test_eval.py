@@ -200,7 +200,7 @@ def test_cli_errors_are_one_line(tmp_path, dataset, monkeypatch):
 def test_run_mode_with_a_real_exported_generator(tmp_path, dataset):
     """An (untrained) tiny RATLIP generator exported like a run, loaded by the real `load_generator`."""
     from ratlip_cli.export import export_generator, save_clip_weights
-    from ratlip_cli.models import build_models
+    from ratlip_cli.models.ratlip.build import build_models
     from ratlip_cli.weights import load_clip
 
     cfg = resolve_config("tiny", overrides=[f"data.root={dataset}", f"eval.cache_dir={tmp_path / 'cache'}"])

@@ -42,7 +42,7 @@ def _dataset(root: Path) -> Path:
 
 def _run(root: Path, data: Path) -> Path:
     from ratlip_cli.export import export_generator, save_clip_weights
-    from ratlip_cli.models import build_models
+    from ratlip_cli.models.ratlip.build import build_models
     from ratlip_cli.weights import load_clip
 
     cfg = resolve_config("tiny", overrides=[f"data.root={data}"])

@@ -61,8 +61,8 @@ def _identifiers(path: Path) -> set[str]:
 
 
 def _params_helpers() -> set[str]:
-    """The family-independent helpers of models/params.py (also re-exported by ratlip_cli.models)."""
-    tree = ast.parse((MODELS / "params.py").read_text(encoding="utf-8"))
+    """The family-independent helpers of models/trainable.py."""
+    tree = ast.parse((MODELS / "trainable.py").read_text(encoding="utf-8"))
     return {n.name for n in tree.body if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")}
 
 
@@ -85,7 +85,7 @@ def _model_imports(path: Path) -> set[str]:
 
 # What the harness may import from ratlip_cli/models: the interface, the registry and the
 # family-independent parameter helpers.
-ALLOWED_MODEL_IMPORTS = {"ratlip_cli.models.family", "ratlip_cli.models.registry", "ratlip_cli.models.params"}
+ALLOWED_MODEL_IMPORTS = {"ratlip_cli.models.family", "ratlip_cli.models.registry", "ratlip_cli.models.trainable"}
 
 
 def _outside() -> list[Path]:

@@ -14,7 +14,8 @@ from ratlip_cli.cli import app
 from ratlip_cli.config import resolve_config, save_config
 from ratlip_cli.errors import RatlipError
 from ratlip_cli.export import RAW_WEIGHTS_FILE, WEIGHTS_FILE, export_generator, load_generator, save_clip_weights
-from ratlip_cli.models import build_models, trainable_parameters
+from ratlip_cli.models.ratlip.build import build_models
+from ratlip_cli.models.trainable import trainable_parameters
 from ratlip_cli.weights import load_clip
 
 runner = CliRunner()

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ratlip_cli.losses import d_hinge_loss, g_loss, hinge_fake, hinge_real, ma_gp, mismatched
+from ratlip_cli.models.ratlip.losses import d_hinge_loss, g_loss, hinge_fake, hinge_real, ma_gp, mismatched
 
 
 def test_hinge_values_on_known_logits():

@@ -10,20 +10,11 @@ import torch.nn.functional as F
 
 from ratlip_cli.config import resolve_config
 from ratlip_cli.errors import RatlipError
-from ratlip_cli.models.clip_backbone import OPENAI_MEAN, OPENAI_STD
-from ratlip_cli.models import (
-    ClipBackbone,
-    build_models,
-    format_param_table,
-    g_channels,
-    g_sizes,
-    load_trainable_state_dict,
-    param_counts,
-    param_table,
-    set_trainable,
-    trainable_parameters,
-    trainable_state_dict,
-)
+from ratlip_cli.models.common.clip_backbone import OPENAI_MEAN, OPENAI_STD, ClipBackbone
+from ratlip_cli.models.ratlip.build import build_models
+from ratlip_cli.models.ratlip.generator import g_channels, g_sizes
+from ratlip_cli.models.ratlip.params import format_param_table, param_counts, param_table
+from ratlip_cli.models.trainable import load_trainable_state_dict, set_trainable, trainable_parameters, trainable_state_dict
 from tolerance import rounding_tolerance
 
 HIDDENS = (0, 4, 8, 16, 32, 64, 128)
@@ -321,7 +312,7 @@ def test_param_table_rows(tiny_clip):
 
 def test_family_structures(tiny_clip):
     """ratlip: Conv_shuffle (conv without bias, BN, SA) as bridge conv2 and G-block c1 and c2; galip: plain biased convs."""
-    from ratlip_cli.models.generator import ConvShuffle, PlainConv
+    from ratlip_cli.models.ratlip.generator import ConvShuffle, PlainConv
 
     ratlip = _build(tiny_clip[0]).generator
     for block in ratlip.blocks:

@@ -20,7 +20,8 @@ from safetensors.torch import load_file
 
 from ratlip_cli.config import resolve_config
 from ratlip_cli.errors import RatlipError
-from ratlip_cli.models import build_models, param_counts
+from ratlip_cli.models.ratlip.build import build_models
+from ratlip_cli.models.ratlip.params import param_counts
 from ratlip_cli.models.ratlip.release import load_release, read_release_checkpoint
 from ratlip_cli.weights import load_clip
 from tolerance import fp32_close
@@ -152,7 +153,7 @@ def test_importer_rejects_wrong_files_and_shapes(ref_clip, tmp_path):
 
 def test_release_param_counts_equal_ours_in_authors_mode():
     """Our full-size networks have the parameter counts the reference code gives (release_params.json)."""
-    from ratlip_cli.models.params import release_param_counts
+    from ratlip_cli.models.ratlip.params import release_param_counts
 
     counts = release_param_counts()
     clip, _ = load_clip("ViT-B-32-quickgelu", "random")

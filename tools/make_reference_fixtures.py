@@ -23,7 +23,7 @@ What it does, with the reference code unchanged except for the constants of step
    {"model": {"netG", "netD", "netC"}}), inputs and outputs.
 4. Builds the UNPATCHED full-size networks (ViT-B/32 CLIP with random weights, 256 px config of
    cfg/birds.yml) only to count their parameters, for every RAT hidden size of the paper's sweep,
-   and writes the counts to ratlip_cli/models/release_params.json, which `ratlip ablate --params-only`
+   and writes the counts to ratlip_cli/models/ratlip/release_params.json, which `ratlip ablate --params-only`
    prints beside ratlip's own counts (no full-size weights are written).
 """
 
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fightingcv", type=Path, default=None, help="folder holding the fightingcv_attention package")
     parser.add_argument("--out", type=Path, default=REPO / "tests" / "fixtures" / "reference")
     parser.add_argument(
-        "--params-out", type=Path, default=REPO / "ratlip_cli" / "models" / "release_params.json",
+        "--params-out", type=Path, default=REPO / "ratlip_cli" / "models" / "ratlip" / "release_params.json",
         help="where the full-size parameter counts go",
     )
     parser.add_argument("--skip-full", action="store_true", help="skip the full-size parameter counts")

@@ -38,7 +38,7 @@ from ratlip_cli.config import Config, parse_override, resolve_config
 from ratlip_cli.console import console, warn
 from ratlip_cli.errors import RatlipError
 from ratlip_cli.files import utc_timestamp
-from ratlip_cli.models.params import PAPER_HIDDENS  # noqa: F401 (ablate.PAPER_HIDDENS)
+from ratlip_cli.models.ratlip.params import PAPER_HIDDENS  # noqa: F401 (ablate.PAPER_HIDDENS)
 from ratlip_cli.options import parse_int_list
 from ratlip_cli.ablate.options import (  # noqa: F401
     SWEEP_FORMAT,
@@ -303,7 +303,7 @@ def params_only(opts: AblateOptions) -> list[dict[str, int]]:
 
     CLIP is built with random weights: the counts do not depend on them.
     """
-    from ratlip_cli.models.params import param_table
+    from ratlip_cli.models.registry import get_family
     from ratlip_cli.weights import load_clip
 
     if opts.sweep is not None:
@@ -320,7 +320,7 @@ def params_only(opts: AblateOptions) -> list[dict[str, int]]:
         clip_model, _ = load_clip(cfg.clip.arch, "random", cfg.clip.cache_dir)
     finally:
         logging.disable(previous)
-    rows = param_table(cfg, clip_model, hiddens, with_release=True)
+    rows = get_family(cfg).param_table(cfg, clip_model, hiddens, with_release=True)
     m = cfg.model
     table = Table(
         title=f"parameters of preset {cfg.preset or 'custom'} (model.family={m.family}, clip.arch={cfg.clip.arch}, "
@@ -357,7 +357,7 @@ def params_only(opts: AblateOptions) -> list[dict[str, int]]:
         "trainable parameters (CLIP frozen; its weights do not change the counts). 'release code': the "
         "authors' networks (GALIP's code for h = 0 with model.family=galip, RATLIP's Affine_rnn code for h > 0), "
         "counted by tools/make_reference_fixtures.py at the cub configuration (256 px, ngf 64) and stored in "
-        "ratlip_cli/models/release_params.json; '-' = no released network. The release's D builds two 1x1 "
+        "ratlip_cli/models/ratlip/release_params.json; '-' = no released network. The release's D builds two 1x1 "
         "shortcuts it never uses; ours does not ('used' counts only parameters that get a gradient).",
         style="dim",
         highlight=False,

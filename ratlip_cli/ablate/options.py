@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 
 from ratlip_cli.errors import RatlipError
-from ratlip_cli.models.params import PAPER_HIDDENS
+from ratlip_cli.models.ratlip.params import PAPER_HIDDENS
 from ratlip_cli.options import parse_int_list
 
 

@@ -36,7 +36,7 @@ def manifest_sha256(root: Path) -> str:
 
 def write_decoded(root: str | Path) -> Path:
     """Decode every image of the prepared dataset at `root` into `decoded.u8` (+ `decoded.json`)."""
-    from ratlip_cli.data.dataset import load_rgb
+    from ratlip_cli.data.split import load_rgb
 
     prepared = load_prepared(root)
     rows = prepared.images.sort_values("key", kind="stable")

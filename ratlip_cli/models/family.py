@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ratlip_cli.config import Config
+from ratlip_cli.errors import RatlipError
 
 
 @dataclass
@@ -32,13 +33,16 @@ class RunFiles:
 
     ``folder`` is the run directory (None outside a run, e.g. in `ratlip bench`); ``resuming``
     says whether the files were written by an earlier process of this run; ``main`` whether this
-    process is rank 0 (the only one that writes); ``seed`` is `train.seed`.
+    process is rank 0 (the only one that writes); ``seed`` is `train.seed`. ``in_domain_clip`` is the
+    harness's way to the CLIP pretrained on the dataset (`clip.weights=in-domain`): a function of the
+    config giving its file, pretrained first where it is missing (model code never starts a pretraining).
     """
 
     folder: Path | None
     resuming: bool = False
     main: bool = True
     seed: int = 0
+    in_domain_clip: Callable[[Config], Path] | None = None
 
 
 class TextEncoder:
@@ -92,6 +96,16 @@ class Networks:
         for module in self.trainable.values():
             module.to(device)
         return self
+
+
+@dataclass
+class ReleaseRead:
+    """A released checkpoint of a family's authors, read by `Family.read_release`: the `--set`
+    overrides it implies (e.g. its family and sizes), what it is in words, and the family's own object."""
+
+    settings: list[str]
+    description: str
+    checkpoint: Any
 
 
 @dataclass
@@ -238,19 +252,24 @@ class Family(ABC):
         out["total"] = {"trainable": total_t, "frozen": total_f, "total": total_t + total_f}
         return out
 
+    def param_table(self, cfg: Config, clip_model: nn.Module, hiddens: Sequence[int],
+                    with_release: bool = False) -> list[dict[str, Any]]:
+        """`ratlip ablate --params-only`: parameter counts per RAT hidden size h (RATLIP's Table II)."""
+        raise RatlipError(f"model.family={self.name} has no RAT: no parameter table per RAT hidden size")
+
     def pretrain_text(self, cfg: Config, restart: bool = False) -> Any:
         """`ratlip pretrain-text`: train the family's separately pretrained text encoder (DM-GAN's DAMSM)."""
-        from ratlip_cli.errors import RatlipError
-
         raise RatlipError(f"model.family={self.name} has no separately pretrained text encoder")
 
     def randomise_generator(self, generator: nn.Module, seed: int) -> None:
         """Move an initial generator off its initialisation (bench's precision comparison); default: no-op."""
         return None
 
-    def import_release(self, path: Path, preset: str | None, config_file: Path | None,
-                       overrides: list[str], name: str | None) -> Path:
-        """`ratlip import`: turn a released checkpoint of this family's authors into a run folder."""
-        from ratlip_cli.errors import RatlipError
+    def read_release(self, path: Path) -> ReleaseRead:
+        """`ratlip import`: read a released checkpoint of this family's authors (the harness writes the run)."""
+        raise RatlipError(f"model.family {self.name} cannot import released checkpoints")
 
+    def release_networks(self, cfg: Config, clip_model: nn.Module, release: ReleaseRead) -> tuple[Networks, bool]:
+        """The networks of ``cfg`` holding a release's weights (eval mode), and whether the copy of the
+        frozen CLIP stored in the release equals ``clip_model``."""
         raise RatlipError(f"model.family {self.name} cannot import released checkpoints")

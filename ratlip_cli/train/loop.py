@@ -25,27 +25,40 @@ from __future__ import annotations
 
 import os
 import random
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
-from rich.markup import escape
 
 from ratlip_cli import __version__, dist
-from ratlip_cli.dist import resolve_device
+from ratlip_cli.clip_pretrain import ensure_in_domain_clip
 from ratlip_cli.config import Config, accumulation, from_dict, resolve_config, save_config, to_dict
-from ratlip_cli.console import console, err_console, warn
+from ratlip_cli.console import console, warn
+from ratlip_cli.data import TextImageDataset
+from ratlip_cli.data.dataset import UnreadableImages
+from ratlip_cli.data.ensure import ensure_dataset
+from ratlip_cli.data.sampler import EpochBatchSampler
+from ratlip_cli.data.split import read_split
+from ratlip_cli.data.stream import ShardStream
+from ratlip_cli.dist import resolve_device
 from ratlip_cli.errors import RatlipError
+from ratlip_cli.export import export_generator
+from ratlip_cli.models.family import RunFiles
+from ratlip_cli.models.registry import get_family
+from ratlip_cli.models.trainable import trainable_state_dict
+from ratlip_cli.profiling import apply_cpu_settings
+from ratlip_cli.progress import progress_bar
+from ratlip_cli.refusals import RESUME_FIXED, resume_refusals
 from ratlip_cli.seeds import derive_seed
+from ratlip_cli.signals import StopFlag, ignore_stop_signals
+from ratlip_cli.train.budget import StopPlan, format_duration, stop_plan
 from ratlip_cli.train.checkpoint import capture_rng, latest_checkpoint, restore_rng, save_checkpoint
 from ratlip_cli.train.ema import EmaGenerator
-from ratlip_cli.train.budget import StopPlan, format_duration, stop_plan
 from ratlip_cli.train.run import MetricsLog, RunPaths, claim_new_run, claim_run, save_sample_grid, write_environment
+from ratlip_cli.train.shapes_eval import score_generator_on_shapes, shapes_eval_captions
 from ratlip_cli.train.tensorboard import RunBoard
 
 # Config sections whose change would make a checkpoint's weights meaningless.
@@ -114,8 +127,6 @@ def resume_config(
     the seed, the run's name and place) are refused; every other change is applied. Pass the
     `ResumePoint` on to `train(cfg, resume=...)` so the checkpoint is read only once.
     """
-    from ratlip_cli.refusals import RESUME_FIXED, resume_refusals
-
     point = resume_point(run_dir)
     try:
         old = from_dict(point.state["config"])
@@ -140,59 +151,6 @@ def resume_config(
 # data
 
 
-def ensure_dataset(cfg: Config):
-    """The dataset at data.root (prepared or tar shards, per data.format); the built-in shapes data is
-    generated there when missing."""
-    from ratlip_cli.data.shards import open_dataset
-
-    root = Path(cfg.data.root)
-    if cfg.data.name == "shapes" and not (root / "manifest.json").is_file():
-        if dist.is_main():
-            from ratlip_cli.data import generate_shapes
-
-            err_console.print(escape(f"generating the shapes dataset at {root} ({cfg.data.prepared_size} px) ..."),
-                              highlight=False)  # stderr: `--json` output on stdout stays parseable
-            fmt = "shards" if cfg.data.format == "shards" else "prepared"
-            generate_shapes(root, size=cfg.data.prepared_size, fmt=fmt)
-        dist.barrier()
-    return open_dataset(root, cfg.data.format, cfg.data.shard_url)
-
-
-class EpochBatchSampler(torch.utils.data.Sampler):
-    """Batches of dataset indices for one rank, from a seeded per-epoch permutation.
-
-    Step k of epoch e gives rank r the slice ``perm_e[(k * W + r) * B : (k * W + r + 1) * B]``
-    (W processes, per-process batch B, incomplete global batches dropped), so the order depends only
-    on (seed, epoch) and resuming at step k of an epoch continues with the same samples.
-    """
-
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.rank, self.world = rank, world_size
-        self.epoch, self.start_step = 0, 0
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.n // (self.batch_size * self.world)
-
-    def set_position(self, epoch: int, start_step: int) -> None:
-        self.epoch, self.start_step = epoch, start_step
-
-    def permutation(self, epoch: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(derive_seed(self.seed, "order", epoch))
-        return torch.randperm(self.n, generator=g)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        perm = self.permutation(self.epoch)
-        b, w = self.batch_size, self.world
-        for k in range(self.start_step, self.steps_per_epoch):
-            lo = (k * w + self.rank) * b
-            yield perm[lo : lo + b].tolist()
-
-    def __len__(self) -> int:
-        return max(0, self.steps_per_epoch - self.start_step)
-
-
 def fixed_sample_captions(prepared, n: int = SAMPLE_COLUMNS) -> tuple[list[str], list[str]]:
     """Fixed train and test captions for sample grids: evenly spaced over each split (first phrasing)."""
 
@@ -201,53 +159,10 @@ def fixed_sample_captions(prepared, n: int = SAMPLE_COLUMNS) -> tuple[list[str],
             return []
         if hasattr(prepared, "split_shards"):  # tar shards: the first n samples (shards are shuffled)
             return [caps[0] for caps in prepared.split_captions(split, limit=n)]
-        from ratlip_cli.data.split import read_split
 
         return read_split(prepared, split, require_files=False).first_captions(n)
 
     return pick("train"), pick("test")
-
-
-# ---------------------------------------------------------------------------------------------
-# signals
-
-
-class StopFlag:
-    """SIGINT/SIGTERM set a flag; the loop checkpoints at the next step boundary and stops.
-
-    A second SIGINT raises KeyboardInterrupt at once (for a user who really wants out).
-    """
-
-    def __init__(self) -> None:
-        self.signal_name: str | None = None
-        self._old: dict[int, Any] = {}
-
-    def _handler(self, signum, _frame) -> None:
-        name = signal.Signals(signum).name
-        if self.signal_name is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signal_name = name
-
-    def __enter__(self) -> StopFlag:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-def ignore_stop_signals(_worker_id: int) -> None:
-    """DataLoader worker init: leave SIGINT/SIGTERM to the training process.
-
-    torchrun, SLURM and Ctrl-C signal a whole process group; a loader worker killed by the signal
-    would make the training process fail before it checkpoints, instead of stopping at the step
-    boundary (`StopFlag`). The DataLoader shuts its workers down itself.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,11 +210,6 @@ class Trainer:
 
     # ---- setup ---------------------------------------------------------------------------------
     def setup(self) -> None:
-        from ratlip_cli.data import TextImageDataset
-        from ratlip_cli.data.dataset import UnreadableImages
-        from ratlip_cli.models.family import RunFiles
-        from ratlip_cli.models.registry import get_family
-
         cfg, tc = self.cfg, self.tc
         self.family = get_family(cfg)
         self.device = resolve_device(tc.device)
@@ -312,8 +222,6 @@ class Trainer:
                               f"families only; model.family={self.family.name} needs train.accumulate=1 and "
                               f"train.global_batch=0")
         if self.device.type == "cpu":
-            from ratlip_cli.profiling import apply_cpu_settings
-
             self.cpu_settings = apply_cpu_settings(tc.threads)
         if tc.precision == "amp_fp16" and self.device.type == "cpu" and self.main:
             warn("amp_fp16 on CPU is slow and only useful for testing; amp_bf16 or fp32 are the CPU choices")
@@ -347,7 +255,8 @@ class Trainer:
 
         # The family's frozen text encoder (a random CLIP is saved in the run folder once), then its
         # networks: identical on every rank (same seed), then moved to the device.
-        files = RunFiles(self.paths.root, resuming=state is not None, main=self.main, seed=tc.seed)
+        files = RunFiles(self.paths.root, resuming=state is not None, main=self.main, seed=tc.seed,
+                         in_domain_clip=ensure_in_domain_clip)
         text = self.family.text_encoder(cfg, files)
         torch.manual_seed(derive_seed(tc.seed, "init"))
         self.nets = self.family.build(cfg, text).to(self.device)
@@ -363,7 +272,6 @@ class Trainer:
         # Data.
         data_seed = derive_seed(tc.seed, "data") % (2**32)
         if hasattr(prepared, "split_shards"):  # tar shards: a stream that batches (and positions) itself
-            from ratlip_cli.data.stream import ShardStream
 
             self.dataset = self.sampler = ShardStream(
                 prepared, "train", cfg.data, self.nets.text.tokenizer, process_batch, data_seed, self.rank, self.world,
@@ -387,8 +295,6 @@ class Trainer:
         self.eval_captions: list[str] = []
         if tc.eval_every > 0:
             if cfg.data.name == "shapes" and "test" in prepared.splits:
-                from ratlip_cli.train.shapes_eval import shapes_eval_captions
-
                 self.eval_captions = shapes_eval_captions(prepared, "test", cfg.eval.num)
             elif self.main:
                 warn("train.eval_every: in-training evaluation is implemented for the shapes dataset only; "
@@ -503,8 +409,6 @@ class Trainer:
         return path
 
     def export(self) -> Path:
-        from ratlip_cli.export import export_generator
-
         return export_generator(
             self.ema.module, self.cfg, self.paths.export, text=self.nets.text, step=self.step, images_seen=self.images,
             raw=self.step_fn.ema_source,
@@ -653,8 +557,6 @@ class Trainer:
         return text.encode(text.tokenizer(captions).to(self.device))
 
     def _evaluate(self) -> dict[str, Any]:
-        from ratlip_cli.train.shapes_eval import score_generator_on_shapes
-
         res = score_generator_on_shapes(
             self.ema.module, self._embed, self.eval_captions, self.nets.z_dim,
             device=self.device, seed=self.tc.seed, batch_size=max(1, self.cfg.eval.batch_size),
@@ -672,8 +574,6 @@ class Trainer:
                          tc.max_minutes, rate)
 
     def _progress(self):
-        from ratlip_cli.progress import progress_bar
-
         enabled = self.main and console.is_terminal
         bar = progress_bar("[bold]epoch {task.fields[epoch]}", extra=("{task.fields[plan]}", "{task.fields[info]}"),
                            elapsed=True, remaining=False, enabled=enabled)
@@ -706,8 +606,6 @@ class Trainer:
         # For tests of multi-process training: every rank saves its final weights (outside the run dir).
         folder = os.environ.get(DEBUG_DUMP_ENV)
         if folder:
-            from ratlip_cli.models.params import trainable_state_dict
-
             state = {name: trainable_state_dict(m) for name, m in self.nets.trainable.items()}
             state["ema"] = self.ema.state_dict()
             torch.save(state, Path(folder) / f"rank{self.rank}.pt")

@@ -26,18 +26,12 @@ from pathlib import Path
 import torch
 
 from ratlip_cli.config import Config
+from ratlip_cli.environment import environment
 from ratlip_cli.errors import RatlipError
 from ratlip_cli.files import write_csv, write_text
+from ratlip_cli.grid import DISPLAY_SIZE, render_grid, save_image, to_uint8
 from ratlip_cli.train.lock import RunLock
-
-EVAL_COLUMNS = ["eval_colour", "eval_shape", "eval_background", "eval_all", "eval_n"]
-# Columns that depend on wall-clock time (everything else is reproducible on CPU).
-TIMING_COLUMNS = ["images_per_s", "elapsed_s"]
-
-
-def metrics_columns(loss_columns: tuple[str, ...] | list[str]) -> list[str]:
-    """metrics.csv's columns for a training step with these loss columns (the family's)."""
-    return ["step", "epoch", "images", *loss_columns, "nonfinite", "unreadable", *TIMING_COLUMNS, *EVAL_COLUMNS]
+from ratlip_cli.run_columns import EVAL_COLUMNS, TIMING_COLUMNS, metrics_columns  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -143,8 +137,6 @@ def save_sample_grid(images: torch.Tensor, captions: list[str], path: Path, ncol
     """Save ``images`` (N, 3, H, W) in [-1, 1], N a multiple of ``ncols``, as a PNG grid of rows of
     ``ncols`` images (`grid.render_grid`, no label strips, small images enlarged to `grid.DISPLAY_SIZE`)
     and the captions, cell by cell, beside it."""
-    from ratlip_cli.grid import DISPLAY_SIZE, render_grid, save_image, to_uint8
-
     pixels = to_uint8(images)
     ncols = max(1, ncols)
     grid = render_grid(pixels.view(pixels.shape[0] // ncols, ncols, *pixels.shape[1:]), display_size=DISPLAY_SIZE)
@@ -157,7 +149,6 @@ def write_environment(root: Path, device: torch.device, world_size: int) -> None
     """`environment.json`: where the run (its latest start) trained, for `ratlip report` (rank 0)."""
     import json
 
-    from ratlip_cli.info import environment
 
     env = {**environment(), "device": str(device), "processes": str(world_size)}
     write_text(root / "environment.json", json.dumps(env, indent=1) + "\n")

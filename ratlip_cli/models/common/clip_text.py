@@ -2,7 +2,8 @@
 
 A run with `clip.weights=random` draws its CLIP from a seed derived from `train.seed` and saves it
 as ``clip.safetensors`` in the run folder (rank 0); with `clip.weights=in-domain` it loads the
-CLIP pretrained on the dataset (`ratlip_cli.clip_pretrain`, built on first use) and saves a copy there, so a resumed run, `ratlip sample` and
+CLIP pretrained on the dataset (the file `RunFiles.in_domain_clip` gives: the harness builds it on first
+use with `ratlip_cli.clip_pretrain`) and saves a copy there, so a resumed run, `ratlip sample` and
 `ratlip eval` rebuild exactly the same frozen network; an export records that file relative to
 itself (``source["file"]``).
 """
@@ -18,8 +19,10 @@ from torch import nn
 
 from ratlip_cli.config import Config
 from ratlip_cli.errors import RatlipError
+from ratlip_cli.models.common.clip_backbone import ClipBackbone
 from ratlip_cli.models.family import RunFiles, TextEncoder
 from ratlip_cli.seeds import derive_seed
+from ratlip_cli.weights import IN_DOMAIN, load_clip, save_clip_weights
 
 CLIP_FILE = "clip.safetensors"
 
@@ -42,17 +45,12 @@ class ClipText(TextEncoder):
 
 
 def _backbone(clip_model: nn.Module) -> nn.Module:
-    from ratlip_cli.models.clip_backbone import ClipBackbone
-
     return ClipBackbone(clip_model)
 
 
 def run_clip_text(cfg: Config, files: RunFiles, device: torch.device | str = "cpu") -> ClipText:
     """The run's frozen CLIP: pretrained, in-domain or random from a derived seed (the last two
     saved once in the run folder)."""
-    from ratlip_cli.clip_pretrain import IN_DOMAIN, ensure_in_domain_clip
-    from ratlip_cli.weights import load_clip
-
     source: dict[str, Any] = {"arch": cfg.clip.arch, "weights": cfg.clip.weights, "file": None}
     if cfg.clip.weights not in ("random", IN_DOMAIN):
         clip_model, tokenizer = load_clip(cfg.clip.arch, cfg.clip.weights, cfg.clip.cache_dir)
@@ -65,12 +63,13 @@ def run_clip_text(cfg: Config, files: RunFiles, device: torch.device | str = "cp
         clip_model, tokenizer = load_clip(cfg.clip.arch, str(path), cfg.clip.cache_dir)
         source["file"] = str(path)
     elif cfg.clip.weights == IN_DOMAIN:
-        clip_model, tokenizer = load_clip(cfg.clip.arch, str(ensure_in_domain_clip(cfg)), cfg.clip.cache_dir)
+        if files.in_domain_clip is None:
+            raise RatlipError("clip.weights=in-domain: this command does not provide the in-domain CLIP; "
+                              "`ratlip pretrain-clip` builds it, `ratlip train` uses it")
+        clip_model, tokenizer = load_clip(cfg.clip.arch, str(files.in_domain_clip(cfg)), cfg.clip.cache_dir)
         if files.folder is not None:
             path = files.folder / CLIP_FILE
             if files.main:
-                from ratlip_cli.export import save_clip_weights
-
                 save_clip_weights(clip_model, path)
             source["file"] = str(path)
     else:
@@ -80,8 +79,6 @@ def run_clip_text(cfg: Config, files: RunFiles, device: torch.device | str = "cp
         if files.folder is not None:
             path = files.folder / CLIP_FILE
             if files.main:
-                from ratlip_cli.export import save_clip_weights
-
                 save_clip_weights(clip_model, path)
             source["file"] = str(path)
     clip_model = clip_model.to(device)
@@ -98,8 +95,6 @@ def export_clip_source(source: dict[str, Any], out_dir: Path) -> dict[str, Any]:
 
 def export_clip_text(source: dict[str, Any], cfg: Config, folder: Path) -> ClipText:
     """Rebuild an export's frozen CLIP from its ``clip`` entry (paths relative to the export folder)."""
-    from ratlip_cli.weights import load_clip
-
     weights = source.get("weights") or cfg.clip.weights
     if source.get("file"):
         file = (folder / source["file"]).resolve()

@@ -25,8 +25,29 @@ import torch
 
 from ratlip_cli.config import Config, from_dict, to_dict
 from ratlip_cli.console import console, warn
+from ratlip_cli.data import TextImageDataset
+from ratlip_cli.data.ensure import ensure_dataset
+from ratlip_cli.data.sampler import EpochBatchSampler
+from ratlip_cli.data.split import read_split
+from ratlip_cli.dist import resolve_device
 from ratlip_cli.errors import RatlipError
+from ratlip_cli.files import torch_save
+from ratlip_cli.models.dmgan.damsm_losses import damsm_loss, same_caption_mask
+from ratlip_cli.models.dmgan.files import (
+    ARCHITECTURE_KEYS,
+    build_encoders,
+    image_state,
+    image_trunk,
+    load_image_state,
+    save_encoders,
+)
+from ratlip_cli.models.dmgan.retrieval import damsm_retrieval, load_split_images
+from ratlip_cli.models.dmgan.vocab import Vocabulary, caption_lengths
 from ratlip_cli.optim import adam
+from ratlip_cli.progress import progress_bar
+from ratlip_cli.rng import capture_rng, restore_rng
+from ratlip_cli.seeds import derive_seed
+from ratlip_cli.signals import StopFlag
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.csv"
@@ -59,8 +80,6 @@ class PretrainResult:
 
 
 def _architecture(cfg: Config) -> dict[str, Any]:
-    from ratlip_cli.models.dmgan.files import ARCHITECTURE_KEYS
-
     return {k: getattr(cfg.damsm, k) for k in ARCHITECTURE_KEYS} | {
         "data.name": cfg.data.name, "data.load_size": cfg.data.load_size, "data.crop_size": cfg.data.crop_size}
 
@@ -85,15 +104,6 @@ class _Metrics:
 
 def pretrain_text(cfg: Config, restart: bool = False, on_step=None) -> PretrainResult:
     """Train (or continue) the DAMSM encoders of ``cfg``; returns where they are and the held-out metrics."""
-    from ratlip_cli.models.dmgan.files import build_encoders, image_state, image_trunk, load_image_state, save_encoders
-    from ratlip_cli.dist import resolve_device
-    from ratlip_cli.models.dmgan.damsm_losses import damsm_loss, same_caption_mask
-    from ratlip_cli.models.dmgan.vocab import Vocabulary, caption_lengths
-    from ratlip_cli.files import torch_save
-    from ratlip_cli.train.checkpoint import capture_rng, restore_rng
-    from ratlip_cli.seeds import derive_seed
-    from ratlip_cli.train.loop import EpochBatchSampler, StopFlag, ensure_dataset
-
     dcfg = cfg.damsm
     out = output_dir(cfg)
     device = resolve_device(cfg.train.device)
@@ -120,8 +130,6 @@ def pretrain_text(cfg: Config, restart: bool = False, on_step=None) -> PretrainR
     if state is not None:
         vocab = Vocabulary.from_dict(state["vocabulary"])
     else:
-        from ratlip_cli.data.split import read_split
-
         vocab = Vocabulary.build(read_split(prepared, "train").all_captions(), dcfg.words_num)
     torch.manual_seed(derive_seed(dcfg.seed, "damsm-init"))
     text, image = build_encoders(dcfg, vocab, image_trunk(dcfg))
@@ -130,7 +138,6 @@ def pretrain_text(cfg: Config, restart: bool = False, on_step=None) -> PretrainR
     params = list(text.parameters()) + [p for p in image.parameters() if p.requires_grad]
     betas = (float(dcfg.betas[0]), float(dcfg.betas[1]))
 
-    from ratlip_cli.data import TextImageDataset
 
     dataset = TextImageDataset(prepared, "train", cfg.data, vocab, train=True,
                                seed=derive_seed(dcfg.seed, "damsm-data") % (2**32))
@@ -180,7 +187,6 @@ def pretrain_text(cfg: Config, restart: bool = False, on_step=None) -> PretrainR
             return "max_minutes"
         return None
 
-    from ratlip_cli.progress import progress_bar
 
     acc = {"loss": 0.0, "w": 0.0, "s": 0.0, "n": 0, "t": 0.0, "images": 0}
     stop_reason = done()
@@ -264,13 +270,10 @@ def pretrain_text(cfg: Config, restart: bool = False, on_step=None) -> PretrainR
 
 def held_out_metrics(cfg: Config, prepared, text, image, vocab, device) -> dict[str, Any]:
     """DAMSM retrieval on the test split (empty when the dataset has none)."""
-    from ratlip_cli.models.dmgan.retrieval import damsm_retrieval, load_split_images
-    from ratlip_cli.evaluate import load_test_split
-
     if "test" not in prepared.splits:
         warn(f"dataset {cfg.data.root} has no test split: no held-out retrieval figures")
         return {}
-    split = load_test_split(cfg.data.root, "test")
+    split = read_split(Path(cfg.data.root).expanduser(), "test")
     images = load_split_images(split, cfg.data)
     res = damsm_retrieval(text, image, vocab, split, images, device, cfg.eval.r_precision_candidates, cfg.damsm.seed)
     return {"split": "test", **res}

@@ -1,7 +1,7 @@
 """The RATLIP family: GALIP's CLIP-based generator and discriminator with a recurrent affine bridge.
 
-Networks: `ratlip_cli/models/generator.py`, `discriminator.py`, `rat.py`, `attention.py`,
-`clip_backbone.py` (built by `ratlip_cli.models.build_models`); the step is `step.RatlipStep`; the
+Networks (this package): `generator.py`, `discriminator.py`, `rat.py`, `attention.py`, around
+`models/common/clip_backbone.py` (built by `build.build_models`); the step is `step.RatlipStep`; the
 text encoder is the run's frozen CLIP (`models/common/clip_text.py`). Checkpoint names: generator,
 discriminator, head. The export is the EMA generator plus the CLIP it needs.
 """
@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from ratlip_cli.config import Config
 from ratlip_cli.models.common.clip_text import ClipText, export_clip_source, export_clip_text, run_clip_text
-from ratlip_cli.models.family import Family, Networks, RunFiles, TextEncoder, TrainingStep
+from ratlip_cli.models.family import Family, Networks, ReleaseRead, RunFiles, TextEncoder, TrainingStep
 
 
 class RatlipFamily(Family):
@@ -32,7 +33,7 @@ class RatlipFamily(Family):
         return run_clip_text(cfg, files, device)
 
     def build(self, cfg: Config, text: TextEncoder) -> Networks:
-        from ratlip_cli.models import build_models
+        from ratlip_cli.models.ratlip.build import build_models
 
         assert isinstance(text, ClipText)
         models = build_models(cfg, text.clip_model)
@@ -45,7 +46,7 @@ class RatlipFamily(Family):
         return RatlipStep(cfg, nets, device, noise)
 
     def build_generator(self, cfg: Config, text: TextEncoder) -> nn.Module:
-        from ratlip_cli.models.generator import Generator
+        from ratlip_cli.models.ratlip.generator import Generator
 
         return Generator(cfg.model, text.module)
 
@@ -56,22 +57,35 @@ class RatlipFamily(Family):
         return export_clip_text(source, cfg, folder)
 
     def param_counts(self, nets: Networks) -> dict[str, dict[str, int]]:
-        """`models.params.param_counts`: bridge, rat, clip_mapper, generator_blocks, generator, ... total."""
-        from types import SimpleNamespace
-
-        from ratlip_cli.models.params import param_counts
+        """`models.ratlip.params.param_counts`: bridge, rat, clip_mapper, generator_blocks, generator, ... total."""
+        from ratlip_cli.models.ratlip.params import param_counts
 
         t = nets.trainable
         models = SimpleNamespace(backbone=nets.text.module, generator=t["generator"],
                                  discriminator=t["discriminator"], head=t["head"])
         return param_counts(models)
 
-    def import_release(self, path: Path, preset: str | None, config_file: Path | None,
-                       overrides: list[str], name: str | None) -> Path:
-        """GALIP's and RATLIP's released `state_dict.pth` as a run (see `models/ratlip/release.py`)."""
-        from ratlip_cli.models.ratlip.release import import_release_run
+    def param_table(self, cfg: Config, clip_model: nn.Module, hiddens: Sequence[int],
+                    with_release: bool = False) -> list[dict[str, Any]]:
+        """Table II's parameter column per h (`models/ratlip/params.py`)."""
+        from ratlip_cli.models.ratlip.params import param_table
 
-        return import_release_run(path, preset, config_file, overrides, name)
+        return param_table(cfg, clip_model, hiddens, with_release=with_release)
+
+    def read_release(self, path: Path) -> ReleaseRead:
+        """GALIP's and RATLIP's released `state_dict.pth` (see `models/ratlip/release.py`)."""
+        from ratlip_cli.models.ratlip.release import read_release_checkpoint, release_description, release_settings
+
+        checkpoint = read_release_checkpoint(path)
+        return ReleaseRead(release_settings(checkpoint), release_description(checkpoint), checkpoint)
+
+    def release_networks(self, cfg: Config, clip_model: nn.Module, release: ReleaseRead) -> tuple[Networks, bool]:
+        from ratlip_cli.models.ratlip.release import release_models
+
+        models, clip_matches = release_models(cfg, clip_model, release.checkpoint)
+        trainable = {"generator": models.generator, "discriminator": models.discriminator, "head": models.head}
+        nets = Networks(SimpleNamespace(module=models.backbone), models.generator, trainable, cfg.model.z_dim)
+        return nets, clip_matches
 
     @torch.no_grad()
     def randomise_generator(self, generator: nn.Module, seed: int, scale: float = 0.01, image_std: float = 0.5) -> None:
@@ -82,7 +96,7 @@ class RatlipFamily(Family):
         then rescaled so fp32 images have standard deviation `image_std` (full-range images, like a
         trained model's, so a PSNR is not flattered by a grey image).
         """
-        from ratlip_cli.models.params import trainable_parameters
+        from ratlip_cli.models.trainable import trainable_parameters
 
         gen = torch.Generator().manual_seed(seed)
         for p in trainable_parameters(generator):

@@ -1,4 +1,5 @@
-"""Read the authors' released checkpoints (GALIP and RATLIP) and load them into ratlip's networks.
+"""Read the authors' released checkpoints (GALIP and RATLIP) and load them into ratlip's networks
+(`ratlip import` then writes the run folder: `ratlip_cli/train/imported.py`).
 
 The release format (GALIP's and RATLIP's `lib/utils.py`, `save_models`): a `torch.save` dict
 ``{"model": {"netG": ..., "netD": ..., "netC": ...}, "optimizers": ...}`` (a bare
@@ -16,7 +17,6 @@ read from the keys and shapes (`detect_release`).
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,8 @@ import torch
 from torch import nn
 
 from ratlip_cli.errors import RatlipError
+from ratlip_cli.models.ratlip.build import build_models
+from ratlip_cli.models.trainable import load_trainable_state_dict, trainable_state_dict
 
 NETS = ("netG", "netD", "netC")
 
@@ -160,8 +162,6 @@ def convert_discriminator(net_d: dict[str, torch.Tensor], discriminator: nn.Modu
 
 def load_release(models, release: ReleaseCheckpoint) -> None:
     """Copy a release's NetG, NetD and NetC into `models` (a `RatlipModels`); RatlipError if they do not fit."""
-    from ratlip_cli.models import load_trainable_state_dict, trainable_state_dict
-
     g = models.generator
     source = release.path or "release checkpoint"
     if g.family != release.family:
@@ -199,97 +199,24 @@ def _check_clip_matches(release: ReleaseCheckpoint, clip_model: nn.Module) -> bo
     return True
 
 
-def _initial_checkpoint(cfg, models) -> dict:
-    """A step-0 training checkpoint of imported weights (fresh optimisers, EMA = the weights), in the
-    layout `ratlip train --resume` reads: the family's training step writes its own part."""
-    from types import SimpleNamespace
-
-    from ratlip_cli import __version__
-    from ratlip_cli.config import to_dict
-    from ratlip_cli.models.family import Networks
-    from ratlip_cli.models.registry import get_family
-    from ratlip_cli.train.checkpoint import capture_rng
-    from ratlip_cli.train.ema import EmaGenerator
-    from ratlip_cli.train.loop import derive_seed
-
-    tc = cfg.train
-    trainable = {"generator": models.generator, "discriminator": models.discriminator, "head": models.head}
-    nets = Networks(SimpleNamespace(module=models.backbone), models.generator, trainable, cfg.model.z_dim)
-    noise = torch.Generator().manual_seed(derive_seed(tc.seed, "noise", 0))
-    step = get_family(cfg).training_step(cfg, nets, torch.device("cpu"), noise)
-    ema = EmaGenerator(step.ema_source, tc.ema_halflife_kimg, tc.ema_rampup)
-    return {
-        "step": 0, "epoch": 0, "step_in_epoch": 0, "images": 0, "elapsed_s": 0.0,
-        "world_size": 1, "batch_size": tc.batch_size,
-        **step.state_dict(), "ema": ema.state_dict(),
-        "rng": [capture_rng()], "noise_rng": [noise.get_state()],
-        "log_acc": {}, "nonfinite_total": 0, "nonfinite_streak": 0,
-        "config": to_dict(cfg), "package_version": __version__,
-    }
-
-
-def import_release_run(
-    path: str | Path,
-    preset: str | None,
-    config_file: str | Path | None = None,
-    overrides: list[str] | None = None,
-    name: str | None = None,
-) -> Path:
-    """`ratlip import`: turn a release checkpoint into a run folder (config, export, step-0 checkpoint).
-
-    `model.family`, `model.rat.mode` and `model.rat.hidden` come from the file (`detect_release`);
-    `--set` may still change any key, but the weights must then fit. Returns the run folder.
-    """
-    from ratlip_cli.config import resolve_config, save_config
-    from ratlip_cli.console import console
-    from ratlip_cli.export import export_generator, save_clip_weights
-    from ratlip_cli.models import build_models
-    from ratlip_cli.train.checkpoint import save_checkpoint
-    from ratlip_cli.train.run import claim_new_run
-    from ratlip_cli.weights import load_clip
-
-    from ratlip_cli.files import check_name
-
-    if name is not None:
-        check_name(name, "--name")  # the run folder train.runs_dir/NAME
-    release = read_release_checkpoint(path)
+def release_settings(release: ReleaseCheckpoint) -> list[str]:
+    """The `--set` overrides a release implies: its family and its RAT (`detect_release`)."""
     inferred = [f"model.family={release.family}", f"model.rat.hidden={release.rat_hidden}"]
     if release.rat_hidden:
         inferred.append("model.rat.mode=authors")
-    if name:
-        inferred.append(f"train.name={json.dumps(name)}")  # quoted: a name such as 007 or yes stays a string
-    cfg = resolve_config(preset, config_file, [*inferred, *(overrides or [])])
-    paths, lock = claim_new_run(cfg)  # one writer per run folder, as `ratlip train`
-    try:
-        clip_model, _ = load_clip(cfg.clip.arch, cfg.clip.weights, cfg.clip.cache_dir)
-        models = build_models(cfg, clip_model)
-        load_release(models, release)
-        for module in models.modules().values():
-            module.eval()
-        kind = f"{release.family}" + (f", authors' RAT h = {release.rat_hidden}" if release.rat_hidden else "")
-        if not _check_clip_matches(release, clip_model):
-            from ratlip_cli.console import warn
+    return inferred
 
-            warn(
-                f"the CLIP image tower stored in {Path(path).name} differs from clip.weights={cfg.clip.weights}: "
-                "the generator's mapper will not behave as trained (pass the CLIP the release used, OpenAI ViT-B/32)"
-            )
-        paths.make()
-        clip_file = None
-        if cfg.clip.weights == "random":
-            clip_file = paths.clip
-            save_clip_weights(clip_model, clip_file)
-        save_config(cfg, paths.config)
-        # The release keeps no EMA: both exported generators are the released weights.
-        export_generator(models.generator, cfg, paths.export, clip_file=clip_file, raw=models.generator)
-        save_checkpoint(_initial_checkpoint(cfg, models), paths.checkpoints, cfg.train.keep_checkpoints)
-        console.print(
-            f"imported {Path(path).name} ({kind}) into {paths.root}: `ratlip sample --run {paths.root} ...`, "
-            f"`ratlip eval --run {paths.root}`, `ratlip train --resume {paths.root}`",
-            highlight=False,
-        )
-    finally:
-        lock.release()
-        if paths.root.is_dir() and not any(paths.root.iterdir()):  # a refused import leaves no run folder
-            paths.root.rmdir()
-    return paths.root
+
+def release_description(release: ReleaseCheckpoint) -> str:
+    """What a release is, in words: its family and, for RATLIP, the authors' RAT size."""
+    return f"{release.family}" + (f", authors' RAT h = {release.rat_hidden}" if release.rat_hidden else "")
+
+
+def release_models(cfg, clip_model: nn.Module, release: ReleaseCheckpoint):
+    """ratlip's networks for ``cfg`` around ``clip_model`` holding the release's weights, in eval mode,
+    and whether the CLIP image tower stored in the release equals ``clip_model``'s."""
+    models = build_models(cfg, clip_model)
+    load_release(models, release)
+    for module in models.modules().values():
+        module.eval()
+    return models, _check_clip_matches(release, clip_model)

@@ -29,12 +29,12 @@ from torch import nn
 from ratlip_cli import dist
 from ratlip_cli.data.dataset import to_model_range
 from ratlip_cli.config import Config, accumulation
-from ratlip_cli.losses import d_hinge_loss, g_loss, ma_gp, mismatched
+from ratlip_cli.models.ratlip.losses import d_hinge_loss, g_loss, ma_gp, mismatched
 from ratlip_cli.models.family import Networks, StepOutput, TrainingStep
 from ratlip_cli.optim import BufferGuard, adam, all_finite, skips_on_device, step_unless
-from ratlip_cli.models.params import load_trainable_state_dict, set_trainable, trainable_parameters, trainable_state_dict
+from ratlip_cli.models.trainable import load_trainable_state_dict, set_trainable, trainable_parameters, trainable_state_dict
 from ratlip_cli.precision import autocast
-from ratlip_cli.train.run import metrics_columns
+from ratlip_cli.run_columns import metrics_columns
 
 # The release's fp16 recipe (code/cfg/*.yml: growth_interval 2000, scaler_min 64; modules.py resets to 16384).
 RELEASE_GROWTH_INTERVAL = 2000

@@ -1,12 +1,10 @@
-"""Parameter accounting and the trainable (non-CLIP) weights of a module.
+"""RATLIP's and GALIP's parameter accounting (Table II) and the authors' released counts.
 
-The frozen CLIP backbone is registered inside the generator and the discriminator (so `.to()`
-moves it), but it is never trained or saved with them: every helper here leaves out whatever
-lives under a `ClipBackbone`.
+The frozen CLIP backbone is left out of the trainable counts (`ratlip_cli.models.trainable`).
 
 The parameter table of docs/architecture.md is rerun with::
 
-    python -m ratlip_cli.models.params --preset cub --hidden 0,4,8,16,32,64,128
+    python -m ratlip_cli.models.ratlip.params --preset cub --hidden 0,4,8,16,32,64,128
 
 (`clip.weights` defaults to `random` here: counting needs no real weights.)
 """
@@ -21,11 +19,15 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from ratlip_cli.errors import RatlipError
-from ratlip_cli.models.clip_backbone import ClipBackbone
+from ratlip_cli.models.trainable import (  # noqa: F401  (re-exported: the helpers lived here)
+    load_trainable_state_dict,
+    set_trainable,
+    trainable_parameters,
+    trainable_state_dict,
+)
 
 PAPER_HIDDENS = (0, 4, 8, 16, 32, 64, 128)
 RELEASE_PARAMS = Path(__file__).resolve().parent / "release_params.json"
@@ -52,75 +54,6 @@ def release_row(family: str, h: int) -> dict[str, int | None]:
         d = counts["ratlip_d"]
     return {"release_generator": g, "release_discriminator": d["netD"], "release_discriminator_used": d["netD_used"],
             "release_head": d["netC"]}
-
-
-def _frozen_prefixes(module: nn.Module) -> list[str]:
-    """State-dict prefixes of every ClipBackbone inside `module` ("" when `module` is one)."""
-    return [
-        (name + ".") if name else ""
-        for name, m in module.named_modules(remove_duplicate=False)
-        if isinstance(m, ClipBackbone)
-    ]
-
-
-def _is_frozen_key(key: str, prefixes: Sequence[str]) -> bool:
-    return any(key.startswith(p) for p in prefixes)
-
-
-def _backbone_param_ids(module: nn.Module) -> set[int]:
-    return {id(p) for m in module.modules() if isinstance(m, ClipBackbone) for p in m.parameters()}
-
-
-def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
-    """The parameters an optimiser should get: all of `module`'s, minus the frozen CLIP ones.
-
-    This does not look at `requires_grad`, so it is stable when a training loop switches a
-    network's gradients off and on (use `set_trainable` for that).
-    """
-    frozen = _backbone_param_ids(module)
-    return [p for p in module.parameters() if id(p) not in frozen]
-
-
-def set_trainable(module: nn.Module, flag: bool) -> nn.Module:
-    """Switch gradients of `module`'s own parameters on or off; the frozen CLIP stays frozen.
-
-    Prefer this to `module.requires_grad_(flag)`, which would also unfreeze the CLIP inside it.
-    """
-    for p in trainable_parameters(module):
-        p.requires_grad_(flag)
-    return module
-
-
-def trainable_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    """`module.state_dict()` without the frozen CLIP weights (BatchNorm statistics are kept)."""
-    prefixes = _frozen_prefixes(module)
-    if "" in prefixes:
-        return {}
-    return {k: v for k, v in module.state_dict().items() if not _is_frozen_key(k, prefixes)}
-
-
-def load_trainable_state_dict(module: nn.Module, state: dict[str, torch.Tensor], strict: bool = True) -> None:
-    """Load weights saved by `trainable_state_dict`; the frozen CLIP inside `module` is untouched.
-
-    With `strict`, missing or unexpected keys and shape mismatches raise a `RatlipError` (usually a
-    checkpoint made with another model config, e.g. a different model.rat.hidden).
-    """
-    expected = trainable_state_dict(module)
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
-    if strict and (missing or unexpected or mismatched):
-        parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
-            if keys:
-                more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
-                parts.append(f"{label}: {', '.join(keys[:3])}{more}")
-        raise RatlipError(
-            f"the saved weights do not fit this {type(module).__name__} ({'; '.join(parts)}); "
-            "were they made with another model config (e.g. model.rat.hidden, model.ngf, clip.arch)?"
-        )
-    usable = {k: v for k, v in state.items() if k in expected and k not in mismatched}
-    module.load_state_dict(usable, strict=False)
 
 
 def _count(modules: Iterable[nn.Module], exclude: set[int]) -> int:
@@ -176,7 +109,7 @@ def param_table(
     With `with_release`, each row also has ``authors_generator`` (ours with model.rat.mode=authors)
     and the release's counts (`release_row`; None where the release has no such network).
     """
-    from ratlip_cli.models import build_models
+    from ratlip_cli.models.ratlip.build import build_models
 
     rows = []
     for h in hiddens:
@@ -240,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ratlip_cli.weights import load_clip
 
     parser = argparse.ArgumentParser(
-        prog="python -m ratlip_cli.models.params",
+        prog="python -m ratlip_cli.models.ratlip.params",
         description="Trainable and frozen parameter counts of the RATLIP networks for several RAT hidden sizes.",
     )
     parser.add_argument("--preset", default="cub", help="config preset (default: cub, the paper configuration)")

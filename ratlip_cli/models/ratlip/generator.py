@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ratlip_cli.config import ModelConfig
-from ratlip_cli.models.attention import ShuffleAttention
-from ratlip_cli.models.clip_backbone import ClipBackbone
-from ratlip_cli.models.rat import AffineFeed, AffineFusion, AffineRecord, ConditionalAffine, RATRecurrence
+from ratlip_cli.models.ratlip.attention import ShuffleAttention
+from ratlip_cli.models.common.clip_backbone import ClipBackbone
+from ratlip_cli.models.ratlip.rat import AffineFeed, AffineFusion, AffineRecord, ConditionalAffine, RATRecurrence
 
 
 def g_channels(ngf: int, image_size: int) -> list[tuple[int, int]]:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ratlip_cli.config import ModelConfig
-from ratlip_cli.models.clip_backbone import ClipBackbone
+from ratlip_cli.models.common.clip_backbone import ClipBackbone
 
 HEAD_CHANNELS = 128
 
