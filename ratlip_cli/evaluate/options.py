@@ -47,6 +47,8 @@ class ImageBatch:
     captions: list[str]
     # Index of the first image in the whole evaluation (orders batches gathered from several processes).
     start: int = 0
+    # The generator's float output (B, 3, H, W), before rounding (run mode); the galip protocol scores it.
+    tensors: Any = None
 
 
 def batch_starts(total: int, batch_size: int) -> list[int]:
@@ -77,6 +79,13 @@ def check_eval_config(ecfg: EvalConfig) -> None:
         raise RatlipError(f"eval.r_precision_candidates must be >= 2, got {ecfg.r_precision_candidates}")
     if ecfg.kid_subsets < 1 or ecfg.kid_subset_size < 2:
         raise RatlipError("eval.kid_subsets must be >= 1 and eval.kid_subset_size >= 2")
+    from ratlip_cli.evaluate.protocols import parse_metrics
+
+    metrics = parse_metrics(ecfg.metrics, ecfg.protocol)
+    if ecfg.ref_stats and not Path(ecfg.ref_stats).expanduser().is_file():
+        raise RatlipError(f"--ref-stats file not found: {ecfg.ref_stats}")
+    if ecfg.ref_stats and "fid" not in metrics:
+        raise RatlipError("--ref-stats gives FID's reference statistics, but --metrics has no fid")
 
 
 @contextmanager
