@@ -26,7 +26,7 @@ from ratlip_cli.metrics.clip_score import (
 )
 from ratlip_cli.metrics.features import FeatureExtractor
 from ratlip_cli.metrics.fid import GaussianStats, feature_stats, fid_from_stats, kernel_distance
-from ratlip_cli.metrics.galip_fid import TORCHVISION_FILE, GalipFeatures
+from ratlip_cli.metrics.galip_fid import TORCHVISION_FILE, GalipFeatures, release_clamp
 from ratlip_cli.metrics.inception_score import inception_score, logits_weight
 from ratlip_cli.metrics.prdc import DC_K, PR_K, prdc
 from ratlip_cli.evaluate.options import (
@@ -84,7 +84,7 @@ def collect(
     for batch in batches:
         if batch.images:
             if galip:
-                x = batch.tensors if batch.tensors is not None else signed_unit(batch.images)
+                x = release_clamp(batch.tensors if batch.tensors is not None else signed_unit(batch.images))
                 feats, emb = extractor.from_generated(x), clip.embed_images_authors(x)
             else:
                 feats, emb = extractor(batch.images), clip.embed_images(batch.images).cpu()

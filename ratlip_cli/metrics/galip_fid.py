@@ -37,10 +37,16 @@ _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
 
 
+def release_clamp(images: torch.Tensor) -> torch.Tensor:
+    """The release's `torch.clamp(fake, -1, 1)` then `nan_to_num(nan=-1, posinf=1, neginf=-1)`: what both
+    its Inception and its CLIP see."""
+    x = torch.clamp(images.float(), -1.0, 1.0)
+    return torch.nan_to_num(x, nan=-1.0, posinf=1.0, neginf=-1.0)
+
+
 def galip_fid_input(images: torch.Tensor) -> torch.Tensor:
     """Generator output (B, 3, H, W) -> the release's Inception input: [0, 1] at 299 x 299."""
-    x = torch.clamp(images.float(), -1.0, 1.0)
-    x = torch.nan_to_num(x, nan=-1.0, posinf=1.0, neginf=-1.0)
+    x = release_clamp(images)
     x = (x - -1.0) / 2.0  # transforms.Normalize((-1, -1, -1), (2, 2, 2))
     if tuple(x.shape[-2:]) == (FID_SIZE, FID_SIZE):
         return x
@@ -110,6 +116,14 @@ def torchvision_inception(state_dict: dict | None = None) -> BlockInception:
 
 def pytorch_fid_inception(state_dict: dict | None = None) -> BlockInception:
     """pytorch-fid's FID network (TF weights' layout, 1008 classes) in pytorch-fid's forward (2x - 1)."""
+    net = pytorch_fid_net()
+    if state_dict is not None:
+        net.load_state_dict(state_dict)
+    return BlockInception(net, "pytorch-fid")
+
+
+def pytorch_fid_net() -> nn.Module:
+    """pytorch-fid's `fid_inception_v3()` layout (torchvision's Inception3 with its FIDInception blocks), unloaded."""
     import torchvision
     from cleanfid import inception_pytorch as p
 
@@ -118,9 +132,7 @@ def pytorch_fid_inception(state_dict: dict | None = None) -> BlockInception:
     net.Mixed_6b, net.Mixed_6c = p.FIDInceptionC(768, 128), p.FIDInceptionC(768, 160)
     net.Mixed_6d, net.Mixed_6e = p.FIDInceptionC(768, 160), p.FIDInceptionC(768, 192)
     net.Mixed_7b, net.Mixed_7c = p.FIDInceptionE_1(1280), p.FIDInceptionE_2(2048)
-    if state_dict is not None:
-        net.load_state_dict(state_dict)
-    return BlockInception(net, "pytorch-fid")
+    return net
 
 
 @dataclass
