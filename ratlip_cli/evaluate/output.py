@@ -74,7 +74,7 @@ def results_table(row: dict[str, Any]) -> Table:
     if protocol == "galip":
         fid_label = f"FID (protocol galip: the release's pipeline vs {row.get('ref_stats') or 'the split'})"
     else:
-        fid_label = f"FID (protocol clean-fid: clean-fid, mode {row['fid_mode']})"
+        fid_label = f"FID (clean-fid, mode {row['fid_mode']})"
     if fid is not None:
         add("FID [red](random-tiny, NOT FID)[/red]" if not_fid else escape(fid_label), f"{fid:.3f}")
     if kid is not None:
