@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -157,8 +158,8 @@ def compute_metrics(
     true_emb = text_emb[[row_of[c] for c in got.captions]]
     if "cs" in metrics and protocol == "galip":  # the release: mean over batches of each batch's mean cosine
         cos = (got.image_emb.double() * torch.nn.functional.normalize(true_emb.double(), dim=-1)).sum(-1)
-        bounds = np.cumsum([0] + got.batch_sizes)
-        out["clip_score"] = float(np.mean([cos[a:b].mean().item() for a, b in zip(bounds[:-1], bounds[1:])]) * 100.0)
+        bounds = np.cumsum([0, *got.batch_sizes])
+        out["clip_score"] = float(np.mean([cos[a:b].mean().item() for a, b in pairwise(bounds)]) * 100.0)
     elif "cs" in metrics:
         out["clip_score"] = clip_score(got.image_emb, true_emb)
     if "rp" not in metrics:

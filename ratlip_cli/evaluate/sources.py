@@ -47,8 +47,8 @@ def generate_batches(
     (clean-fid), or the release's one `torch.randn(B, z_dim)` per batch after seeding (galip), whose
     batches also keep the float images (`tensors`)."""
     gen, backbone, tokenizer = loaded.generator, loaded.backbone, loaded.tokenizer
-    from ratlip_cli.export import noise_dim
     from ratlip_cli.evaluate.protocols import galip_noise
+    from ratlip_cli.export import noise_dim
 
     z_dim = noise_dim(loaded)
     galip = protocol == "galip"
