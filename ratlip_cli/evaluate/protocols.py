@@ -20,11 +20,16 @@ from rich.progress import Progress
 from ratlip_cli import __version__, dist
 from ratlip_cli.console import warn
 from ratlip_cli.errors import RatlipError
+from ratlip_cli.evaluate.options import CACHE_VERSION, batch_starts
+from ratlip_cli.evaluate.reference import (
+    ReferenceSplit,
+    ReferenceStats,
+    _slug,
+    default_cache_dir,
+)
 from ratlip_cli.files import atomic_write, utc_timestamp
 from ratlip_cli.metrics.fid import GaussianStats, feature_stats, psd_sqrt
 from ratlip_cli.metrics.galip_fid import FID_SIZE, GalipFeatures
-from ratlip_cli.evaluate.options import CACHE_VERSION, batch_starts
-from ratlip_cli.evaluate.reference import ReferenceSplit, ReferenceStats, _slug, default_cache_dir
 
 PROTOCOLS = ("clean-fid", "galip")
 METRICS = ("fid", "kid", "cs", "rp", "is", "prdc")
@@ -176,6 +181,7 @@ def galip_reference(
             "split": split.split, "num_images": int(feats.shape[0]), "size": FID_SIZE, "mode": "galip",
             "feature_extractor": extractor.identity, "created": utc_timestamp(), "ratlip": __version__}
     root = psd_sqrt(stats.sigma)
-    arrays = dict(mu=stats.mu, sigma=stats.sigma, sigma_sqrt=root, features=feats, meta=np.array(json.dumps(meta)))
+    arrays = {"mu": stats.mu, "sigma": stats.sigma, "sigma_sqrt": root, "features": feats,
+              "meta": np.array(json.dumps(meta))}
     atomic_write(path, lambda fh: np.savez(fh, **arrays))
     return ReferenceStats(stats, feats, path, meta, root)

