@@ -539,6 +539,32 @@ def eval_(
             help="inception (FID) or random-tiny (tests only: its numbers are NOT FID) (eval.feature_extractor).",
         ),
     ] = None,
+    protocol: Annotated[
+        Optional[str],
+        typer.Option(
+            "--protocol",
+            help="clean-fid (default: clean-fid's resize and Inception on uint8 images vs the split's statistics) or "
+            "galip (the GALIP/RATLIP release's calculate_FID_CLIP_sim: its resize, Inception input, CLIP input, "
+            "caption plan and noise; docs/evaluation.md) (eval.protocol).",
+        ),
+    ] = None,
+    ref_stats: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--ref-stats",
+            help="An .npz with mu and sigma (e.g. the authors' bird_val256_FIDK0.npz): FID against it instead of "
+            "the split's statistics (eval.ref_stats).",
+        ),
+    ] = None,
+    metrics: Annotated[
+        Optional[str],
+        typer.Option(
+            "--metrics",
+            help="Comma list of fid, kid, cs (CLIP score), rp (CLIP R-precision), is (Inception Score), prdc "
+            "(precision/recall k=3, density/coverage k=5), or all; default clean-fid: fid,kid,cs,rp; galip: "
+            "fid,cs,is,prdc (eval.metrics).",
+        ),
+    ] = None,
     seed: Annotated[
         int, typer.Option("--seed", help="Seed of captions, noise, KID subsets and R-precision candidates.")
     ] = 0,
@@ -562,9 +588,11 @@ def eval_(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
-    """Compute FID, KID, CLIP score and CLIP R-precision for a run or a folder of images.
+    """Compute FID, KID, CLIP score, CLIP R-precision, Inception Score and precision/recall/density/coverage
+    for a run or a folder of images, under ratlip's protocol (clean-fid) or the release's (galip).
 
     Examples: ratlip eval --run runs/cub --inception ~/inception-2015-12-05.pt;
+    ratlip eval --run runs/cub --protocol galip --ref-stats bird_val256_FIDK0.npz --inception inception_v3_google-0cc3c7bd.pth;
     ratlip eval --images out/ --captions out/captions.csv --dataset data/cub --out-csv scores.csv
     """
     from ratlip_cli.config import parse_override
@@ -587,6 +615,9 @@ def eval_(
         "eval.inception": inception,
         "eval.feature_extractor": feature_extractor,
         "eval.generator": generator,
+        "eval.protocol": protocol,
+        "eval.ref_stats": str(ref_stats) if ref_stats is not None else None,
+        "eval.metrics": metrics,
     }
     if generator is not None and run is None:
         raise RatlipError("--generator is for run mode (--run runs/NAME); folder mode scores given images")

@@ -289,6 +289,14 @@ class EvalConfig:
     # raw (the trained weights; what GALIP and RATLIP evaluate: the paper presets set raw).
     generator: str = "ema"
 
+    # clean-fid: ratlip's protocol (clean-fid features of uint8 images vs the split's statistics);
+    # galip: the GALIP/RATLIP release's (docs/evaluation.md, "The authors' protocol").
+    protocol: str = "clean-fid"
+    # Comma-separated subset of fid,kid,cs,rp,is,prdc (or all); "": the protocol's defaults.
+    metrics: str = ""
+    # An .npz with mu and sigma (e.g. the authors' bird_val256_FIDK0.npz): FID against it instead of
+    # statistics of the split's images.
+    ref_stats: str = ""
     passes: int = 12
     num: int = 0
     batch_size: int = 64
@@ -334,6 +342,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.fp16_recipe": ("ratlip", "release"),
     "dmgan.loss_formulas": ("code", "paper"),
     "eval.generator": ("ema", "raw"),
+    "eval.protocol": ("clean-fid", "galip"),
     "clip.input_mapping": ("correct", "authors"),
     "eval.fid_mode": ("clean", "legacy_pytorch", "legacy_tensorflow"),
     "eval.feature_extractor": ("inception", "random-tiny"),

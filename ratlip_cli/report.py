@@ -276,7 +276,8 @@ def _eval_section(rows: list[dict[str, str]]) -> list[str]:
         out.append(rich_table_html(table, "eval-latest"))
     if "NOT FID" in str(rows[-1].get("feature_extractor", "")):
         out.append('<p class="warn">random-tiny features: these fid/kid numbers are NOT FID/KID (tests only).</p>')
-    columns = ["time", "num_images", "fid", "kid_x1e3", "clip_score", "r_precision", "feature_extractor", "device"]
+    columns = ["time", "protocol", "num_images", "fid", "kid_x1e3", "clip_score", "r_precision", "feature_extractor",
+               "device"]
     out.append(f"<p>All evaluations in eval.csv ({len(rows)}):</p>")
     out.append(dict_table_html(rows, [c for c in columns if any(c in r for r in rows)], "eval-history"))
     return out

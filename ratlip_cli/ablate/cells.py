@@ -110,7 +110,9 @@ def evaluate_cell(
     if set(metrics) & {"cs", "fid", "kid", "rp"}:
         from ratlip_cli.evaluate import EvalOptions, evaluate_run
 
-        row = evaluate_run(run_dir, {}, EvalOptions(device=device, seed=EVAL_SEED, progress=progress))
+        # ablation.csv has no protocol column: its numbers are always the clean-fid protocol's
+        plain = {"eval.protocol": "clean-fid", "eval.metrics": "", "eval.ref_stats": ""}
+        row = evaluate_run(run_dir, plain, EvalOptions(device=device, seed=EVAL_SEED, progress=progress))
         picked = {
             "cs": {"clip_score": row["clip_score"]},
             "fid": {"fid": row["fid"]},

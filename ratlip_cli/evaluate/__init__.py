@@ -1,4 +1,6 @@
-"""`ratlip eval`: FID, KID, CLIP score and CLIP R-precision for a run or for any folder of images.
+"""`ratlip eval`: FID, KID, CLIP score, CLIP R-precision, Inception Score and precision/recall/density/
+coverage for a run or for any folder of images, under ratlip's protocol (`clean-fid`) or the
+GALIP/RATLIP release's (`galip`, `evaluate.protocols`).
 
 Under torchrun (`torchrun --nproc_per_node=N -m ratlip_cli eval ...`) the batches (generation, reading,
 feature extraction, CLIP embeddings; reference features too) are dealt round robin to the processes,
@@ -31,6 +33,7 @@ from ratlip_cli.errors import RatlipError
 from ratlip_cli.export import load_weights
 from ratlip_cli.metrics.clip_score import ClipScorer, load_eval_clip
 from ratlip_cli.metrics.features import FeatureExtractor, build_feature_extractor
+from ratlip_cli.metrics.galip_fid import GalipFeatures, build_galip_features
 from ratlip_cli.profiling import tune_cpu_allocator
 from ratlip_cli.evaluate.options import (  # noqa: F401
     NOT_FID_MARK,
@@ -42,6 +45,14 @@ from ratlip_cli.evaluate.options import (  # noqa: F401
     apply_settings,
     check_eval_config,
     progress_bars,
+)
+from ratlip_cli.evaluate.protocols import (  # noqa: F401
+    DEFAULT_METRICS,
+    METRICS,
+    PROTOCOLS,
+    load_ref_stats,
+    parse_metrics,
+    plan_captions_galip,
 )
 from ratlip_cli.evaluate.reference import (  # noqa: F401
     ReferenceSplit,
@@ -81,15 +92,18 @@ from ratlip_cli.evaluate.output import (  # noqa: F401
 
 def _eval_tools(
     cfg: Config, device: torch.device, run_dir: Path | None = None
-) -> tuple[FeatureExtractor, ClipScorer]:
+) -> tuple[FeatureExtractor | GalipFeatures, ClipScorer]:
     """Feature extractor and evaluation CLIP: loaded first, so missing weights fail before any work.
 
     `eval.clip_weights: in-domain` is the run's own copy of its in-domain CLIP when the run trained
     with one, else the cache for `cfg` (pretrained now when missing)."""
     ecfg = cfg.eval
-    extractor = build_feature_extractor(
-        ecfg.feature_extractor, ecfg.fid_mode, ecfg.inception, device, ecfg.inception_graph
-    )
+    if ecfg.protocol == "galip":
+        extractor = build_galip_features(ecfg.feature_extractor, ecfg.inception, device)
+    else:
+        extractor = build_feature_extractor(
+            ecfg.feature_extractor, ecfg.fid_mode, ecfg.inception, device, ecfg.inception_graph
+        )
     if ecfg.clip_weights == IN_DOMAIN:
         if ecfg.clip_arch != cfg.clip.arch:
             raise RatlipError(
@@ -138,14 +152,17 @@ def evaluate_run(run_dir: str | Path, settings: dict[str, Any], opts: EvalOption
     extractor, clip = _eval_tools(cfg, device, run_dir)
     if loaded is None:
         loaded = load_weights(run_dir, device, cfg.eval.generator)
-    captions = plan_captions(split, cfg.eval.passes, cfg.eval.num, opts.seed)
+    if cfg.eval.protocol == "galip":
+        captions = plan_captions_galip(split, cfg.eval.passes, cfg.eval.num, cfg.eval.batch_size, opts.seed)
+    else:
+        captions = plan_captions(split, cfg.eval.passes, cfg.eval.num, opts.seed)
     if dist.is_main():
         _warn_protocol(extractor, len(captions))
     starts = batch_starts(len(captions), cfg.eval.batch_size)
     mine = sum(len(captions[s : s + cfg.eval.batch_size]) for s in starts)
     with progress_bars(opts.progress and dist.is_main()) as bars:
         batches: Iterable[ImageBatch] = generate_batches(
-            loaded, captions, cfg.eval.batch_size, opts.seed, device, starts
+            loaded, captions, cfg.eval.batch_size, opts.seed, device, starts, cfg.eval.protocol
         )
         if opts.save_images:
             batches = save_batches(batches, Path(opts.save_images))

@@ -45,6 +45,8 @@ class ImageBatch:
     captions: list[str]
     # Index of the first image in the whole evaluation (orders batches gathered from several processes).
     start: int = 0
+    # The generator's float output (B, 3, H, W), before rounding (run mode); the galip protocol scores it.
+    tensors: Any = None
 
 
 def batch_starts(total: int, batch_size: int) -> list[int]:
@@ -63,6 +65,31 @@ def apply_settings(cfg: Config, settings: dict[str, Any]) -> Config:
     return cfg
 
 
+PROTOCOLS = ("clean-fid", "galip")
+METRICS = ("fid", "kid", "cs", "rp", "is", "prdc")
+DEFAULT_METRICS = {
+    "clean-fid": ("fid", "kid", "cs", "rp"),
+    "galip": ("fid", "cs", "is", "prdc"),  # what the release reports (FID, CS), plus IS and P/R/D/C
+}
+METRIC_HELP = "fid, kid, cs (CLIP score), rp (CLIP R-precision), is (Inception Score), prdc (precision/recall/density/coverage)"
+
+
+def parse_metrics(text: str, protocol: str) -> tuple[str, ...]:
+    """`eval.metrics` ("" = the protocol's defaults, "all", or a comma list) as metric names in a fixed order."""
+    if protocol not in PROTOCOLS:
+        raise RatlipError(f"unknown protocol '{protocol}'; choose one of: {', '.join(PROTOCOLS)}")
+    text = (text or "").strip().lower()
+    if not text:
+        return DEFAULT_METRICS[protocol]
+    if text == "all":
+        return METRICS
+    asked = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in asked if m not in METRICS]
+    if unknown or not asked:
+        raise RatlipError(f"unknown metric(s) {', '.join(unknown) or text!r} in --metrics; choose from {METRIC_HELP}, or all")
+    return tuple(m for m in METRICS if m in asked)
+
+
 def check_eval_config(ecfg: EvalConfig) -> None:
     """Range checks of the eval section."""
     if ecfg.num < 0:
@@ -75,3 +102,8 @@ def check_eval_config(ecfg: EvalConfig) -> None:
         raise RatlipError(f"eval.r_precision_candidates must be >= 2, got {ecfg.r_precision_candidates}")
     if ecfg.kid_subsets < 1 or ecfg.kid_subset_size < 2:
         raise RatlipError("eval.kid_subsets must be >= 1 and eval.kid_subset_size >= 2")
+    metrics = parse_metrics(ecfg.metrics, ecfg.protocol)
+    if ecfg.ref_stats and not Path(ecfg.ref_stats).expanduser().is_file():
+        raise RatlipError(f"--ref-stats file not found: {ecfg.ref_stats}")
+    if ecfg.ref_stats and "fid" not in metrics:
+        raise RatlipError("--ref-stats gives FID's reference statistics, but --metrics has no fid")

@@ -46,40 +46,74 @@ def append_csv(path: Path, row: dict[str, Any]) -> None:
     write_text(path, buf.getvalue())
 
 
+def _value(row: dict[str, Any], key: str) -> float | None:
+    """A metric of the row as a float; None when it was not computed ("" or missing)."""
+    value = row.get(key, "")
+    if value in ("", None):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def results_table(row: dict[str, Any]) -> Table:
-    """The metrics and the protocol of one evaluation as a Rich table."""
+    """The metrics and the protocol of one evaluation as a Rich table; the title, the first row and the FID label name the protocol."""
     from rich.markup import escape
 
+    protocol = str(row.get("protocol") or "clean-fid")
+    tag = f"[{protocol}]"
     not_fid = row["feature_extractor"] == NOT_FID_MARK
-    table = Table(title=f"ratlip eval: {escape(str(row['source']))}", show_header=True)
+    table = Table(title=f"ratlip eval {escape(tag)}: {escape(str(row['source']))}", show_header=True)
     table.add_column("metric", style="bold")
     table.add_column("value", overflow="fold")
-    if not_fid:
-        table.add_row("FID [red](random-tiny, NOT FID)[/red]", f"{row['fid']:.3f}")
-        kid = f"{row['kid_x1e3']:.3f} ± {row['kid_std_x1e3']:.3f}"
-        table.add_row("KID x1e3 [red](random-tiny, NOT KID)[/red]", kid)
+    table.add_row("protocol", escape(protocol))
+    add = table.add_row
+
+    fid, kid = _value(row, "fid"), _value(row, "kid_x1e3")
+    if protocol == "galip":
+        fid_label = f"FID (protocol galip: the release's pipeline vs {row.get('ref_stats') or 'the split'})"
     else:
-        table.add_row(f"FID (clean-fid, mode {row['fid_mode']})", f"{row['fid']:.3f}")
-        table.add_row("KID x1e3", f"{row['kid_x1e3']:.3f} ± {row['kid_std_x1e3']:.3f}")
+        fid_label = f"FID (clean-fid, mode {row['fid_mode']})"
+    if fid is not None:
+        add("FID [red](random-tiny, NOT FID)[/red]" if not_fid else escape(fid_label), f"{fid:.3f}")
+    if kid is not None:
+        label = "KID x1e3" + (" [red](random-tiny, NOT KID)[/red]" if not_fid else "")
+        add(label, f"{kid:.3f} ± {float(row['kid_std_x1e3']):.3f}")
     note = clip_metrics_note(str(row.get("eval_clip", "")))
     mark = f" [red]({escape(note)})[/red]" if note == RANDOM_CLIP_NOTE else f" [yellow]({escape(note)})[/yellow]" if note else ""
-    table.add_row(f"CLIP score (x100){mark}", f"{row['clip_score']:.2f}")
-    table.add_row(
-        f"CLIP R-precision (%, top-1 of {row['r_precision_candidates']}){mark}", f"{row['r_precision']:.2f}"
-    )
+    cs, rp = _value(row, "clip_score"), _value(row, "r_precision")
+    if cs is not None:
+        how = " (transf_to_CLIP_input, mean over batches)" if protocol == "galip" else ""
+        add(f"CLIP score (x100){how}{mark}", f"{cs:.2f}")
+    if rp is not None:
+        add(f"CLIP R-precision (%, top-1 of {row['r_precision_candidates']}){mark}", f"{rp:.2f}")
+    is_mean = _value(row, "inception_score")
+    if is_mean is not None:
+        add("Inception Score (10 splits)", f"{is_mean:.3f} ± {float(row['inception_score_std']):.3f}")
+    elif row.get("is_note"):
+        add("Inception Score", f"[yellow]not available: {escape(str(row['is_note']))}[/yellow]")
+    names = (("precision", "pr_k"), ("recall", "pr_k"), ("density", "dc_k"), ("coverage", "dc_k"))
+    for name, k in names:
+        value = _value(row, name)
+        if value is not None:
+            warn_mark = " [red](random-tiny features)[/red]" if not_fid else ""
+            add(f"{name} (k = {row.get(k, '')}){warn_mark}", f"{value:.4f}")
     if row.get("damsm_r_precision", "") != "":
-        table.add_row(f"DAMSM R-precision (%, top-1 of {row['damsm_r_precision_candidates']}, the run's encoders)",
-                      f"{row['damsm_r_precision']:.2f}")
+        add(f"DAMSM R-precision (%, top-1 of {row['damsm_r_precision_candidates']}, the run's encoders)",
+            f"{float(row['damsm_r_precision']):.2f}")
     table.add_section()
-    protocol = [
+    reference = (f"{row['ref_images']} {row['split']} images of {row['dataset']} at {row['ref_size']} px"
+                 if row.get("ref_images", "") != "" else f"{row['split']} split of {row['dataset']}")
+    protocol_rows = [
         ("generator", row.get("generator") or "- (images given)"),
         ("images", f"{row['num_images']} at {row['image_size']} px, passes: {row['passes'] or '-'}"),
-        ("reference", f"{row['ref_images']} {row['split']} images of {row['dataset']} at {row['ref_size']} px"),
+        ("reference", reference + (f"; FID against {row['ref_stats']}" if row.get("ref_stats") else "")),
         ("features", f"{row['feature_extractor']}: {row['feature_weights']}"),
         ("eval CLIP", row["eval_clip"]),
         ("seed / device", f"{row['seed']} / {row['device']}"),
     ]
-    for name, value in protocol:
+    for name, value in protocol_rows:
         table.add_row(name, escape(str(value)), style="dim")
     return table
 

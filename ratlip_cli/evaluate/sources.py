@@ -40,22 +40,29 @@ def to_hwc_arrays(images: torch.Tensor) -> list[np.ndarray]:
 
 def generate_batches(
     loaded, captions: Sequence[str], batch_size: int, seed: int, device: torch.device,
-    starts: Sequence[int] | None = None,
+    starts: Sequence[int] | None = None, protocol: str = "clean-fid",
 ) -> Iterator[ImageBatch]:
     """Images from `loaded` (LoadedGenerator: generator, backbone, tokenizer, cfg) for `captions`
-    (only the batches beginning at `starts`, when given)."""
+    (only the batches beginning at `starts`, when given). Noise: per image from `(seed, index)`
+    (clean-fid), or the release's one `torch.randn(B, z_dim)` per batch after seeding (galip), whose
+    batches also keep the float images (`tensors`)."""
     gen, backbone, tokenizer = loaded.generator, loaded.backbone, loaded.tokenizer
+    from ratlip_cli.evaluate.protocols import galip_noise
     from ratlip_cli.export import noise_dim
 
     z_dim = noise_dim(loaded)
+    galip = protocol == "galip"
+    all_starts = list(range(0, len(captions), batch_size))
+    if galip:
+        noise = dict(zip(all_starts, galip_noise([len(captions[s : s + batch_size]) for s in all_starts], z_dim, seed)))
     gen.eval()
-    for start in range(0, len(captions), batch_size) if starts is None else starts:
+    for start in all_starts if starts is None else starts:
         caps = list(captions[start : start + batch_size])
-        z = caption_noise(len(caps), z_dim, seed, start).to(device)
+        z = (noise[start] if galip else caption_noise(len(caps), z_dim, seed, start)).to(device)
         with torch.no_grad():
             sentence = backbone.encode_text(tokenizer(caps).to(device))[0]
             images = gen(z, sentence)
-        yield ImageBatch(to_hwc_arrays(images), caps, start)
+        yield ImageBatch(to_hwc_arrays(images), caps, start, images.float().cpu() if galip else None)
 
 
 def embed_batches(batches: Iterable[ImageBatch], scorer, out: tuple[list[torch.Tensor], list[str]]

@@ -63,6 +63,23 @@ class ClipScorer:
         return torch.nn.functional.normalize(feats, dim=-1).cpu()
 
     @torch.no_grad()
+    def embed_images_authors(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, E) unit-norm float32 CPU embeddings of generator-range images (B, 3, H, W) through the
+        release's `transf_to_CLIP_input` (tobran/GALIP `code/lib/utils.py`): x * 0.5 + 0.5, a nearest
+        resize to the CLIP input size, (x + 1) * 0.5, then CLIP's mean/std (the double range mapping)."""
+        size = self.model.visual.image_size
+        size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+        pcfg = dict(getattr(self.model.visual, "preprocess_cfg", {}) or {})
+        from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+        mean = torch.tensor(pcfg.get("mean", OPENAI_DATASET_MEAN), device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(pcfg.get("std", OPENAI_DATASET_STD), device=self.device).view(1, 3, 1, 1)
+        x = torch.nn.functional.interpolate(images.to(self.device).float() * 0.5 + 0.5, size=size)
+        x = ((x + 1) * 0.5 - mean) / std
+        feats = self.model.encode_image(x.float()).float()
+        return torch.nn.functional.normalize(feats, dim=-1).cpu()
+
+    @torch.no_grad()
     def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         """(N, E) unit-norm float32 CPU embeddings of texts (truncated to the context length)."""
         out = []

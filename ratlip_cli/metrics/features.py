@@ -80,6 +80,8 @@ class FeatureExtractor:
         self.resize: Callable[[np.ndarray], np.ndarray] = build_resizer(mode)
         # NHWC activations: oneDNN's faster convolution layout on CPU (same numbers up to rounding).
         self.channels_last = False
+        # The Inception file the network came from (its 1008-way logits give the Inception Score).
+        self.source: Path | None = None
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """clean-fid's per-image resize; returns a float (B, 3, H, W) batch in [0, 255]."""
@@ -225,7 +227,7 @@ def _inception(mode: str, path: str, device: torch.device, graph: str) -> Featur
     folded = graph in ("auto", "folded") and mode == "clean"
     model = _load_torchscript_inception(found, mode, "folded" if folded else "reference")
     sha = file_sha256(found)
-    return FeatureExtractor(
+    extractor = FeatureExtractor(
         "inception",
         model,
         mode,
@@ -234,6 +236,8 @@ def _inception(mode: str, path: str, device: torch.device, graph: str) -> Featur
         key=f"inception-{sha[:12]}" + ("-folded" if folded else ""),
         identity=f"{found.name} sha256:{sha[:12]}" + (" (batch norm folded)" if folded else ""),
     )
+    extractor.source = found
+    return extractor
 
 
 def _pytorch_inception(device: torch.device) -> FeatureExtractor:
