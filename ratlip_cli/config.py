@@ -82,6 +82,9 @@ class ModelConfig:
     prompt_blocks: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5, 6, 7, 8])
     mapper_scale: float = 0.1
     sa_groups: int = 8
+    # true: the authors' Conv_shuffle (conv -> BN -> LeakyReLU -> shuffle attention); false: the same
+    # blocks without their shuffle attention layers, nothing else changed (RAT/SA ablation; family ratlip).
+    shuffle_attention: bool = True
     # 0-based ViT blocks whose token grids feed the discriminator: the first starts the D path,
     # each further one joins one residual D block (so there are len - 1 D blocks).
     d_feature_blocks: list[int] = field(default_factory=lambda: [1, 4, 8])

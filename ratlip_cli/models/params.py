@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ratlip_cli.errors import RatlipError
+from ratlip_cli.models.attention import ShuffleAttention
 from ratlip_cli.models.clip_backbone import ClipBackbone
 
 PAPER_HIDDENS = (0, 4, 8, 16, 32, 64, 128)
@@ -138,7 +139,9 @@ def param_counts(models: Any) -> dict[str, dict[str, int]]:
     """Trainable and frozen parameter counts per part of a `RatlipModels`.
 
     Keys: bridge (fc, RAT blocks, CLIP-width convs, prompts and the RAT recurrence), rat (the
-    recurrence alone: LSTM(s) and initial-state maps; part of bridge), clip_mapper (the frozen CLIP
+    recurrence alone: LSTM(s) and initial-state maps; part of bridge), shuffle_attention (the
+    generator's shuffle attention layers, in bridge and blocks; 0 with model.shuffle_attention false
+    and for galip), clip_mapper (the frozen CLIP
     image tower the generator runs), generator_blocks (with to_rgb), generator, discriminator, head,
     clip (the whole frozen CLIP model), total. Each maps to {"trainable", "frozen", "total"}.
     """
@@ -156,6 +159,7 @@ def param_counts(models: Any) -> dict[str, dict[str, int]]:
     counts = {
         "bridge": row(_count(parts["bridge"], clip_ids), 0),
         "rat": row(_count(parts["rat"], clip_ids), 0),
+        "shuffle_attention": row(_count([m for m in g.modules() if isinstance(m, ShuffleAttention)], clip_ids), 0),
         "clip_mapper": row(0, visual),
         "generator_blocks": row(_count(parts["generator_blocks"], clip_ids), 0),
         "generator": row(_count([g], clip_ids), visual),
@@ -197,6 +201,7 @@ def param_table(
                 "h": int(h),
                 "bridge": counts["bridge"]["trainable"],
                 "rat": counts["rat"]["trainable"],
+                "shuffle_attention": counts["shuffle_attention"]["trainable"],
                 "generator_blocks": counts["generator_blocks"]["trainable"],
                 "generator": counts["generator"]["trainable"],
                 "discriminator": counts["discriminator"]["trainable"],
@@ -215,6 +220,7 @@ TABLE_COLUMNS = (
     ("bridge", "G bridge"),
     ("rat", "of which RAT LSTM"),
     ("generator_blocks", "G blocks"),
+    ("shuffle_attention", "of which SA"),
     ("generator", "G trainable"),
     ("discriminator", "D"),
     ("head", "head"),
