@@ -286,6 +286,11 @@ class EvalConfig:
     kid_subsets: int = 100
     kid_subset_size: int = 1000
     cache_dir: str = ""
+    # Grad-CAM (`ratlip gradcam`, `ratlip ablate --gradcam`; docs/evaluation.md): the score explained
+    # (clip: the evaluation CLIP's image-caption cosine) and the ViT block whose input token grid is
+    # the target layer (-1: the last block, i.e. the last grid the class token reads).
+    gradcam_target: str = "clip"
+    gradcam_block: int = -1
 
 
 @dataclass
@@ -315,6 +320,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "eval.fid_mode": ("clean", "legacy_pytorch", "legacy_tensorflow"),
     "eval.feature_extractor": ("inception", "random-tiny"),
     "eval.inception_graph": ("auto", "folded", "reference"),
+    "eval.gradcam_target": ("clip",),
     "damsm.image_encoder": ("inception", "cnn"),
     "dmgan.memory_mask": ("correct", "reference"),
     "ecagan.channel_attention": ("eca", "se", "none"),

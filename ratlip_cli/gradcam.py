@@ -1,0 +1,201 @@
+"""`ratlip gradcam` and `ratlip ablate --gradcam`: Grad-CAM heat maps over generated images (the
+paper's Figure 3) and, on `shapes`, the share of the map's mass inside the generated object.
+
+One figure: a row per run (or ablation cell), a column pair per caption (the image, then the image
+with its heat map over it). Every row generates caption j from the same noise (`seeds.caption_noise`
+with the figure's seed, caption index j), so rows differ only in their generator; every map is
+explained by one and the same evaluator, the first run's evaluation CLIP (`metrics.gradcam`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ratlip_cli.console import console, warn
+from ratlip_cli.errors import RatlipError
+from ratlip_cli.files import atomic_write
+from ratlip_cli.metrics.gradcam import clip_gradcam, normalise_maps, object_share, upsample_maps
+from ratlip_cli.seeds import caption_noise
+
+FIGURE_FILE = "gradcam.png"
+
+
+@dataclass
+class GradcamRow:
+    """One row of the figure: its label, the generated images (uint8 HWC) and their maps (H, W), 0..1."""
+
+    label: str
+    images: list[np.ndarray]
+    maps: list[np.ndarray]
+
+
+@dataclass
+class GradcamOptions:
+    """What `ratlip gradcam` was asked for (the CLI only parses)."""
+
+    runs: list[Path] = field(default_factory=list)
+    captions: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    out: Path = Path("gradcam.png")
+    seed: int = 0
+    device: str | None = None
+    generator: str | None = None
+    sets: list[str] = field(default_factory=list)
+
+
+def generate_images(loaded, captions: Sequence[str], seed: int, batch_size: int = 16) -> list[np.ndarray]:
+    """uint8 (H, W, 3) images of `loaded` (an exported generator) for `captions`, caption i from noise (seed, i)."""
+    from ratlip_cli.evaluate.sources import to_hwc_arrays
+    from ratlip_cli.export import noise_dim
+
+    gen = loaded.generator.eval()
+    out: list[np.ndarray] = []
+    for start in range(0, len(captions), batch_size):
+        caps = list(captions[start : start + batch_size])
+        z = caption_noise(len(caps), noise_dim(loaded), seed, start).to(loaded.device)
+        with torch.no_grad():
+            out += to_hwc_arrays(gen(z, loaded.embed(caps)).float().clamp(-1, 1).cpu())
+    return out
+
+
+def explain(scorer, images: Sequence[np.ndarray], captions: Sequence[str], target: str = "clip",
+            block: int = -1, batch_size: int = 16) -> list[np.ndarray]:
+    """Grad-CAM maps of `images` for their `captions` (`eval.gradcam_target`, `eval.gradcam_block`),
+    upsampled to each image's size: unnormalised float (H, W) arrays."""
+    if target != "clip":
+        raise RatlipError(f"unknown eval.gradcam_target '{target}'; choose clip")
+    maps: list[np.ndarray] = []
+    for start in range(0, len(images), batch_size):
+        imgs = list(images[start : start + batch_size])
+        grid = clip_gradcam(scorer, imgs, captions[start : start + batch_size], block)
+        size = imgs[0].shape[:2]
+        maps += list(upsample_maps(grid, size).numpy())
+    return maps
+
+
+def shapes_object_share(images: Sequence[np.ndarray], maps: Sequence[np.ndarray]) -> dict[str, Any]:
+    """Mean Grad-CAM mass inside the shapes checker's object (`data.shapes.object_mask`) and, as the
+    control, the mean object share of the image, over the images where both exist.
+
+    Returns {"share", "area", "n" (images counted), "skipped" (no object found or an all-zero map)};
+    share and area are None when no image counts. A map that ignores the object scores its area on average.
+    """
+    from ratlip_cli.data.shapes import object_mask
+
+    shares, areas, skipped = [], [], 0
+    for image, map_ in zip(images, maps):
+        mask = object_mask(image)
+        share = object_share(map_, mask) if mask.any() else None
+        if share is None:
+            skipped += 1
+            continue
+        shares.append(share)
+        areas.append(float(mask.mean()))
+    return {
+        "share": float(np.mean(shares)) if shares else None,
+        "area": float(np.mean(areas)) if areas else None,
+        "n": len(shares),
+        "skipped": skipped,
+    }
+
+
+def overlay(image: np.ndarray, map_: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """The image with a jet-coloured map (0..1) blended over it, uint8 (H, W, 3)."""
+    from matplotlib import colormaps
+
+    heat = colormaps["jet"](np.clip(map_, 0.0, 1.0))[..., :3] * 255.0
+    return np.clip((1 - alpha) * image.astype(np.float64) + alpha * heat, 0, 255).astype(np.uint8)
+
+
+def gradcam_figure(rows: Sequence[GradcamRow], captions: Sequence[str], path: Path, title: str = "") -> None:
+    """The figure (Figure 3's layout): rows = runs or cells, columns = captions, image and overlay side by side."""
+    import textwrap
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not rows or not captions:
+        raise RatlipError("the Grad-CAM figure needs at least one run and one caption")
+    n_rows, n_cols = len(rows), 2 * len(captions)
+    fig = Figure(figsize=(1.3 * n_cols + 1.2, 1.45 * n_rows + 0.9), dpi=110)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    for i, row in enumerate(rows):
+        for j, caption in enumerate(captions):
+            img, heat = row.images[j], normalise_maps(torch.from_numpy(np.asarray(row.maps[j])[None]))[0].numpy()
+            for k, picture in enumerate((img, overlay(img, heat))):
+                ax = axes[i][2 * j + k]
+                ax.imshow(picture, interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if i == 0:
+                    text = textwrap.fill(caption, 22) if k == 0 else "Grad-CAM"
+                    ax.set_title(text, fontsize=6)
+            if j == 0:
+                axes[i][0].set_ylabel(row.label, fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png"))
+
+
+def with_eval_settings(cfg, sets: Sequence[str]):
+    """A copy of a run's config with `--set eval.KEY=VALUE` overrides (the evaluation CLIP, the Grad-CAM target and block)."""
+    import copy
+
+    from ratlip_cli.config import parse_override, set_value
+
+    cfg = copy.deepcopy(cfg)
+    for text in sets:
+        key, value = parse_override(text)
+        if not key.startswith("eval."):
+            raise RatlipError(f"--set {key}: ratlip gradcam takes eval.* keys only (the generator is the run's)")
+        set_value(cfg, key, value)
+    return cfg
+
+
+def _run_label(loaded, run: Path) -> str:
+    cfg = loaded.cfg
+    return f"{run.name} (h={cfg.model.rat.hidden})" if cfg.model.family == "ratlip" else run.name
+
+
+def run_gradcam(opts: GradcamOptions) -> Path:
+    """`ratlip gradcam --run R ... CAPTION ...`: write the figure to `opts.out`; returns its path."""
+    from ratlip_cli.dist import resolve_device
+    from ratlip_cli.evaluate import eval_clip
+    from ratlip_cli.export import load_generator
+
+    if not opts.runs:
+        raise RatlipError("give at least one --run (a run folder with an export)")
+    captions = [c.strip() for c in opts.captions if c.strip()]
+    if not captions:
+        raise RatlipError('give at least one caption, e.g. ratlip gradcam --run runs/NAME "a big red circle on a blue background"')
+    if opts.labels and len(opts.labels) != len(opts.runs):
+        raise RatlipError(f"--label given {len(opts.labels)} times for {len(opts.runs)} --run folders; give one per run or none")
+    device = resolve_device(opts.device)
+    rows: list[GradcamRow] = []
+    scorer = None
+    ecfg = None
+    for k, run in enumerate(opts.runs):
+        run = Path(run)
+        loaded = load_generator(run, device, opts.generator)
+        if scorer is None:
+            cfg = with_eval_settings(loaded.cfg, opts.sets)
+            ecfg = cfg.eval
+            scorer = eval_clip(cfg, device, run)
+        images = generate_images(loaded, captions, opts.seed)
+        maps = explain(scorer, images, captions, ecfg.gradcam_target, ecfg.gradcam_block)
+        rows.append(GradcamRow(opts.labels[k] if opts.labels else _run_label(loaded, run), images, maps))
+    title = f"Grad-CAM of the evaluation CLIP's image-caption cosine ({scorer.identity}), block {ecfg.gradcam_block}"
+    if scorer.note:
+        warn(f"Grad-CAM maps from this evaluation CLIP: {scorer.note}")
+    gradcam_figure(rows, captions, opts.out, title)
+    console.print(f"wrote {opts.out} ({len(rows)} rows x {len(captions)} captions)", highlight=False)
+    return Path(opts.out)
