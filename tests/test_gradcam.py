@@ -190,3 +190,26 @@ def test_figure_has_one_image_pair_per_caption_and_a_row_per_run(tmp_path):
     ws, hs = Image.open(small).size
     assert w > ws and h > hs  # more columns and rows -> a wider and taller figure
     assert w == round((1.3 * 6 + 1.2) * 110) and h == round((1.45 * 2 + 0.9) * 110)
+
+
+def test_patch_tokens_after_the_last_block_carry_no_evidence(tiny_clip):
+    """Why the target is the last block's input: the embedding reads only the class token after the last block."""
+    from functools import partial
+
+    model, tokenizer = tiny_clip
+    scorer = ClipScorer(model, tokenizer, "cpu")
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    batch = torch.stack([scorer.transform(Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)))
+                         for _ in range(2)])
+    text = scorer.embed_texts(["a red circle", "a blue square"])
+
+    def cosine(x):
+        return (F.normalize(model.encode_image(x).float(), dim=-1) * text).sum(-1)
+
+    to_grid = partial(vit_token_grid, batch_first=bool(getattr(model.visual.transformer, "batch_first", True)))
+    last_output = grad_cam(cosine, batch, model.visual.transformer.resblocks[-1], to_grid=to_grid)
+    last_input = grad_cam(cosine, batch, model.visual.transformer.resblocks[-1], at_input=True, to_grid=to_grid)
+    assert float(last_output.abs().max()) == 0.0
+    assert float(last_input.max()) > 0.0
