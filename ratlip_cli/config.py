@@ -287,8 +287,9 @@ class EvalConfig:
     kid_subset_size: int = 1000
     cache_dir: str = ""
     # Grad-CAM (`ratlip gradcam`, `ratlip ablate --gradcam`; docs/evaluation.md): the score explained
-    # (clip: the evaluation CLIP's image-caption cosine) and the ViT block whose input token grid is
-    # the target layer (-1: the last block, i.e. the last grid the class token reads).
+    # (clip: the evaluation CLIP's image-caption cosine at the token grid entering ViT block
+    # gradcam_block, -1 = the last block, i.e. the last grid the class token reads; discriminator:
+    # each run's own D's conditional logit at D's output feature grid, from its latest checkpoint).
     gradcam_target: str = "clip"
     gradcam_block: int = -1
 
@@ -320,7 +321,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "eval.fid_mode": ("clean", "legacy_pytorch", "legacy_tensorflow"),
     "eval.feature_extractor": ("inception", "random-tiny"),
     "eval.inception_graph": ("auto", "folded", "reference"),
-    "eval.gradcam_target": ("clip",),
+    "eval.gradcam_target": ("clip", "discriminator"),
     "damsm.image_encoder": ("inception", "cnn"),
     "dmgan.memory_mask": ("correct", "reference"),
     "ecagan.channel_attention": ("eca", "se", "none"),

@@ -4,14 +4,15 @@ paper's Figure 3) and, on `shapes`, the share of the map's mass inside the gener
 One figure: a row per run (or ablation cell), a column pair per caption (the image, then the image
 with its heat map over it). Every row generates caption j from the same noise (`seeds.caption_noise`
 with the figure's seed, caption index j), so rows differ only in their generator; every map is
-explained by one and the same evaluator, the first run's evaluation CLIP (`metrics.gradcam`).
+explained by one and the same evaluator, the first run's evaluation CLIP (`metrics.gradcam`), or,
+with `eval.gradcam_target: discriminator`, by each run's own discriminator.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -63,19 +64,93 @@ def generate_images(loaded, captions: Sequence[str], seed: int, batch_size: int 
     return out
 
 
-def explain(scorer, images: Sequence[np.ndarray], captions: Sequence[str], target: str = "clip",
-            block: int = -1, batch_size: int = 16) -> list[np.ndarray]:
-    """Grad-CAM maps of `images` for their `captions` (`eval.gradcam_target`, `eval.gradcam_block`),
-    upsampled to each image's size: unnormalised float (H, W) arrays."""
-    if target != "clip":
-        raise RatlipError(f"unknown eval.gradcam_target '{target}'; choose clip")
-    maps: list[np.ndarray] = []
-    for start in range(0, len(images), batch_size):
-        imgs = list(images[start : start + batch_size])
-        grid = clip_gradcam(scorer, imgs, captions[start : start + batch_size], block)
-        size = imgs[0].shape[:2]
-        maps += list(upsample_maps(grid, size).numpy())
-    return maps
+@dataclass
+class Explainer:
+    """Grad-CAM for one target (`eval.gradcam_target`): ``explain(images, captions)`` -> maps.
+
+    `identity` names the judge (the evaluation CLIP, or the run whose discriminator it is); `note`
+    is a warning that must go with its maps ("" when none); `per_run` says the judge is the run's own
+    (the discriminator) and must be rebuilt for every run.
+    """
+
+    target: str
+    identity: str
+    maps_of: Callable[[list[np.ndarray], list[str]], torch.Tensor]
+    per_run: bool = False
+    note: str = ""
+    layer: str = ""
+
+    @property
+    def protocol(self) -> str:
+        """What made the maps, as the ablation CSV's `gradcam_protocol` records it."""
+        if self.per_run:
+            return f"{self.target} (each run's own, latest checkpoint)"
+        return f"{self.target} {self.layer}: {self.identity}"
+
+    def explain(self, images: Sequence[np.ndarray], captions: Sequence[str], batch_size: int = 16) -> list[np.ndarray]:
+        """Unnormalised (H, W) float maps of uint8 (H, W, 3) `images` for their `captions`, at each image's size."""
+        if len(images) != len(captions):
+            raise RatlipError(f"Grad-CAM: {len(images)} images but {len(captions)} captions")
+        maps: list[np.ndarray] = []
+        for start in range(0, len(images), batch_size):
+            imgs = list(images[start : start + batch_size])
+            grid = self.maps_of(imgs, list(captions[start : start + batch_size]))
+            maps += list(upsample_maps(grid, imgs[0].shape[:2]).numpy())
+        return maps
+
+
+def clip_explainer(cfg, device, run_dir: Path | None = None) -> Explainer:
+    """The evaluation CLIP of `cfg` (as `ratlip eval` loads it for `run_dir`) at `eval.gradcam_block`."""
+    from ratlip_cli.evaluate import eval_clip
+
+    scorer = eval_clip(cfg, device, run_dir)
+    block = cfg.eval.gradcam_block
+    return Explainer("clip", scorer.identity, lambda imgs, caps: clip_gradcam(scorer, imgs, caps, block),
+                     note=scorer.note, layer=f"block {block}")
+
+
+def discriminator_explainer(run_dir: Path, device) -> Explainer:
+    """The run's own discriminator and condition head from its newest checkpoint (family ratlip or galip)."""
+    from ratlip_cli.config import from_dict
+    from ratlip_cli.metrics.gradcam import discriminator_gradcam
+    from ratlip_cli.models.common.clip_text import run_clip_text
+    from ratlip_cli.models.family import RunFiles
+    from ratlip_cli.models.params import load_trainable_state_dict
+    from ratlip_cli.models.registry import get_family
+    from ratlip_cli.train.checkpoint import latest_checkpoint
+
+    path, state = latest_checkpoint(Path(run_dir) / "checkpoints")
+    if state is None:
+        raise RatlipError(f"eval.gradcam_target=discriminator needs a checkpoint in {Path(run_dir) / 'checkpoints'}")
+    cfg = from_dict(state["config"])
+    if cfg.model.family not in ("ratlip", "galip"):
+        raise RatlipError(f"eval.gradcam_target=discriminator is for families ratlip and galip, not {cfg.model.family}")
+    text = run_clip_text(cfg, RunFiles(Path(run_dir), resuming=True, main=False, seed=cfg.train.seed), device)
+    nets = get_family(cfg).build(cfg, text)
+    d, head = nets.trainable["discriminator"], nets.trainable["head"]
+    load_trainable_state_dict(d, state["discriminator"])
+    load_trainable_state_dict(head, state["head"])
+    d.to(device).eval()
+    head.to(device).eval()
+    encoder = nets.text
+
+    def maps_of(imgs: list[np.ndarray], caps: list[str]) -> torch.Tensor:
+        x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0).to(device)
+        with torch.no_grad():
+            s = encoder.encode(encoder.tokenizer(caps).to(device))
+        return discriminator_gradcam(d, head, x, s)
+
+    return Explainer("discriminator", f"{Path(run_dir).name} {path.name}", maps_of, per_run=True, layer="D output grid")
+
+
+def make_explainer(cfg, device, run_dir: Path) -> Explainer:
+    """The explainer `cfg.eval.gradcam_target` names, for `run_dir`."""
+    target = cfg.eval.gradcam_target
+    if target == "clip":
+        return clip_explainer(cfg, device, run_dir)
+    if target == "discriminator":
+        return discriminator_explainer(run_dir, device)
+    raise RatlipError(f"unknown eval.gradcam_target '{target}'; choose clip or discriminator")
 
 
 def shapes_object_share(images: Sequence[np.ndarray], maps: Sequence[np.ndarray]) -> dict[str, Any]:
@@ -146,6 +221,13 @@ def gradcam_figure(rows: Sequence[GradcamRow], captions: Sequence[str], path: Pa
     atomic_write(path, lambda fh: fig.savefig(fh, format="png"))
 
 
+def figure_title(explainer: Explainer) -> str:
+    """The figure's title: what the maps explain."""
+    if explainer.target == "discriminator":
+        return "Grad-CAM of each run's discriminator (conditional logit at its feature grid)"
+    return f"Grad-CAM of the evaluation CLIP's image-caption cosine ({explainer.identity}), {explainer.layer}"
+
+
 def with_eval_settings(cfg, sets: Sequence[str]):
     """A copy of a run's config with `--set eval.KEY=VALUE` overrides (the evaluation CLIP, the Grad-CAM target and block)."""
     import copy
@@ -169,7 +251,6 @@ def _run_label(loaded, run: Path) -> str:
 def run_gradcam(opts: GradcamOptions) -> Path:
     """`ratlip gradcam --run R ... CAPTION ...`: write the figure to `opts.out`; returns its path."""
     from ratlip_cli.dist import resolve_device
-    from ratlip_cli.evaluate import eval_clip
     from ratlip_cli.export import load_generator
 
     if not opts.runs:
@@ -181,21 +262,18 @@ def run_gradcam(opts: GradcamOptions) -> Path:
         raise RatlipError(f"--label given {len(opts.labels)} times for {len(opts.runs)} --run folders; give one per run or none")
     device = resolve_device(opts.device)
     rows: list[GradcamRow] = []
-    scorer = None
-    ecfg = None
+    explainer = None
     for k, run in enumerate(opts.runs):
         run = Path(run)
         loaded = load_generator(run, device, opts.generator)
-        if scorer is None:
-            cfg = with_eval_settings(loaded.cfg, opts.sets)
-            ecfg = cfg.eval
-            scorer = eval_clip(cfg, device, run)
+        if explainer is None or explainer.per_run:
+            explainer = make_explainer(with_eval_settings(loaded.cfg, opts.sets), device, run)
         images = generate_images(loaded, captions, opts.seed)
-        maps = explain(scorer, images, captions, ecfg.gradcam_target, ecfg.gradcam_block)
-        rows.append(GradcamRow(opts.labels[k] if opts.labels else _run_label(loaded, run), images, maps))
-    title = f"Grad-CAM of the evaluation CLIP's image-caption cosine ({scorer.identity}), block {ecfg.gradcam_block}"
-    if scorer.note:
-        warn(f"Grad-CAM maps from this evaluation CLIP: {scorer.note}")
+        rows.append(GradcamRow(opts.labels[k] if opts.labels else _run_label(loaded, run), images,
+                               explainer.explain(images, captions)))
+    title = figure_title(explainer)
+    if explainer.note:
+        warn(f"Grad-CAM maps from this evaluation CLIP: {explainer.note}")
     gradcam_figure(rows, captions, opts.out, title)
     console.print(f"wrote {opts.out} ({len(rows)} rows x {len(captions)} captions)", highlight=False)
     return Path(opts.out)

@@ -174,3 +174,30 @@ def test_gradcam_and_sa_refusals(sweep, workdir, tmp_path):
     assert galip.exit_code == 2 and "no shuffle attention" in galip.output
     params = runner.invoke(app, ["ablate", "tiny", "--params-only", "--shuffle-attention", "false"])
     assert params.exit_code == 2 and "--shuffle-attention cannot be used with --params-only" in params.output
+
+
+def test_discriminator_target(sweep, workdir, tmp_path):
+    out = tmp_path / "d.png"
+    result = runner.invoke(app, ["gradcam", "--run", str(sweep / "h0-s0"), "--run", str(sweep / "h8-s0"), "a red circle",
+                                 "--set", "eval.gradcam_target=discriminator", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).size == (round((1.3 * 2 + 1.2) * 110), round((1.45 * 2 + 0.9) * 110))
+    from ratlip_cli.config import resolve_config
+
+    cfg = resolve_config("tiny", overrides=[f"data.root={workdir / 'data'}", "eval.num=4",
+                                            "eval.gradcam_target=discriminator"])
+    rows = read_rows(sweep / "ablation.csv")
+    updated = ablate.add_gradcam(sweep, rows, cfg, None)
+    assert {r["gradcam_protocol"] for r in updated} == {"discriminator (each run's own, latest checkpoint)"}
+
+
+def test_sweep_spec_leaves_out_the_cell_and_gradcam_settings():
+    from ratlip_cli.config import resolve_config
+
+    base = ablate.sweep_spec(resolve_config("tiny"), ["shapes"])
+    other = ablate.sweep_spec(resolve_config("tiny", overrides=["model.shuffle_attention=false", "eval.gradcam_block=-2",
+                                                                "eval.gradcam_target=discriminator"]), ["shapes"])
+    assert ablate.spec_hash(base) == ablate.spec_hash(other)
+    assert not any(k.startswith("eval.gradcam") or k == "model.shuffle_attention" for k in base["config"])
+    changed = ablate.sweep_spec(resolve_config("tiny", overrides=["eval.num=3"]), ["shapes"])
+    assert ablate.spec_hash(changed) != ablate.spec_hash(base)

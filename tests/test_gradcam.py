@@ -213,3 +213,28 @@ def test_patch_tokens_after_the_last_block_carry_no_evidence(tiny_clip):
     last_input = grad_cam(cosine, batch, model.visual.transformer.resblocks[-1], at_input=True, to_grid=to_grid)
     assert float(last_output.abs().max()) == 0.0
     assert float(last_input.max()) > 0.0
+
+
+@pytest.mark.parametrize("d_backbone", ["clip", "cnn"])
+def test_discriminator_gradcam_equals_a_direct_autograd_computation(tiny_clip, d_backbone):
+    from ratlip_cli.config import resolve_config
+    from ratlip_cli.metrics.gradcam import discriminator_gradcam
+    from ratlip_cli.models import build_models
+
+    torch.manual_seed(0)
+    models = build_models(resolve_config("tiny", overrides=[f"model.d_backbone={d_backbone}"]), tiny_clip[0])
+    d, head = models.discriminator.eval(), models.head.eval()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(3, 3, 32, 32, generator=gen) * 2 - 1
+    s = torch.randn(3, head.embed_dim, generator=gen)
+    maps = discriminator_gradcam(d, head, x, s)
+
+    feats, _ = d.encode(x, with_pooled=False)
+    dmap = d(feats)
+    dmap.retain_grad()
+    head(dmap, s).sum().backward()
+    alpha = dmap.grad.mean(dim=(2, 3), keepdim=True)
+    want = F.relu((alpha * dmap.detach()).sum(1))
+    assert maps.shape == (3, d.grid, d.grid) == want.shape
+    assert torch.allclose(maps, want, atol=1e-6, rtol=1e-5)
+    assert float(maps.sum()) > 0

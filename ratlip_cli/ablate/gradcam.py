@@ -34,9 +34,10 @@ def add_gradcam(out: Path, rows: Sequence[dict[str, Any]], cfg: Config, device: 
     on the shapes dataset, return the rows with their Grad-CAM object share filled in."""
     from ratlip_cli.data.shards import open_dataset
     from ratlip_cli.dist import resolve_device
-    from ratlip_cli.evaluate import eval_clip
     from ratlip_cli.export import load_generator
-    from ratlip_cli.gradcam import GradcamRow, explain, generate_images, gradcam_figure, shapes_object_share
+    from ratlip_cli.gradcam import (
+        GradcamRow, figure_title, generate_images, gradcam_figure, make_explainer, shapes_object_share,
+    )
     from ratlip_cli.train.shapes_eval import shapes_eval_captions
 
     dev = resolve_device(device)
@@ -44,9 +45,7 @@ def add_gradcam(out: Path, rows: Sequence[dict[str, Any]], cfg: Config, device: 
     figure_captions = shapes_eval_captions(dataset, "test", FIGURE_CAPTIONS)
     shapes = cfg.data.name == "shapes"
     share_captions = shapes_eval_captions(dataset, "test", cfg.eval.num) if shapes else []
-    target, block = cfg.eval.gradcam_target, cfg.eval.gradcam_block
-    scorer = None
-    protocol = ""
+    explainer = None
     figure_rows: list[GradcamRow] = []
     shown: set[str] = set()
     updated: list[dict[str, Any]] = []
@@ -57,28 +56,35 @@ def add_gradcam(out: Path, rows: Sequence[dict[str, Any]], cfg: Config, device: 
             updated.append(row)
             continue
         loaded = load_generator(run_dir, dev, cfg.eval.generator)
-        if scorer is None:
-            scorer = eval_clip(loaded.cfg, dev, run_dir)
-            protocol = f"{target} block {block}: {scorer.identity}"
+        if explainer is None or explainer.per_run:
+            explainer = make_explainer(_with_eval(loaded.cfg, cfg), dev, run_dir)
         value = row_axis(row)[1]
         if value not in shown:  # rows are sorted by (value, seed): the first is the lowest seed
             shown.add(value)
             images = generate_images(loaded, figure_captions, EVAL_SEED)
-            figure_rows.append(GradcamRow(_label(row), images, explain(scorer, images, figure_captions, target, block)))
-        if shapes and str(row.get("gradcam_protocol", "")) != protocol:
+            figure_rows.append(GradcamRow(_label(row), images, explainer.explain(images, figure_captions)))
+        if shapes and str(row.get("gradcam_protocol", "")) != explainer.protocol:
             images = generate_images(loaded, share_captions, EVAL_SEED)
-            res = shapes_object_share(images, explain(scorer, images, share_captions, target, block))
+            res = shapes_object_share(images, explainer.explain(images, share_captions))
             row = {**row, "gradcam_object_share": res["share"], "gradcam_object_area": res["area"],
-                   "gradcam_images": res["n"], "gradcam_protocol": protocol}
+                   "gradcam_images": res["n"], "gradcam_protocol": explainer.protocol}
             if res["skipped"]:
                 warn(f"Grad-CAM {_label(row)}: {res['skipped']} of {len(share_captions)} images left out "
                      "(no object found, or an all-zero map)")
         updated.append(row)
     if figure_rows:
-        title = f"Grad-CAM of the evaluation CLIP's image-caption cosine ({scorer.identity}), block {block}"
-        gradcam_figure(figure_rows, figure_captions, Path(out) / GRADCAM_FIGURE, title)
+        gradcam_figure(figure_rows, figure_captions, Path(out) / GRADCAM_FIGURE, figure_title(explainer))
         console.print(f"wrote {Path(out) / GRADCAM_FIGURE} ({len(figure_rows)} cells x {len(figure_captions)} captions)",
                       highlight=False)
-    if scorer is not None and scorer.note:
-        warn(f"Grad-CAM maps from this evaluation CLIP: {scorer.note}")
+    if explainer is not None and explainer.note:
+        warn(f"Grad-CAM maps from this evaluation CLIP: {explainer.note}")
     return updated
+
+
+def _with_eval(run_cfg: Config, sweep_cfg: Config) -> Config:
+    """The run's config with the sweep's eval section (the --gradcam settings of this invocation)."""
+    import copy
+
+    c = copy.deepcopy(run_cfg)
+    c.eval = copy.deepcopy(sweep_cfg.eval)
+    return c

@@ -65,6 +65,9 @@ PARAM_COLUMNS = [
     "trainable_params",
     "total_params",
 ]
+# Settings of `--gradcam` only: they change no training and no metric column, and each row records
+# them (`gradcam_protocol`), so they are left out of the sweep spec like the neutral keys.
+GRADCAM_KEYS = frozenset({"eval.gradcam_target", "eval.gradcam_block"})
 # Filled by `ratlip ablate --gradcam` on shapes (ratlip_cli/gradcam.py): the mean Grad-CAM mass inside
 # the checker's object, the object's mean share of the image (the control), the images counted, and the
 # target/layer/evaluation CLIP that made the maps.

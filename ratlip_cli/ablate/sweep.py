@@ -24,6 +24,7 @@ from ratlip_cli.ablate.options import (
     RAT_KEY,
     SA_KEY,
     NEUTRAL_KEYS,
+    GRADCAM_KEYS,
     COLUMNS,
     AblateOptions,
     Axis,
@@ -97,9 +98,10 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def sweep_spec(cfg: Config, metrics: Sequence[str], key: str = RAT_KEY) -> dict[str, Any]:
     """Everything that makes two rows comparable: the config (minus swept and neutral keys), metrics,
     the evaluation seed and (for a key other than model.rat.hidden) the swept key, as flat dotted keys.
-    model.shuffle_attention is a cell setting (`--shuffle-attention`), never part of the spec."""
+    model.shuffle_attention is a cell setting (`--shuffle-attention`) and the Grad-CAM keys are
+    recorded per row, so neither is part of the spec."""
     flat = _flatten(to_dict(cfg))
-    swept = {key, "train.seed", SA_KEY}
+    swept = {key, "train.seed", SA_KEY} | GRADCAM_KEYS
     settings = {k: v for k, v in sorted(flat.items()) if k not in NEUTRAL_KEYS and k not in swept}
     spec: dict[str, Any] = {"metrics": list(metrics), "eval_seed": EVAL_SEED, "config": settings}
     if key != RAT_KEY:

@@ -6,9 +6,11 @@ For a scalar score y per sample and the activations A (B, C, h, w) of a target l
     map     = ReLU(sum_c alpha_c A_c)    (B, h, w), on the layer's own grid
 
 `grad_cam` computes this for any network given as a score function, an input and a module whose
-output (or input, `at_input`) is the target layer; `clip_gradcam` is ratlip's evaluation target:
-the evaluation CLIP's image-text cosine (the quantity CLIP score averages) at the token grid that
-enters the last ViT block (`eval.gradcam_block`, docs/evaluation.md "Grad-CAM" says why).
+output (or input, `at_input`) is the target layer. The two targets of `eval.gradcam_target`:
+`clip_gradcam` (the default) is the evaluation CLIP's image-text cosine (the quantity CLIP score
+averages) at the token grid that enters its last ViT block (`eval.gradcam_block`);
+`discriminator_gradcam` is a run's own discriminator: its conditional logit (NetC on NetD's
+output) at NetD's feature grid (docs/evaluation.md "Grad-CAM" says which to use when).
 `object_share` turns maps into the number of docs/ablation.md: the fraction of the map's mass
 inside an object mask.
 """
@@ -26,7 +28,7 @@ from torch import nn
 from ratlip_cli.errors import RatlipError
 
 # The targets `eval.gradcam_target` may name (config.CHOICES lists the same).
-GRADCAM_TARGETS = ("clip",)
+GRADCAM_TARGETS = ("clip", "discriminator")
 
 
 def grad_cam(
@@ -114,6 +116,21 @@ def clip_gradcam(scorer, images: Sequence[np.ndarray], captions: Sequence[str], 
 
     to_grid = partial(vit_token_grid, batch_first=bool(getattr(transformer, "batch_first", True)))
     return grad_cam(cosine, batch, blocks[block], at_input=True, to_grid=to_grid).cpu()
+
+
+def discriminator_gradcam(discriminator: nn.Module, head: nn.Module, images: torch.Tensor,
+                          condition: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM maps (B, g, g) of the conditional logit ``head(D(x), s)`` at D's output feature grid.
+
+    `discriminator` is a `models.discriminator.Discriminator` (``encode`` then ``forward`` gives
+    (B, E, g, g)), `head` its `ConditionHead`, `images` (B, 3, H, W) in [-1, 1], `condition` the
+    sentence embeddings (B, E) the head was trained with. Both networks should be in eval mode.
+    """
+    def logit(x: torch.Tensor) -> torch.Tensor:
+        feats, _ = discriminator.encode(x, with_pooled=False)
+        return head(discriminator(feats), condition.to(x.device)).float()
+
+    return grad_cam(logit, images, discriminator).cpu()
 
 
 def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
