@@ -201,3 +201,11 @@ def test_sweep_spec_leaves_out_the_cell_and_gradcam_settings():
     assert not any(k.startswith("eval.gradcam") or k == "model.shuffle_attention" for k in base["config"])
     changed = ablate.sweep_spec(resolve_config("tiny", overrides=["eval.num=3"]), ["shapes"])
     assert ablate.spec_hash(changed) != ablate.spec_hash(base)
+
+
+def test_report_shows_the_gradcam_figure_and_the_sa_column(sweep, tmp_path):
+    out = tmp_path / "r.html"
+    result = runner.invoke(app, ["report", str(sweep), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    page = out.read_text()
+    assert 'class="ablation-gradcam"' in page and "shuffle_attention" in page and "h8-nosa-s0" in page

@@ -298,6 +298,9 @@ def merge_ablations(dirs: Sequence[Path], out: Path | None = None) -> Path:
         info["values"] = list(dict.fromkeys(str(v) for doc in docs for v in doc.get("values", [])))
     else:
         info["hidden"] = sorted({h for doc in docs for h in doc.get("hidden", [])})
+    merged_sa = list(dict.fromkeys(v for doc in docs for v in doc.get("shuffle_attention", [])))
+    if merged_sa:
+        info["shuffle_attention"] = merged_sa
     info.update({
         "seeds": sorted({s for doc in docs for s in doc.get("seeds", [])}),
         "shard": None,
