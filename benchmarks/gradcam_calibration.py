@@ -17,9 +17,9 @@ import argparse
 
 def main() -> None:
     from ratlip_cli.config import resolve_config
+    from ratlip_cli.console import console
     from ratlip_cli.evaluate.reference import load_reference_image, load_test_split
     from ratlip_cli.gradcam import clip_explainer, shapes_object_share
-    from ratlip_cli.console import console
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="shapes")

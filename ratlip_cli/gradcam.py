@@ -10,25 +10,31 @@ with `eval.gradcam_target: discriminator`, by each run's own discriminator.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
+from ratlip_cli.config import Config
 from ratlip_cli.console import console, warn
 from ratlip_cli.errors import RatlipError
 from ratlip_cli.files import atomic_write
-from ratlip_cli.metrics.gradcam import clip_gradcam, normalise_maps, object_share, upsample_maps
+from ratlip_cli.metrics.gradcam import (
+    clip_gradcam,
+    normalise_maps,
+    object_share,
+    upsample_maps,
+)
 from ratlip_cli.seeds import caption_noise
-
-FIGURE_FILE = "gradcam.png"
 
 
 @dataclass
 class GradcamRow:
-    """One row of the figure: its label, the generated images (uint8 HWC) and their maps (H, W), 0..1."""
+    """One row of the figure: its label, the generated images (uint8 HWC) and their Grad-CAM maps
+    (H, W; unnormalised, each scaled to its maximum when drawn)."""
 
     label: str
     images: list[np.ndarray]
@@ -99,7 +105,7 @@ class Explainer:
         return maps
 
 
-def clip_explainer(cfg, device, run_dir: Path | None = None) -> Explainer:
+def clip_explainer(cfg: Config, device: torch.device | str, run_dir: Path | None = None) -> Explainer:
     """The evaluation CLIP of `cfg` (as `ratlip eval` loads it for `run_dir`) at `eval.gradcam_block`."""
     from ratlip_cli.evaluate import eval_clip
 
@@ -109,7 +115,7 @@ def clip_explainer(cfg, device, run_dir: Path | None = None) -> Explainer:
                      note=scorer.note, layer=f"block {block}")
 
 
-def discriminator_explainer(run_dir: Path, device) -> Explainer:
+def discriminator_explainer(run_dir: Path, device: torch.device | str) -> Explainer:
     """The run's own discriminator and condition head from its newest checkpoint (family ratlip or galip)."""
     from ratlip_cli.config import from_dict
     from ratlip_cli.metrics.gradcam import discriminator_gradcam
@@ -143,7 +149,7 @@ def discriminator_explainer(run_dir: Path, device) -> Explainer:
     return Explainer("discriminator", f"{Path(run_dir).name} {path.name}", maps_of, per_run=True, layer="D output grid")
 
 
-def make_explainer(cfg, device, run_dir: Path) -> Explainer:
+def make_explainer(cfg: Config, device: torch.device | str, run_dir: Path) -> Explainer:
     """The explainer `cfg.eval.gradcam_target` names, for `run_dir`."""
     target = cfg.eval.gradcam_target
     if target == "clip":
@@ -228,7 +234,7 @@ def figure_title(explainer: Explainer) -> str:
     return f"Grad-CAM of the evaluation CLIP's image-caption cosine ({explainer.identity}), {explainer.layer}"
 
 
-def with_eval_settings(cfg, sets: Sequence[str]):
+def with_eval_settings(cfg: Config, sets: Sequence[str]) -> Config:
     """A copy of a run's config with `--set eval.KEY=VALUE` overrides (the evaluation CLIP, the Grad-CAM target and block)."""
     import copy
 

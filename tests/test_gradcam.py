@@ -10,7 +10,14 @@ from torch import nn
 
 from ratlip_cli.errors import RatlipError
 from ratlip_cli.metrics.clip_score import ClipScorer
-from ratlip_cli.metrics.gradcam import clip_gradcam, grad_cam, normalise_maps, object_share, upsample_maps, vit_token_grid
+from ratlip_cli.metrics.gradcam import (
+    clip_gradcam,
+    grad_cam,
+    normalise_maps,
+    object_share,
+    upsample_maps,
+    vit_token_grid,
+)
 
 
 class QuadrantNet(nn.Module):

@@ -7,7 +7,12 @@ import torch
 from torch import nn
 
 from ratlip_cli.config import resolve_config
-from ratlip_cli.models import build_models, param_counts, param_table, trainable_parameters
+from ratlip_cli.models import (
+    build_models,
+    param_counts,
+    param_table,
+    trainable_parameters,
+)
 from ratlip_cli.models.attention import ShuffleAttention
 from ratlip_cli.models.generator import ConvShuffle
 

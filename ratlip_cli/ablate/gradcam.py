@@ -9,13 +9,14 @@ of the sweep spec: they explain the trained generators and never change a traini
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from ratlip_cli.config import Config
-from ratlip_cli.console import console, warn
 from ratlip_cli.ablate.options import EVAL_SEED, RAT_KEY, row_axis, split_cell
 from ratlip_cli.ablate.sweep import _sorted_rows
+from ratlip_cli.config import Config
+from ratlip_cli.console import console, warn
 
 GRADCAM_FIGURE = "gradcam.png"
 # Captions in the figure: this many test-split captions, evenly spread (`shapes_eval_captions`).
@@ -36,7 +37,12 @@ def add_gradcam(out: Path, rows: Sequence[dict[str, Any]], cfg: Config, device: 
     from ratlip_cli.dist import resolve_device
     from ratlip_cli.export import load_generator
     from ratlip_cli.gradcam import (
-        GradcamRow, figure_title, generate_images, gradcam_figure, make_explainer, shapes_object_share,
+        GradcamRow,
+        figure_title,
+        generate_images,
+        gradcam_figure,
+        make_explainer,
+        shapes_object_share,
     )
     from ratlip_cli.train.shapes_eval import shapes_eval_captions
 

@@ -17,8 +17,8 @@ inside an object mask.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -83,7 +83,7 @@ def vit_token_grid(tokens: torch.Tensor, batch_first: bool = True) -> torch.Tens
     if not batch_first:
         tokens = tokens.transpose(0, 1)
     b, n, c = tokens.shape
-    g = int(round((n - 1) ** 0.5))
+    g = round((n - 1) ** 0.5)
     if g * g != n - 1:
         raise RatlipError(f"Grad-CAM: {n} ViT tokens are not a class token plus a square grid")
     return tokens[:, 1:].transpose(1, 2).reshape(b, c, g, g)
