@@ -482,6 +482,53 @@ def sample(
     )
 
 
+@app.command(epilog=refusals.epilog("gradcam"))
+@friendly
+def gradcam(
+    captions: Annotated[
+        Optional[list[str]],
+        typer.Argument(metavar="CAPTION", help="One or more captions; each becomes a column pair (image, Grad-CAM overlay).",
+                       show_default=False),
+    ] = None,
+    runs: Annotated[
+        Optional[list[Path]],
+        typer.Option("--run", help="A run folder with an export (runs/NAME); repeat for more rows (e.g. one per h).",
+                     show_default=False),
+    ] = None,
+    labels: Annotated[
+        Optional[list[str]],
+        typer.Option("--label", help="Row label, one per --run in the same order [default: the run's name and h].",
+                     show_default=False),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Figure to write (PNG).")] = Path("gradcam.png"),
+    seed: Annotated[
+        int, typer.Option("--seed", help="Noise seed: caption j gets the same noise in every row (seeds.caption_noise).")
+    ] = 0,
+    generator: Annotated[
+        Optional[str],
+        typer.Option("--generator", help="ema or raw; default: each run's eval.generator."),
+    ] = None,
+    device: DeviceOpt = None,
+    sets: Annotated[
+        Optional[list[str]],
+        typer.Option("--set", help="An eval.* key for the maps, e.g. --set eval.gradcam_block=-2 or "
+                     "--set eval.clip_weights=FILE (repeatable; applied to the first run's config).",
+                     show_default=False),
+    ] = None,
+) -> None:
+    """Grad-CAM heat maps over generated images: where the evaluation CLIP finds each caption (the paper's Figure 3).
+
+    One figure: rows = runs, columns = captions, the image and its overlay side by side. Target and layer: eval.gradcam_target (clip: the evaluation CLIP's image-caption cosine) at eval.gradcam_block (the token grid entering that ViT block; -1 = the last). Guide: docs/evaluation.md.
+
+    Example: ratlip gradcam --run runs/ablate-shapes/h0-s0 --run runs/ablate-shapes/h64-s0 "a big red circle on a blue background" "a small green square on a gray background"
+    """
+    from ratlip_cli.gradcam import GradcamOptions, run_gradcam
+
+    refusals.check_keys("gradcam", refusals.set_keys(sets))
+    run_gradcam(GradcamOptions(runs=list(runs or []), captions=list(captions or []), labels=list(labels or []),
+                               out=out, seed=seed, device=device, generator=generator, sets=list(sets or [])))
+
+
 @app.command(name="eval", epilog=refusals.epilog("eval"))
 @friendly
 def eval_(
@@ -723,12 +770,25 @@ def ablate(
         ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No evaluation progress bars.")] = False,
+    shuffle_attention: Annotated[
+        Optional[str],
+        typer.Option("--shuffle-attention", help="true, false or true,false: crossed with the swept values "
+                     "(model.shuffle_attention; false = Conv_shuffle without its shuffle attention layers). "
+                     "--hidden 0,64 --shuffle-attention true,false is the 2 x 2 RAT/SA ablation "
+                     "[default: the config's, true = the authors' network].", show_default=False),
+    ] = None,
+    gradcam: Annotated[
+        bool,
+        typer.Option("--gradcam", help="After the cells: OUT/gradcam.png (Grad-CAM of every cell on test captions) "
+                     "and, on shapes, the Grad-CAM mass inside the checker's object per row (trains nothing; "
+                     "eval.gradcam_target, eval.gradcam_block)."),
+    ] = False,
 ) -> None:
     """Sweep one config key (by default the RAT hidden size h, the paper's Table II) as one resumable command.
 
     Trains one model per (value, seed) with everything else equal, evaluates it with `ratlip eval`'s code, and writes OUT/ablation.csv, OUT/ablation.png and a Rich table. Re-run the same command to resume; other settings are refused. Guide: docs/ablation.md.
 
-    Examples: ratlip ablate shapes --hidden 0,16,64 --steps 600 --metrics shapes;  ratlip ablate shapes --sweep model.family=ratlip,galip --set model.rat.hidden=0 --steps 600 --metrics shapes;  ratlip ablate cub --params-only;  ratlip ablate --merge runs/ablate-cub-shard-1-of-2 runs/ablate-cub-shard-2-of-2
+    Examples: ratlip ablate shapes --hidden 0,16,64 --steps 600 --metrics shapes;  ratlip ablate shapes --sweep model.family=ratlip,galip --set model.rat.hidden=0 --steps 600 --metrics shapes;  ratlip ablate shapes --hidden 0,64 --shuffle-attention true,false --seeds 0,1,2 --steps 600 --metrics shapes --gradcam;  ratlip ablate cub --params-only;  ratlip ablate --merge runs/ablate-cub-shard-1-of-2 runs/ablate-cub-shard-2-of-2
     """
     from ratlip_cli.ablate import AblateOptions, run_ablate_command
 
@@ -753,6 +813,8 @@ def ablate(
         device=device,
         feature_extractor=feature_extractor,
         progress=not quiet,
+        shuffle_attention=shuffle_attention,
+        gradcam=gradcam,
     )
     code = run_ablate_command(opts, merge=[Path(t) for t in targets] if merge else None, only_params=params_only)
     if code:

@@ -82,6 +82,9 @@ class ModelConfig:
     prompt_blocks: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5, 6, 7, 8])
     mapper_scale: float = 0.1
     sa_groups: int = 8
+    # true: the authors' Conv_shuffle (conv -> BN -> LeakyReLU -> shuffle attention); false: the same
+    # blocks without their shuffle attention layers, nothing else changed (RAT/SA ablation; family ratlip).
+    shuffle_attention: bool = True
     # 0-based ViT blocks whose token grids feed the discriminator: the first starts the D path,
     # each further one joins one residual D block (so there are len - 1 D blocks).
     d_feature_blocks: list[int] = field(default_factory=lambda: [1, 4, 8])
@@ -315,6 +318,12 @@ class EvalConfig:
     kid_subsets: int = 100
     kid_subset_size: int = 1000
     cache_dir: str = ""
+    # Grad-CAM (`ratlip gradcam`, `ratlip ablate --gradcam`; docs/evaluation.md): the score explained
+    # (clip: the evaluation CLIP's image-caption cosine at the token grid entering ViT block
+    # gradcam_block, -1 = the last block, i.e. the last grid the class token reads; discriminator:
+    # each run's own D's conditional logit at D's output feature grid, from its latest checkpoint).
+    gradcam_target: str = "clip"
+    gradcam_block: int = -1
 
 
 @dataclass
@@ -347,6 +356,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "eval.fid_mode": ("clean", "legacy_pytorch", "legacy_tensorflow"),
     "eval.feature_extractor": ("inception", "random-tiny"),
     "eval.inception_graph": ("auto", "folded", "reference"),
+    "eval.gradcam_target": ("clip", "discriminator"),
     "damsm.image_encoder": ("inception", "cnn"),
     "dmgan.memory_mask": ("correct", "reference"),
     "ecagan.channel_attention": ("eca", "se", "none"),

@@ -66,11 +66,15 @@ RULES: dict[str, list[Rule]] = {
     ],
     "ablate": [
         Rule(("hidden", "seeds", "steps", "epochs", "minutes", "metrics", "shard", "params_only", "config", "sets",
-              "eval_num", "device", "feature_extractor", "quiet"), lambda p: p.get("merge"), "with --merge",
+              "eval_num", "device", "feature_extractor", "quiet", "shuffle_attention", "gradcam"),
+             lambda p: p.get("merge"), "with --merge",
              "--merge only joins finished ablation folders; it trains and evaluates nothing"),
         Rule(("seeds", "steps", "epochs", "minutes", "metrics", "shard", "out", "eval_num", "device",
-              "feature_extractor", "quiet"), lambda p: p.get("params_only") and not p.get("merge"),
+              "feature_extractor", "quiet", "gradcam"), lambda p: p.get("params_only") and not p.get("merge"),
              "with --params-only", "it counts parameters; nothing is trained or evaluated"),
+        Rule(("shuffle_attention",), lambda p: p.get("params_only") and not p.get("merge"),
+             "with --params-only", "it counts one network per h: --set model.shuffle_attention=false counts the one "
+             "without shuffle attention (the 'of which SA' column says what it removes)"),
     ],
     "bench": [
         Rule(("train_batch_size",), lambda p: p.get("skip_train"), "with --skip-train",
@@ -88,6 +92,8 @@ CONFIG_KEYS: dict[str, dict[str, tuple[tuple[str, ...], str]]] = {
         "run": (("eval.", "data.root"), "run mode takes the generator and its config from the run's export"),
         "folder": (("eval.",), "folder mode scores given images"),
     },
+    "gradcam": {"": (("eval.",), "the generator and its config are the run's; --set chooses the evaluation "
+                                 "CLIP and the Grad-CAM target and block")},
     "bench": {"": (("model.", "clip.arch", "data.crop_size", *_STEP_KEYS),
                    "bench times the model and one training step; --hidden, --precision, --device and "
                    "--train-batch-size set the rest")},

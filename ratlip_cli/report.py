@@ -367,8 +367,14 @@ def ablation_page(folder: Path) -> str:
             if plot.is_file():
                 body.append(_img(plot.read_bytes(), f"ablation plot: metrics against {what} with error bars",
                                  "ablation-plot"))
+        figure = folder / ablate.GRADCAM_FIGURE
+        if figure.is_file():
+            body.append(_img(figure.read_bytes(), "Grad-CAM of every cell (rows) on test captions (columns)",
+                             "ablation-gradcam"))
         body.append("<h2>Cells</h2>")
-        wanted = [*(["h"] if axis == "h" else ["sweep_key", "value"]), "seed", *ablate.SCORE_COLUMNS, "trainable_params", "steps", "train_img_per_s", "run"]
+        sa = ["shuffle_attention"] if any(str(r.get("shuffle_attention", "")).lower() == "false" for r in rows) else []
+        wanted = [*(["h"] if axis == "h" else ["sweep_key", "value"]), *sa, "seed", *ablate.SCORE_COLUMNS,
+                  "gradcam_object_share", "gradcam_object_area", "trainable_params", "steps", "train_img_per_s", "run"]
         present = [c for c in wanted if any(str(r.get(c, "")) != "" for r in rows)]
         body.append(dict_table_html(rows, present, "ablation-cells"))
     sweep = folder / ablate.SWEEP_FILE

@@ -51,6 +51,9 @@ from ratlip_cli.ablate.options import (  # noqa: F401
     METRIC_NAMES,
     DEFAULT_METRICS,
     RAT_KEY,
+    SA_KEY,
+    SA_OFF_SUFFIX,
+    GRADCAM_COLUMNS,
     SWEPT_KEYS,
     NEUTRAL_KEYS,
     KEY_COLUMNS,
@@ -65,6 +68,9 @@ from ratlip_cli.ablate.options import (  # noqa: F401
     AblateOptions,
     parse_metrics,
     parse_shard,
+    parse_shuffle_attention,
+    cell_value,
+    split_cell,
     Axis,
     parse_axis,
     grid,
@@ -92,6 +98,7 @@ from ratlip_cli.ablate.cells import (  # noqa: F401
     evaluate_cell,
     cell_config,
 )
+from ratlip_cli.ablate.gradcam import add_gradcam, GRADCAM_FIGURE  # noqa: F401
 from ratlip_cli.ablate.summary import (  # noqa: F401
     summarize,
     _h_label,
@@ -140,7 +147,9 @@ def run_ablation(opts: AblateOptions) -> int:
     cfg = sweep_config(opts, axis)
     _check_dataset_metrics(cfg, metrics)
     out = Path(opts.out) if opts.out else _default_out(cfg, shard)
-    for value in axis.values:  # every value must make a valid config before anything trains
+    sas = parse_shuffle_attention(opts.shuffle_attention, cfg.model.shuffle_attention)
+    values = [cell_value(v, sa) for v in axis.values for sa in sas]  # the grid: swept value x shuffle attention
+    for value in values:  # every value must make a valid config before anything trains
         cell_config(cfg, out, value, seeds[0], axis.key)
     spec = sweep_spec(cfg, metrics, axis.key)
     digest = spec_hash(spec)
@@ -162,6 +171,9 @@ def run_ablation(opts: AblateOptions) -> int:
     else:
         earlier = [str(v) for v in (old.get("values", []) if old else [])]
         info["values"] = earlier + [v for v in axis.values if v not in earlier]
+    earlier_sa = list(old.get("shuffle_attention", [])) if old else []
+    if opts.shuffle_attention is not None or earlier_sa:
+        info["shuffle_attention"] = earlier_sa + [sa for sa in sas if sa not in earlier_sa]
     info.update({
         "seeds": sorted(set(seeds) | set(old.get("seeds", []) if old else [])),
         "shard": f"{shard[0]}/{shard[1]}" if shard else None,
@@ -171,13 +183,14 @@ def run_ablation(opts: AblateOptions) -> int:
     write_sweep(out, spec, info)
 
     done = {row_key(r) for r in rows}
-    cells = shard_cells(grid(axis.values, seeds), shard)
+    cells = shard_cells(grid(values, seeds), shard)
     todo = [c for c in cells if c not in done]
     where = f", shard {shard[0]}/{shard[1]}" if shard else ""
     name = "h" if axis.is_rat else axis.key
     n_values = len(axis.values)
+    sa_part = f" x {len(sas)} shuffle-attention settings" if len(sas) > 1 else ""
     console.print(
-        f"ablation {out}: {n_values} {name} x {len(seeds)} seeds = {n_values * len(seeds)} runs{where}: "
+        f"ablation {out}: {n_values} {name}{sa_part} x {len(seeds)} seeds = {len(values) * len(seeds)} runs{where}: "
         f"{len(cells)} here, {len(cells) - len(todo)} done, {len(todo)} to train",
         highlight=False,
         soft_wrap=True,
@@ -188,13 +201,15 @@ def run_ablation(opts: AblateOptions) -> int:
         started = time.time()
         c = cell_config(cfg, out, value, seed, axis.key)
         run = run_name(value, seed, axis.key)
-        console.rule(f"[{k}/{len(todo)}] {name}={value} seed={seed}", style="dim")
+        base, sa = split_cell(value)
+        shown = f"{name}={base}{'' if sa else ' shuffle_attention=false'}"
+        console.rule(f"[{k}/{len(todo)}] {shown} seed={seed}", style="dim")
         trained = train_run(c, out / run)
         if trained.stopped_by in ("SIGINT", "SIGTERM"):
             import signal
 
             console.print(
-                f"interrupted; re-run the same command to resume {name}={value} seed={seed} from its checkpoint",
+                f"interrupted; re-run the same command to resume {shown} seed={seed} from its checkpoint",
                 highlight=False,
             )
             code = 128 + int(getattr(signal, trained.stopped_by))
@@ -202,8 +217,9 @@ def run_ablation(opts: AblateOptions) -> int:
         scores = evaluate_cell(trained.run_dir, c, metrics, opts.device, opts.progress)
         row: dict[str, Any] = {
             "sweep_key": axis.key,
-            "value": value,
+            "value": base,
             "h": c.model.rat.hidden,
+            "shuffle_attention": "true" if sa else "false",
             "seed": seed,
             **trained.params,
             **scores,
@@ -220,6 +236,9 @@ def run_ablation(opts: AblateOptions) -> int:
         rows = [r for r in rows if row_key(r) != (value, seed)] + [row]
         _publish(out, rows, metrics, title)
         log_hparams(out / run, c, row)
+    if code == 0 and opts.gradcam and rows:
+        rows = add_gradcam(out, rows, cfg, opts.device)
+        _publish(out, rows, metrics, title)
     if rows:
         if not todo:
             plot_ablation(rows, metrics, out / PLOT_FILE, title)
@@ -279,6 +298,9 @@ def merge_ablations(dirs: Sequence[Path], out: Path | None = None) -> Path:
         info["values"] = list(dict.fromkeys(str(v) for doc in docs for v in doc.get("values", [])))
     else:
         info["hidden"] = sorted({h for doc in docs for h in doc.get("hidden", [])})
+    merged_sa = list(dict.fromkeys(v for doc in docs for v in doc.get("shuffle_attention", [])))
+    if merged_sa:
+        info["shuffle_attention"] = merged_sa
     info.update({
         "seeds": sorted({s for doc in docs for s in doc.get("seeds", [])}),
         "shard": None,
@@ -333,6 +355,7 @@ def params_only(opts: AblateOptions) -> list[dict[str, int]]:
         ("authors_generator", "G ours (authors mode)"),
         ("release_generator", "G release code"),
         ("rat", "of which RAT LSTM (ours)"),
+        ("shuffle_attention", "of which SA (ours)"),
         ("discriminator", "D ours"),
         ("release_discriminator", "D release (used)"),
         ("head", "head ours"),

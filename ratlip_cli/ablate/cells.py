@@ -17,6 +17,7 @@ from ratlip_cli.ablate.options import (
     EVAL_SEED,
     RAT_KEY,
     run_name,
+    split_cell,
 )
 
 
@@ -45,6 +46,7 @@ def _param_columns(counts: dict[str, dict[str, int]]) -> dict[str, int | None]:
     return {
         "bridge_params": count("bridge", "trainable"),
         "rat_params": count("rat", "trainable"),
+        "sa_params": count("shuffle_attention", "trainable"),
         "generator_trainable": count("generator", "trainable"),
         "generator_total": count("generator", "total"),
         "discriminator_trainable": count("discriminator", "trainable"),
@@ -136,20 +138,26 @@ def evaluate_cell(
 
 
 def cell_config(cfg: Config, out: Path, value: Any, seed: int, key: str = RAT_KEY) -> Config:
-    """The config of one cell: the sweep's, with the swept key, seed and run folder set (and validated)."""
+    """The config of one cell: the sweep's, with the swept key, shuffle attention (a value made by
+    `cell_value`), seed and run folder set (and validated)."""
     from ratlip_cli.models.registry import get_family
 
     c = copy.deepcopy(cfg)
     c.train.seed = int(seed)
+    base, sa = split_cell(value)
     try:
-        _, typed = parse_override(f"{key}={value}")
+        _, typed = parse_override(f"{key}={base}")
         set_value(c, key, typed)
         if key == "model.family":  # e.g. GALIP's cells get model.rat.hidden = 0 (config.yaml records it)
             apply_family_settings(c)
+        c.model.shuffle_attention = sa
+        if not sa and c.model.family != "ratlip":
+            raise RatlipError(f"model.family={c.model.family} has no shuffle attention to switch off "
+                              "(--shuffle-attention false is for family ratlip)")
         get_family(c.model.family).pin_paths(c)  # e.g. DM-GAN's encoders under the sweep's own runs_dir
         c.train.runs_dir = str(out)
         c.train.name = run_name(value, seed, key)
         validate(c)
     except RatlipError as exc:
-        raise RatlipError(f"--sweep {key}={value}: {exc}") from None
+        raise RatlipError(f"--sweep {key}={base}{'' if sa else ' --shuffle-attention false'}: {exc}") from None
     return c

@@ -26,7 +26,12 @@ METRIC_NAMES = ("cs", "fid", "kid", "rp", "shapes")
 DEFAULT_METRICS = ("cs", "fid", "kid", "rp")
 # The default swept key (the paper's Table II) and the seed, swept by every ablation.
 RAT_KEY = "model.rat.hidden"
-SWEPT_KEYS = (RAT_KEY, "train.seed")
+# Shuffle attention on/off (`--shuffle-attention true,false`): a second axis crossed with the swept key.
+SA_KEY = "model.shuffle_attention"
+SWEPT_KEYS = (RAT_KEY, "train.seed", SA_KEY)
+# A cell whose network has no shuffle attention carries this suffix on its swept value ("64|sa=false");
+# the CSV keeps the plain value in `value` and the setting in `shuffle_attention`.
+SA_OFF_SUFFIX = "|sa=false"
 # Settings that cannot change a row's numbers: paths, device, logging cadence, batching of eval.
 NEUTRAL_KEYS = frozenset(
     {
@@ -47,10 +52,11 @@ NEUTRAL_KEYS = frozenset(
 
 # sweep_key/value: the swept key and this row's value (old RAT-only CSVs lack them: h is the value);
 # h is the row's RAT hidden size whatever the swept key.
-KEY_COLUMNS = ["sweep_key", "value", "h", "seed"]
+KEY_COLUMNS = ["sweep_key", "value", "h", "shuffle_attention", "seed"]
 PARAM_COLUMNS = [
     "bridge_params",
     "rat_params",
+    "sa_params",
     "generator_trainable",
     "generator_total",
     "discriminator_trainable",
@@ -59,6 +65,13 @@ PARAM_COLUMNS = [
     "trainable_params",
     "total_params",
 ]
+# Settings of `--gradcam` only: they change no training and no metric column, and each row records
+# them (`gradcam_protocol`), so they are left out of the sweep spec like the neutral keys.
+GRADCAM_KEYS = frozenset({"eval.gradcam_target", "eval.gradcam_block"})
+# Filled by `ratlip ablate --gradcam` on shapes (ratlip_cli/gradcam.py): the mean Grad-CAM mass inside
+# the checker's object, the object's mean share of the image (the control), the images counted, and the
+# target/layer/evaluation CLIP that made the maps.
+GRADCAM_COLUMNS = ["gradcam_object_share", "gradcam_object_area", "gradcam_images", "gradcam_protocol"]
 METRIC_COLUMNS = {
     "cs": ["clip_score"],
     "fid": ["fid"],
@@ -70,7 +83,7 @@ PROTOCOL_COLUMNS = ["generator", "feature_extractor", "eval_clip", "clip_metrics
 # Columns that depend on wall-clock time or on when the row was made (left out when comparing rows).
 TIMING_COLUMNS = ["train_s", "train_img_per_s", "eval_s", "wall_s", "time"]
 SCORE_COLUMNS = [c for m in METRIC_NAMES for c in METRIC_COLUMNS[m]]
-COLUMNS = KEY_COLUMNS + PARAM_COLUMNS + SCORE_COLUMNS + PROTOCOL_COLUMNS + TIMING_COLUMNS
+COLUMNS = KEY_COLUMNS + PARAM_COLUMNS + SCORE_COLUMNS + GRADCAM_COLUMNS + PROTOCOL_COLUMNS + TIMING_COLUMNS
 
 NOT_FID_MARK = "random-tiny (NOT FID)"
 _SHARD_SUFFIX = re.compile(r"-shard-\d+-of-\d+$")
@@ -99,6 +112,8 @@ class AblateOptions:
     device: str | None = None
     feature_extractor: str | None = None
     progress: bool = True
+    shuffle_attention: str | None = None
+    gradcam: bool = False
 
 
 def parse_metrics(text: str | None) -> list[str]:
@@ -166,6 +181,37 @@ def parse_axis(opts: AblateOptions) -> Axis:
     return Axis(key, tuple(values))
 
 
+def parse_shuffle_attention(text: str | None, default: bool) -> tuple[bool, ...]:
+    """'true,false' -> (True, False): the shuffle-attention settings crossed with the swept values
+    (default: the config's `model.shuffle_attention` alone)."""
+    if text is None:
+        return (bool(default),)
+    words = {"true": True, "on": True, "false": False, "off": False}
+    out: list[bool] = []
+    for part in (p.strip().lower() for p in str(text).split(",") if p.strip()):
+        if part not in words:
+            raise RatlipError(f"--shuffle-attention expects true and/or false (e.g. true,false), got '{part}'")
+        if words[part] in out:
+            raise RatlipError(f"--shuffle-attention lists {part} twice")
+        out.append(words[part])
+    if not out:
+        raise RatlipError("--shuffle-attention needs true, false or true,false")
+    return tuple(out)
+
+
+def cell_value(value: Any, shuffle_attention: bool = True) -> str:
+    """The grid's value of a cell: the swept value, with `SA_OFF_SUFFIX` when shuffle attention is off."""
+    return str(value) if shuffle_attention else f"{value}{SA_OFF_SUFFIX}"
+
+
+def split_cell(value: Any) -> tuple[str, bool]:
+    """(swept value, shuffle attention on?) of a grid value made by `cell_value`."""
+    text = str(value)
+    if text.endswith(SA_OFF_SUFFIX):
+        return text[: -len(SA_OFF_SUFFIX)], False
+    return text, True
+
+
 def grid(values: Sequence[Any], seeds: Sequence[int]) -> list[tuple[Any, int]]:
     """Every (value, seed) of the sweep, value-major in the order given."""
     return [(v, s) for v in values for s in seeds]
@@ -182,17 +228,21 @@ def shard_cells(cells: Sequence[tuple[Any, int]], shard: tuple[int, int] | None)
 def run_name(value: Any, seed: int, key: str = RAT_KEY) -> str:
     """The run folder of one cell inside the ablation folder: h64-s0 for the RAT sweep, else
     <last part of the key>-<value>-s<seed> (e.g. carafe-false-s0)."""
+    value, sa = split_cell(value)
+    nosa = "" if sa else "-nosa"
     if key == RAT_KEY:
-        return f"h{value}-s{seed}"
+        return f"h{value}{nosa}-s{seed}"
     slug = re.sub(r"[^A-Za-z0-9.]+", "_", str(value)).strip("_") or "empty"
-    return f"{key.rsplit('.', 1)[-1]}-{slug}-s{seed}"
+    return f"{key.rsplit('.', 1)[-1]}-{slug}{nosa}-s{seed}"
 
 
 def row_axis(row: dict[str, Any]) -> tuple[str, str]:
-    """(swept key, value) of a CSV row; rows of RAT-only CSVs (no sweep_key column) are h sweeps."""
+    """(swept key, grid value) of a CSV row; rows of RAT-only CSVs (no sweep_key column) are h sweeps.
+    The grid value carries `SA_OFF_SUFFIX` for rows with shuffle attention off (older rows: on)."""
     key = row.get("sweep_key") or RAT_KEY
     value = row.get("value")
-    return key, str(value if value not in (None, "") else row["h"])
+    sa = str(row.get("shuffle_attention", "")).strip().lower() not in ("false", "0")
+    return key, cell_value(value if value not in (None, "") else row["h"], sa)
 
 
 def row_key(row: dict[str, Any]) -> tuple[str, int]:
@@ -208,8 +258,10 @@ def rows_key(rows: Sequence[dict[str, Any]]) -> str:
     return keys.pop() if keys else RAT_KEY
 
 
-def _value_order(value: str) -> tuple[int, float, str]:
+def _value_order(value: str) -> tuple[int, float, str, int]:
+    """Sort key of a grid value: numbers first by size, then text; shuffle attention on before off."""
+    base, sa = split_cell(value)
     try:
-        return (0, float(value), "")
+        return (0, float(base), "", 0 if sa else 1)
     except ValueError:
-        return (1, 0.0, value)
+        return (1, 0.0, base, 0 if sa else 1)

@@ -23,6 +23,7 @@ from ratlip_cli.ablate.options import (
     NOT_FID_MARK,
     row_axis,
     rows_key,
+    split_cell,
     _value_order,
 )
 from ratlip_cli.ablate.sweep import (
@@ -35,8 +36,9 @@ from ratlip_cli.ablate.sweep import (
 
 
 def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per swept value: the value (and h for the RAT sweep), seeds, and (mean, std) of every
-    numeric column across seeds (std None for one seed)."""
+    """One entry per grid value (swept value x shuffle attention): the grid value, the swept value
+    (`base`), h for the RAT sweep, `shuffle_attention`, seeds, and (mean, std) of every numeric column
+    across seeds (std None for one seed)."""
     import numpy as np
 
     rat = rows_key(rows) == RAT_KEY
@@ -46,9 +48,10 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for value in sorted(by_value, key=_value_order):
         group = by_value[value]
-        entry: dict[str, Any] = {"value": value, "h": int(value) if rat else None,
-                                 "seeds": sorted(int(r["seed"]) for r in group)}
-        for col in PARAM_COLUMNS + SCORE_COLUMNS + ["train_img_per_s", "train_s", "steps"]:
+        base, sa = split_cell(value)
+        entry: dict[str, Any] = {"value": value, "base": base, "h": int(base) if rat else None,
+                                 "shuffle_attention": sa, "seeds": sorted(int(r["seed"]) for r in group)}
+        for col in PARAM_COLUMNS + SCORE_COLUMNS + GRADCAM_NUMBERS + ["train_img_per_s", "train_s", "steps"]:
             vals = [v for v in (_num(r.get(col)) for r in group) if v is not None]
             if not vals:
                 entry[col] = (None, None)
@@ -60,6 +63,15 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         entry["clip_note"] = next((n for n in (clip_metrics_note(str(r.get("eval_clip", ""))) for r in group) if n), "")
         out.append(entry)
     return out
+
+
+GRADCAM_NUMBERS = ["gradcam_object_share", "gradcam_object_area"]
+
+
+def cell_label(entry: dict[str, Any], rat: bool) -> str:
+    """A summary entry's label: h (0 = RATLIP without RAT) or the value, plus "no SA" when shuffle attention is off."""
+    label = _h_label(entry["h"]) if rat else entry["base"]
+    return label if entry["shuffle_attention"] else f"{label}, no SA"
 
 
 def _fmt(pair: tuple[float | None, float | None], spec: str) -> str:
@@ -89,8 +101,10 @@ def results_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str], title:
     if clip_note:
         clip_mark = " [red](random CLIP: meaningless)[/red]" if clip_note == RANDOM_CLIP_NOTE else f" [yellow]({escape(clip_note.split(':')[0])})[/yellow]"
     table = Table(title=escape(title), show_header=True)
-    cols: list[tuple[str, str, str]] = [
-        ("rat_params", "RAT LSTM", ",.0f"),
+    cols: list[tuple[str, str, str]] = [("rat_params", "RAT LSTM", ",.0f")]
+    if any(not e["shuffle_attention"] for e in summary):
+        cols.append(("sa_params", "SA", ",.0f"))
+    cols += [
         ("generator_trainable", "G trainable", ",.0f"),
         ("trainable_params", "trainable (G+D+head)", ",.0f"),
         ("total_params", "total (with frozen text encoder)", ",.0f"),
@@ -110,6 +124,8 @@ def results_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str], title:
             ("shapes_shape", "shape", ".3f"),
             ("shapes_background", "bg", ".3f"),
         ]
+    if any(e["gradcam_object_share"][0] is not None for e in summary):
+        cols += [("gradcam_object_share", "Grad-CAM in object", ".3f"), ("gradcam_object_area", "object area", ".3f")]
     cols += [("steps", "steps", ".0f"), ("train_img_per_s", "img/s", ".1f"), ("train_s", "train s", ".0f")]
     table.add_column("h" if key == RAT_KEY else key, justify="right", style="bold")
     table.add_column("seeds", justify="right")
@@ -117,7 +133,7 @@ def results_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str], title:
         table.add_column(title_, justify="right")
     for e in summary:
         seeds = ",".join(map(str, e["seeds"]))
-        label = _h_label(e["h"]) if key == RAT_KEY else e["value"]
+        label = cell_label(e, key == RAT_KEY)
         table.add_row(escape(label), seeds, *(_fmt(e[k], spec) for k, _, spec in cols))
     return table
 
@@ -159,43 +175,55 @@ def plot_ablation(rows: Sequence[dict[str, Any]], metrics: Sequence[str], path: 
     if not summary:
         return
     panels = _metric_panels(metrics, summary)
-    hs = [e["h"] for e in summary]
+    hs = sorted({e["h"] for e in summary})
     xs = _x_positions(hs)
     fig, axes = _panel_figure(len(panels))
-    params = [e["trainable_params"][0] for e in summary]
+    # One series per shuffle-attention setting: the authors' network (SA on) in blue, SA off in orange.
+    groups = [(sa, [e for e in summary if e["shuffle_attention"] == sa]) for sa in (True, False)]
+    groups = [(sa, g) for sa, g in groups if g]
+    style = {True: ("tab:blue", "tab:red", "--"), False: ("tab:orange", "tab:brown", ":")}
     for ax, (col, label) in zip(axes, panels):
-        if col is not None:
-            # RAT (h > 0) as a line on the log2 axis; h = 0 (no RAT) as a separate star left of the break.
-            pts = [(xs[e["h"]], e[col][0], e[col][1] or 0.0) for e in summary if e["h"] > 0 and e[col][0] is not None]
-            if pts:
-                x, y, err = zip(*pts)
-                ax.errorbar(x, y, yerr=err, marker="o", color="tab:blue", capsize=3)
-            galip = [(e[col][0], e[col][1] or 0.0) for e in summary if e["h"] == 0 and e[col][0] is not None]
-            if galip:
-                ax.errorbar([xs[0]], [galip[0][0]], yerr=[galip[0][1]], marker="*", markersize=14, color="tab:red",
-                            capsize=3, linestyle="none")
-            ax.set_ylabel(_axis_label(label), color="tab:blue")
-            ax.set_title(label, fontsize=9)
-            ax.grid(True, alpha=0.3)
-        if all(p is not None for p in params):
-            twin = ax.twinx() if col is not None else ax
-            rat = [(xs[h], p) for h, p in zip(hs, params) if h > 0]
-            if rat:
-                twin.plot(*zip(*rat), linestyle="--", marker=".", color="gray")
-            if 0 in xs:
-                twin.plot([xs[0]], [params[hs.index(0)]], marker="D", markersize=4, color="gray", linestyle="none")
-            twin.set_ylabel("trainable parameters", color="gray")
-            twin.ticklabel_format(axis="y", style="plain", useOffset=False)
+        twin = None
+        for sa, group in groups:
+            line, star, dash = style[sa]
+            if col is not None:
+                # RAT (h > 0) as a line on the log2 axis; h = 0 (no RAT) as a separate star left of the break.
+                pts = [(xs[e["h"]], e[col][0], e[col][1] or 0.0) for e in group if e["h"] > 0 and e[col][0] is not None]
+                if pts:
+                    x, y, err = zip(*pts)
+                    ax.errorbar(x, y, yerr=err, marker="o", color=line, capsize=3)
+                galip = [(e[col][0], e[col][1] or 0.0) for e in group if e["h"] == 0 and e[col][0] is not None]
+                if galip:
+                    ax.errorbar([xs[0]], [galip[0][0]], yerr=[galip[0][1]], marker="*", markersize=14, color=star,
+                                capsize=3, linestyle="none")
+                ax.set_ylabel(_axis_label(label), color="tab:blue")
+                ax.set_title(label, fontsize=9)
+                ax.grid(True, alpha=0.3)
+            params = {e["h"]: e["trainable_params"][0] for e in group}
+            if all(p is not None for p in params.values()):
+                if twin is None:
+                    twin = ax.twinx() if col is not None else ax
+                rat = [(xs[h], p) for h, p in sorted(params.items()) if h > 0]
+                if rat:
+                    twin.plot(*zip(*rat), linestyle=dash, marker=".", color="gray")
+                if 0 in params:
+                    twin.plot([xs[0]], [params[0]], marker="D", markersize=4, color="gray", linestyle="none")
+                twin.set_ylabel("trainable parameters", color="gray")
+                twin.ticklabel_format(axis="y", style="plain", useOffset=False)
         if 0 in xs and len(xs) > 1:
             ax.axvline(xs[0] + 0.75, color="black", linewidth=0.6, linestyle=":")
     from matplotlib.lines import Line2D
 
-    handles = [
-        Line2D([], [], color="tab:blue", marker="o", label="RAT, mean ± std over seeds"),
-        Line2D([], [], color="tab:red", marker="*", markersize=10, linestyle="none", label="RATLIP without RAT (h=0)"),
-        Line2D([], [], color="gray", marker=".", linestyle="--", label="trainable parameters (right axis)"),
-    ]
-    axes[0].legend(handles=handles if panels[0][0] is not None else handles[2:], fontsize=7, loc="best")
+    handles = []
+    for sa, _ in groups:
+        line, star, dash = style[sa]
+        what = "" if sa else ", shuffle attention off"
+        handles += [
+            Line2D([], [], color=line, marker="o", label=f"RAT{what}, mean ± std over seeds"),
+            Line2D([], [], color=star, marker="*", markersize=10, linestyle="none", label=f"RATLIP without RAT (h=0){what}"),
+        ]
+    handles.append(Line2D([], [], color="gray", marker=".", linestyle="--", label="trainable parameters (right axis)"))
+    axes[0].legend(handles=handles if panels[0][0] is not None else handles[-1:], fontsize=7, loc="best")
     axes[-1].set_xticks([xs[h] for h in hs])
     axes[-1].set_xticklabels(["no RAT\n(h=0)" if h == 0 else str(h) for h in hs])
     axes[-1].set_xlabel("RAT hidden size h (log2 axis)")
@@ -221,6 +249,8 @@ def _metric_panels(metrics: Sequence[str], summary: Sequence[dict[str, Any]]) ->
         panels.append(("fid", "random-tiny features: NOT FID" if not_fid else "FID (clean-fid), lower is better"))
     if "shapes" in metrics:
         panels.append(("shapes_all", "shapes: all-match rate, higher is better"))
+    if any(e.get("gradcam_object_share", (None,))[0] is not None for e in summary):
+        panels.append(("gradcam_object_share", "Grad-CAM mass inside the object (chance: the object's area, table)"))
     return panels or [(None, "parameters")]
 
 
@@ -234,8 +264,9 @@ def _plot_values(rows: Sequence[dict[str, Any]], metrics: Sequence[str], path: P
     key = rows_key(rows)
     panels = _metric_panels(metrics, summary)
     values = [e["value"] for e in summary]
-    xs = _value_positions(values)
-    numeric = all(_value_order(v)[0] == 0 for v in values)
+    with_sa = any(not e["shuffle_attention"] for e in summary)
+    xs = _value_positions(values) if not with_sa else {v: float(k) for k, v in enumerate(values)}
+    numeric = all(_value_order(v)[0] == 0 for v in values) and not with_sa
     fig, axes = _panel_figure(len(panels))
     params = [e["trainable_params"][0] for e in summary]
     for ax, (col, label) in zip(axes, panels):
@@ -255,7 +286,7 @@ def _plot_values(rows: Sequence[dict[str, Any]], metrics: Sequence[str], path: P
             twin.set_ylabel("trainable parameters", color="gray")
             twin.ticklabel_format(axis="y", style="plain", useOffset=False)
     axes[-1].set_xticks([xs[v] for v in values])
-    axes[-1].set_xticklabels(values)
+    axes[-1].set_xticklabels([cell_label(e, False).replace(", ", "\n") for e in summary])
     axes[-1].set_xlabel(key)
     if not numeric:
         axes[-1].set_xlim(-0.5, len(values) - 0.5)

@@ -22,7 +22,9 @@ from ratlip_cli.ablate.options import (
     DEFAULT_PRESET,
     EVAL_SEED,
     RAT_KEY,
+    SA_KEY,
     NEUTRAL_KEYS,
+    GRADCAM_KEYS,
     COLUMNS,
     AblateOptions,
     Axis,
@@ -41,8 +43,9 @@ def sweep_config(opts: AblateOptions, axis: Axis | None = None) -> Config:
     sets = list(opts.sets or [])
     for text in sets:
         key, _ = parse_override(text)
-        if key in (axis.key, "train.seed"):
-            option = "--seeds" if key == "train.seed" else ("--hidden" if axis.is_rat else "--sweep")
+        if key in (axis.key, "train.seed", SA_KEY):
+            option = {"train.seed": "--seeds", SA_KEY: "--shuffle-attention"}.get(
+                key, "--hidden" if axis.is_rat else "--sweep")
             raise RatlipError(f"--set {key} is what the ablation sweeps; use {option} instead")
     given = (("--steps", opts.steps), ("--epochs", opts.epochs), ("--minutes", opts.minutes))
     budgets = [(n, v) for n, v in given if v is not None]
@@ -94,9 +97,11 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def sweep_spec(cfg: Config, metrics: Sequence[str], key: str = RAT_KEY) -> dict[str, Any]:
     """Everything that makes two rows comparable: the config (minus swept and neutral keys), metrics,
-    the evaluation seed and (for a key other than model.rat.hidden) the swept key, as flat dotted keys."""
+    the evaluation seed and (for a key other than model.rat.hidden) the swept key, as flat dotted keys.
+    model.shuffle_attention is a cell setting (`--shuffle-attention`) and the Grad-CAM keys are
+    recorded per row, so neither is part of the spec."""
     flat = _flatten(to_dict(cfg))
-    swept = {key, "train.seed"}
+    swept = {key, "train.seed", SA_KEY} | GRADCAM_KEYS
     settings = {k: v for k, v in sorted(flat.items()) if k not in NEUTRAL_KEYS and k not in swept}
     spec: dict[str, Any] = {"metrics": list(metrics), "eval_seed": EVAL_SEED, "config": settings}
     if key != RAT_KEY:

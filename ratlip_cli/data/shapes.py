@@ -215,6 +215,42 @@ def _moments(alpha: np.ndarray) -> dict[str, float]:
     return {"mass": mass, "skew": skew, "kurtosis_ratio": ratio}
 
 
+def _segment(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(background colour, reference colours, per-pixel labels, object mask) of an (H, W, 3) array.
+
+    Background: the median border pixel. Labels: nearest of (background, the 6 shape colours), 0 =
+    background. Object: the largest connected part of the non-background pixels (all False if none).
+    """
+    from scipy import ndimage
+
+    h, w = arr.shape[:2]
+    b = max(1, round(min(h, w) * 0.04))
+    border = np.concatenate(
+        [arr[:b].reshape(-1, 3), arr[-b:].reshape(-1, 3), arr[:, :b].reshape(-1, 3), arr[:, -b:].reshape(-1, 3)]
+    )
+    bg_ref = np.median(border, axis=0)
+    refs = np.array([bg_ref] + [COLOURS[n] for n in COLOURS], dtype=np.float32)
+    labels = np.argmin(((arr[:, :, None, :] - refs[None, None]) ** 2).sum(-1), axis=-1)
+    fg = labels > 0
+    parts, count = ndimage.label(fg)
+    if count > 1:
+        sizes = np.bincount(parts.ravel())
+        sizes[0] = 0
+        mask = parts == int(np.argmax(sizes))
+    else:
+        mask = fg
+    return bg_ref, refs, labels, mask
+
+
+def object_mask(image) -> np.ndarray:
+    """The checker's segmentation of an image's object: a boolean (H, W) mask (all False when it finds none).
+
+    The same mask `analyse_shapes` reads colour, shape and size from (see `_segment`); the Grad-CAM
+    object share of docs/ablation.md is measured against it.
+    """
+    return _segment(_to_array(image))[3]
+
+
 def analyse_shapes(image) -> dict[str, Any]:
     """What an image shows: background (border colour), colour, shape and size of its main object.
 
@@ -230,25 +266,11 @@ def analyse_shapes(image) -> dict[str, Any]:
 
     arr = _to_array(image)
     h, w = arr.shape[:2]
-    b = max(1, round(min(h, w) * 0.04))
-    border = np.concatenate(
-        [arr[:b].reshape(-1, 3), arr[-b:].reshape(-1, 3), arr[:, :b].reshape(-1, 3), arr[:, -b:].reshape(-1, 3)]
-    )
-    bg_ref = np.median(border, axis=0)
+    bg_ref, refs, labels, mask = _segment(arr)
     result: dict[str, Any] = {"background": _nearest(BACKGROUNDS, bg_ref), "colour": None, "shape": None, "size": None}
     names = list(COLOURS)
-    refs = np.array([bg_ref] + [COLOURS[n] for n in names], dtype=np.float32)
-    labels = np.argmin(((arr[:, :, None, :] - refs[None, None]) ** 2).sum(-1), axis=-1)
-    fg = labels > 0
-    if not fg.any():
+    if not mask.any():
         return result
-    parts, count = ndimage.label(fg)
-    if count > 1:
-        sizes = np.bincount(parts.ravel())
-        sizes[0] = 0
-        mask = parts == int(np.argmax(sizes))
-    else:
-        mask = fg
     votes = np.bincount(labels[mask], minlength=len(refs))
     colour_idx = int(np.argmax(votes[1:])) + 1
     result["colour"] = names[colour_idx - 1]

@@ -93,10 +93,8 @@ from ratlip_cli.evaluate.output import (  # noqa: F401
 def _eval_tools(
     cfg: Config, device: torch.device, run_dir: Path | None = None
 ) -> tuple[FeatureExtractor | GalipFeatures, ClipScorer]:
-    """Feature extractor and evaluation CLIP: loaded first, so missing weights fail before any work.
-
-    `eval.clip_weights: in-domain` is the run's own copy of its in-domain CLIP when the run trained
-    with one, else the cache for `cfg` (pretrained now when missing)."""
+    """Feature extractor (the protocol's) and evaluation CLIP (`eval_clip`): loaded first, so missing
+    weights fail before any work."""
     ecfg = cfg.eval
     if ecfg.protocol == "galip":
         extractor = build_galip_features(ecfg.feature_extractor, ecfg.inception, device)
@@ -104,6 +102,15 @@ def _eval_tools(
         extractor = build_feature_extractor(
             ecfg.feature_extractor, ecfg.fid_mode, ecfg.inception, device, ecfg.inception_graph
         )
+    return extractor, eval_clip(cfg, device, run_dir)
+
+
+def eval_clip(cfg: Config, device: torch.device | str, run_dir: Path | None = None) -> ClipScorer:
+    """The evaluation CLIP of `cfg` (`eval.clip_arch`, `eval.clip_weights`), as `ratlip eval` loads it.
+
+    `eval.clip_weights: in-domain` is the run's own copy of its in-domain CLIP when the run trained
+    with one, else the cache for `cfg` (pretrained now when missing)."""
+    ecfg = cfg.eval
     if ecfg.clip_weights == IN_DOMAIN:
         if ecfg.clip_arch != cfg.clip.arch:
             raise RatlipError(
@@ -112,10 +119,8 @@ def _eval_tools(
             )
         own = run_dir / "clip.safetensors" if run_dir is not None and cfg.clip.weights == IN_DOMAIN else None
         weights = str(own if own is not None and own.is_file() else ensure_in_domain_clip(cfg))
-        clip = load_eval_clip(ecfg.clip_arch, weights, cfg.clip.cache_dir, device, label=in_domain_label(cfg))
-    else:
-        clip = load_eval_clip(ecfg.clip_arch, ecfg.clip_weights, cfg.clip.cache_dir, device)
-    return extractor, clip
+        return load_eval_clip(ecfg.clip_arch, weights, cfg.clip.cache_dir, device, label=in_domain_label(cfg))
+    return load_eval_clip(ecfg.clip_arch, ecfg.clip_weights, cfg.clip.cache_dir, device)
 
 
 def _start_processes(device: torch.device, opts: EvalOptions) -> None:

@@ -11,7 +11,9 @@
       -> to_rgb: LeakyReLU(0.2) + conv3x3 -> (3, S, S), not squashed (clamp to [-1, 1] when saving)
 
 CONV is RATLIP's ``Conv_shuffle`` (conv3x3 without bias -> BatchNorm -> LeakyReLU(0.01) ->
-shuffle attention) for family ratlip, a plain conv3x3 with bias for family galip. A fusion is two
+shuffle attention) for family ratlip, a plain conv3x3 with bias for family galip; with
+`model.shuffle_attention: false` the ratlip CONV drops its shuffle attention and keeps everything else
+(the SA half of the paper's RAT/SA ablation). A fusion is two
 (affine -> LeakyReLU(0.2)); its affines are RAT affines (see rat.py) in the bridge when h > 0 (and in
 the generator blocks with `model.rat.scope: all`), plain affines on c otherwise.
 g and W come from the CLIP backbone; channels from GALIP's `get_G_in_out_chs` (see `g_channels`).
@@ -104,16 +106,19 @@ def _conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, u
 class ConvShuffle(nn.Module):
     """RATLIP's ``Conv_shuffle``: conv3x3 (no bias) -> BatchNorm -> LeakyReLU(0.01) -> shuffle attention.
 
+    With ``shuffle_attention=False`` the block has no shuffle attention layer (``attn`` is None):
+    conv3x3 -> BatchNorm -> LeakyReLU(0.01), nothing else changed.
+
     ``forward(x, upsample2x, residual)`` computes ``residual + CS(up(x))``; `upsample2x` folds a
     nearest-2x upsampling into the conv (`upsample2x_conv3x3`), and in eval mode BatchNorm folds into
     the conv (`_fold_bn`); both give the same result up to float rounding.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, sa_groups: int) -> None:
+    def __init__(self, in_ch: int, out_ch: int, sa_groups: int, shuffle_attention: bool = True) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_ch, out_ch, 3, 1, 1, bias=False)
         self.bn = nn.BatchNorm2d(out_ch)
-        self.attn = ShuffleAttention(out_ch, sa_groups)
+        self.attn = ShuffleAttention(out_ch, sa_groups) if shuffle_attention else None
 
     def forward(self, x: torch.Tensor, upsample2x: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
         if self.bn.training or self.bn.running_var is None:
@@ -121,6 +126,8 @@ class ConvShuffle(nn.Module):
         else:
             y = _conv3x3(x, *_fold_bn(self.conv, self.bn), upsample2x)
         y = F.leaky_relu(y, 0.01, inplace=True)  # nn.LeakyReLU()'s default slope, as the authors'
+        if self.attn is None:
+            return y if residual is None else residual + y
         return self.attn(y, residual=residual)
 
 
@@ -136,10 +143,11 @@ class PlainConv(nn.Module):
         return y if residual is None else residual + y
 
 
-def make_conv(family: str, in_ch: int, out_ch: int, sa_groups: int) -> nn.Module:
-    """The 3x3 conv of a bridge or generator block: `ConvShuffle` (ratlip) or `PlainConv` (galip)."""
+def make_conv(family: str, in_ch: int, out_ch: int, sa_groups: int, shuffle_attention: bool = True) -> nn.Module:
+    """The 3x3 conv of a bridge or generator block: `ConvShuffle` (ratlip; without its shuffle
+    attention when `shuffle_attention` is False) or `PlainConv` (galip, which never has one)."""
     if family == "ratlip":
-        return ConvShuffle(in_ch, out_ch, sa_groups)
+        return ConvShuffle(in_ch, out_ch, sa_groups, shuffle_attention)
     if family == "galip":
         return PlainConv(in_ch, out_ch)
     raise ValueError(f"unknown model.family {family!r}")
@@ -153,12 +161,13 @@ class RATBlock(nn.Module):
     """
 
     def __init__(
-        self, family: str, in_ch: int, mid_ch: int, out_ch: int, cond_dim: int, state_dim: int, sa_groups: int
+        self, family: str, in_ch: int, mid_ch: int, out_ch: int, cond_dim: int, state_dim: int, sa_groups: int,
+        shuffle_attention: bool = True,
     ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_ch, mid_ch, 3, 1, 1)
         self.fuse1 = AffineFusion(cond_dim, mid_ch, state_dim)
-        self.conv2 = make_conv(family, mid_ch, out_ch, sa_groups)
+        self.conv2 = make_conv(family, mid_ch, out_ch, sa_groups, shuffle_attention)
         self.fuse2 = AffineFusion(cond_dim, out_ch, state_dim)
         self.shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
@@ -180,14 +189,15 @@ class GBlock(nn.Module):
     """
 
     def __init__(
-        self, family: str, in_ch: int, out_ch: int, size: int, cond_dim: int, state_dim: int, sa_groups: int
+        self, family: str, in_ch: int, out_ch: int, size: int, cond_dim: int, state_dim: int, sa_groups: int,
+        shuffle_attention: bool = True,
     ) -> None:
         super().__init__()
         self.size = size
         self.fuse1 = AffineFusion(cond_dim, in_ch, state_dim)
-        self.c1 = make_conv(family, in_ch, out_ch, sa_groups)
+        self.c1 = make_conv(family, in_ch, out_ch, sa_groups, shuffle_attention)
         self.fuse2 = AffineFusion(cond_dim, out_ch, state_dim)
-        self.c2 = make_conv(family, out_ch, out_ch, sa_groups)
+        self.c2 = make_conv(family, out_ch, out_ch, sa_groups, shuffle_attention)
         self.shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: torch.Tensor, feed: AffineFeed) -> torch.Tensor:
@@ -230,7 +240,8 @@ class Generator(nn.Module):
         # ---- RAT bridge ----
         self.fc_code = nn.Linear(cfg.z_dim, cfg.bridge_channels * self.grid * self.grid)
         self.bridge = nn.ModuleList(
-            RATBlock(cfg.family, cfg.bridge_channels, cfg.bridge_mid_channels, cfg.bridge_channels, cond_dim, bridge_state, cfg.sa_groups)
+            RATBlock(cfg.family, cfg.bridge_channels, cfg.bridge_mid_channels, cfg.bridge_channels, cond_dim, bridge_state,
+                     cfg.sa_groups, cfg.shuffle_attention)
             for _ in range(cfg.bridge_blocks)
         )
         self.conv_fuse = nn.Conv2d(cfg.bridge_channels, self.width, 5, 1, 2)
@@ -241,7 +252,8 @@ class Generator(nn.Module):
         # ---- generator blocks ----
         sizes = g_sizes(len(pairs), cfg.image_size)
         self.blocks = nn.ModuleList(
-            GBlock(cfg.family, i, o, size, cond_dim, blocks_state, cfg.sa_groups) for (i, o), size in zip(pairs, sizes)
+            GBlock(cfg.family, i, o, size, cond_dim, blocks_state, cfg.sa_groups, cfg.shuffle_attention)
+            for (i, o), size in zip(pairs, sizes)
         )
         self.to_rgb = nn.Sequential(nn.LeakyReLU(0.2, inplace=True), nn.Conv2d(pairs[-1][1], 3, 3, 1, 1))
 

@@ -22,6 +22,7 @@ from typing import Any
 from torch import nn
 
 from ratlip_cli.errors import RatlipError
+from ratlip_cli.models.ratlip.attention import ShuffleAttention
 from ratlip_cli.models.trainable import (  # noqa: F401  (re-exported: the helpers lived here)
     load_trainable_state_dict,
     set_trainable,
@@ -71,7 +72,9 @@ def param_counts(models: Any) -> dict[str, dict[str, int]]:
     """Trainable and frozen parameter counts per part of a `RatlipModels`.
 
     Keys: bridge (fc, RAT blocks, CLIP-width convs, prompts and the RAT recurrence), rat (the
-    recurrence alone: LSTM(s) and initial-state maps; part of bridge), clip_mapper (the frozen CLIP
+    recurrence alone: LSTM(s) and initial-state maps; part of bridge), shuffle_attention (the
+    generator's shuffle attention layers, in bridge and blocks; 0 with model.shuffle_attention false
+    and for galip), clip_mapper (the frozen CLIP
     image tower the generator runs), generator_blocks (with to_rgb), generator, discriminator, head,
     clip (the whole frozen CLIP model), total. Each maps to {"trainable", "frozen", "total"}.
     """
@@ -89,6 +92,7 @@ def param_counts(models: Any) -> dict[str, dict[str, int]]:
     counts = {
         "bridge": row(_count(parts["bridge"], clip_ids), 0),
         "rat": row(_count(parts["rat"], clip_ids), 0),
+        "shuffle_attention": row(_count([m for m in g.modules() if isinstance(m, ShuffleAttention)], clip_ids), 0),
         "clip_mapper": row(0, visual),
         "generator_blocks": row(_count(parts["generator_blocks"], clip_ids), 0),
         "generator": row(_count([g], clip_ids), visual),
@@ -130,6 +134,7 @@ def param_table(
                 "h": int(h),
                 "bridge": counts["bridge"]["trainable"],
                 "rat": counts["rat"]["trainable"],
+                "shuffle_attention": counts["shuffle_attention"]["trainable"],
                 "generator_blocks": counts["generator_blocks"]["trainable"],
                 "generator": counts["generator"]["trainable"],
                 "discriminator": counts["discriminator"]["trainable"],
@@ -149,6 +154,7 @@ TABLE_COLUMNS = (
     ("rat", "of which RAT LSTM"),
     ("generator_blocks", "G blocks"),
     ("generator", "G trainable"),
+    ("shuffle_attention", "of which SA"),
     ("discriminator", "D"),
     ("head", "head"),
     ("trainable", "trainable (G+D+head)"),
