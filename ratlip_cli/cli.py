@@ -630,6 +630,16 @@ def eval_(
     preset: Annotated[
         Optional[str], typer.Option("--preset", help="Folder mode: preset whose eval settings to use.")
     ] = None,
+    checkpoints: Annotated[
+        str,
+        typer.Option(
+            "--checkpoints",
+            help="Run mode: what to score: export (the run's exported generator), last (the newest checkpoint), "
+            "all (every retained checkpoint: one row each, with its step) or best (all, then the lowest-FID "
+            "checkpoint's generators are exported to runs/NAME/export-best/ with selected.json naming the "
+            "metric, protocol and value that chose it).",
+        ),
+    ] = "export",
     config: ConfigOpt = None,
     sets: SetOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")] = False,
@@ -668,22 +678,31 @@ def eval_(
     }
     if generator is not None and run is None:
         raise RatlipError("--generator is for run mode (--run runs/NAME); folder mode scores given images")
+    if checkpoints != "export" and run is None:
+        raise RatlipError("--checkpoints is for run mode (--run runs/NAME); folder mode scores given images")
+    from ratlip_cli.eval_checkpoints import CHOICES
+
+    if checkpoints not in CHOICES:
+        raise RatlipError(f"--checkpoints must be one of {', '.join(CHOICES)}, got {checkpoints!r}")
     settings.update({k: v for k, v in explicit.items() if v is not None})
+    opts = EvalOptions(
+        dataset=str(dataset) if dataset else None,
+        split=split,
+        device=device,
+        seed=seed,
+        ref_size=ref_size,
+        save_images=save_images,
+        out_csv=out_csv,
+        progress=not quiet,
+        checkpoints=checkpoints,
+    )
+    if checkpoints != "export":
+        from ratlip_cli.eval_checkpoints import score_checkpoints
+
+        score_checkpoints(run, settings, opts, as_json)
+        return
     run_eval_command(
-        run,
-        images,
-        captions,
-        settings,
-        EvalOptions(
-            dataset=str(dataset) if dataset else None,
-            split=split,
-            device=device,
-            seed=seed,
-            ref_size=ref_size,
-            save_images=save_images,
-            out_csv=out_csv,
-            progress=not quiet,
-        ),
+        run, images, captions, settings, opts,
         base_cfg=_resolve(preset, config, None) if run is None else None,
         as_json=as_json,
     )

@@ -100,6 +100,32 @@ def export_generator(
     return weights
 
 
+def export_weights_like(source_dir: str | Path, out_dir: str | Path, ema: dict[str, torch.Tensor],
+                        raw: dict[str, torch.Tensor], step: int, images_seen: int, extra: dict[str, Any] | None = None
+                        ) -> Path:
+    """An export in ``out_dir`` (a sibling of ``source_dir``, so its relative text-encoder paths hold) that is
+    ``source_dir``'s export with other generator weights (e.g. an older checkpoint's EMA and raw states):
+    same config and text encoder, new step, images seen and sha256 records; ``extra`` keys added to the JSON."""
+    source_dir, out_dir = Path(source_dir), Path(out_dir)
+    if source_dir.parent.resolve() != out_dir.parent.resolve():
+        raise RatlipError(f"{out_dir} must sit next to {source_dir} (its text-encoder paths are relative)")
+    doc = read_export_config(source_dir / CONFIG_FILE)
+    meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "step": str(int(step))}
+    files = {WEIGHTS_FILE: safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in ema.items()},
+                                             {**meta, "generator": "ema"}),
+             RAW_WEIGHTS_FILE: safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in raw.items()},
+                                                 {**meta, "generator": "raw"})}
+    doc.update({"step": int(step), "images_seen": int(images_seen), "ratlip_version": __version__,
+                "weights_sha256": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
+                "generators": {"ema": WEIGHTS_FILE, "raw": RAW_WEIGHTS_FILE}, **(extra or {})})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        write_files({**{out_dir / n: d for n, d in files.items()}, out_dir / CONFIG_FILE: json_text(doc).encode("utf-8")})
+    except WriteError as exc:
+        raise RatlipError(f"{exc}; {out_dir} is unchanged") from None
+    return out_dir / WEIGHTS_FILE
+
+
 @dataclass
 class LoadedGenerator:
     """An exported generator rebuilt for inference (the family's sampler: text -> images).

@@ -31,6 +31,7 @@ from ratlip_cli.console import warn
 from ratlip_cli.dist import resolve_device
 from ratlip_cli.errors import RatlipError
 from ratlip_cli.export import load_weights
+from ratlip_cli.models.trainable import load_trainable_state_dict
 from ratlip_cli.metrics.clip_score import ClipScorer, load_eval_clip
 from ratlip_cli.metrics.features import FeatureExtractor, build_feature_extractor
 from ratlip_cli.metrics.galip_fid import GalipFeatures, build_galip_features
@@ -138,9 +139,11 @@ def run_config(run_dir: Path) -> Config | None:
     return load_config(path) if path.is_file() else None
 
 
-def evaluate_run(run_dir: str | Path, settings: dict[str, Any], opts: EvalOptions) -> dict[str, Any]:
-    """Generate images for the test split's captions with the run's exported generator (`eval.generator`) and score
-    them; appends the row to `runs/NAME/eval.csv` (or `opts.out_csv`) and returns it."""
+def evaluate_run(run_dir: str | Path, settings: dict[str, Any], opts: EvalOptions,
+                 checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Generate images for the test split's captions with the run's exported generator (`eval.generator`), or
+    that generator's weights from ``checkpoint`` (`eval_checkpoints.checkpoint_state`), and score them;
+    appends the row to `runs/NAME/eval.csv` (or `opts.out_csv`) and returns it."""
     started = time.time()
     run_dir = Path(run_dir).expanduser()
     if not run_dir.is_dir():
@@ -157,6 +160,10 @@ def evaluate_run(run_dir: str | Path, settings: dict[str, Any], opts: EvalOption
     extractor, clip = _eval_tools(cfg, device, run_dir)
     if loaded is None:
         loaded = load_weights(run_dir, device, cfg.eval.generator)
+    ckpt = None
+    if checkpoint is not None:  # {"generator", "ema", "step", "images"} of one checkpoint (eval_checkpoints.py)
+        ckpt = checkpoint
+        load_trainable_state_dict(loaded.generator, ckpt["ema" if loaded.which == "ema" else "generator"])
     if cfg.eval.protocol == "galip":
         captions = plan_captions_galip(split, cfg.eval.passes, cfg.eval.num, cfg.eval.batch_size, opts.seed)
     else:
@@ -183,6 +190,8 @@ def evaluate_run(run_dir: str | Path, settings: dict[str, Any], opts: EvalOption
     if dist.is_main():
         row = _row("run", run_dir.name, metrics, got, reference, split, cfg, opts, extractor, clip, device, started)
         row["generator"] = getattr(loaded, "which", cfg.eval.generator)
+        if ckpt is not None:
+            row.update({"checkpoint": ckpt["name"], "step": ckpt["step"], "images_seen": ckpt["images"]})
         if extra[0]:
             row.update(scorer_r_precision(scorer, torch.cat(extra[0]), extra[1], split, cfg.eval, opts.seed))
         append_csv(Path(opts.out_csv) if opts.out_csv else run_dir / "eval.csv", row)
@@ -221,6 +230,15 @@ def evaluate_folder(
     return dist.broadcast_object(row)
 
 
+def eval_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The command line's eval settings checked: --num or --passes (a pass count means eval.num 0)."""
+    if settings.get("eval.num") is not None and settings.get("eval.passes") is not None:
+        raise RatlipError("give --num or --passes, not both")
+    if settings.get("eval.passes") is not None:
+        settings = {**settings, "eval.num": 0}
+    return settings
+
+
 def run_eval_command(
     run: Path | None,
     images: Path | None,
@@ -236,10 +254,7 @@ def run_eval_command(
     tune_cpu_allocator(True)
     if (run is None) == (images is None):
         raise RatlipError("give either --run runs/NAME or --images DIR --captions FILE --dataset DIR")
-    if settings.get("eval.num") is not None and settings.get("eval.passes") is not None:
-        raise RatlipError("give --num or --passes, not both")
-    if settings.get("eval.passes") is not None:
-        settings = {**settings, "eval.num": 0}
+    settings = eval_settings(settings)
     if run is not None:
         if captions is not None:
             raise RatlipError("--captions belongs to folder mode (--images); run mode uses the test split's captions")

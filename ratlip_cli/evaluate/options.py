@@ -35,6 +35,9 @@ class EvalOptions:
     save_images: Path | None = None
     out_csv: Path | None = None
     progress: bool = True
+    # export (the run's exported generator), last, all or best (the retained checkpoints; best exports
+    # the lowest-FID one to runs/NAME/export-best/).
+    checkpoints: str = "export"
 
 
 @dataclass
