@@ -119,7 +119,7 @@ def discriminator_explainer(run_dir: Path, device: torch.device | str) -> Explai
     """The run's own discriminator and condition head from its newest checkpoint (family ratlip or galip)."""
     from ratlip_cli.config import from_dict
     from ratlip_cli.metrics.gradcam import discriminator_gradcam
-    from ratlip_cli.models.common.clip_text import run_clip_text
+    from ratlip_cli.clip_pretrain import ensure_in_domain_clip
     from ratlip_cli.models.family import RunFiles
     from ratlip_cli.models.trainable import load_trainable_state_dict
     from ratlip_cli.models.registry import get_family
@@ -131,8 +131,10 @@ def discriminator_explainer(run_dir: Path, device: torch.device | str) -> Explai
     cfg = from_dict(state["config"])
     if cfg.model.family not in ("ratlip", "galip"):
         raise RatlipError(f"eval.gradcam_target=discriminator is for families ratlip and galip, not {cfg.model.family}")
-    text = run_clip_text(cfg, RunFiles(Path(run_dir), resuming=True, main=False, seed=cfg.train.seed), device)
-    nets = get_family(cfg).build(cfg, text)
+    family = get_family(cfg)
+    files = RunFiles(Path(run_dir), resuming=True, main=False, seed=cfg.train.seed, in_domain_clip=ensure_in_domain_clip)
+    text = family.text_encoder(cfg, files, device)
+    nets = family.build(cfg, text)
     d, head = nets.trainable["discriminator"], nets.trainable["head"]
     load_trainable_state_dict(d, state["discriminator"])
     load_trainable_state_dict(head, state["head"])
