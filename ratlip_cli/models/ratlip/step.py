@@ -21,6 +21,8 @@ optimiser without the fused kernel the step reads the losses on the host and ret
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -67,6 +69,22 @@ def _float_buffers(frozen: nn.Module, *modules: nn.Module, floating: bool = True
                 seen.add(id(b))
                 out.append(b)
     return out
+
+
+@dataclass
+class DPass:
+    """What the D step's forward leaves for the losses and the G step (`RatlipStep.d_pass`)."""
+
+    z: torch.Tensor
+    s: torch.Tensor
+    x_real: torch.Tensor
+    s_real: torch.Tensor
+    real_logits: torch.Tensor
+    mis_logits: torch.Tensor
+    x_fake: torch.Tensor
+    pooled_fake: torch.Tensor | None
+    fake_logits: torch.Tensor
+    need_clip: bool
 
 
 class RatlipStep(TrainingStep):
@@ -144,39 +162,49 @@ class RatlipStep(TrainingStep):
         return (f"d {row['d_loss']:.4f} (real {row['d_real']:.3f} fake {row['d_fake']:.3f} mis {row['d_mis']:.3f} "
                 f"gp {row['ma_gp']:.4f}) g {row['g_loss']:.4f}")
 
-    def __call__(self, batch: dict[str, Any]) -> StepOutput:
-        if self.accumulate > 1:
-            return accumulated_step(self, batch)
-        if self.release_fp16:
-            return release_fp16_step(self, batch)
-        tc, dev = self.cfg.train, self.device
+    def d_pass(self, images: torch.Tensor, tokens: torch.Tensor, noise: torch.Generator,
+               fake_graph: bool = True) -> DPass:
+        """The D step's forward on one batch: text embedding, noise, real / mismatched / fake logits (D and
+        head trainable). ``fake_graph=False`` runs G and the fake's encoding without a graph (an
+        accumulating step recomputes them in its G pass)."""
+        dev = self.device
         amp = lambda: autocast(dev, self.precision)  # noqa: E731
         cl = torch.channels_last if self.channels_last else torch.contiguous_format
-        real = to_model_range(batch["image"].to(dev, non_blocking=True)).to(memory_format=cl)
-        tokens = batch["tokens"].to(dev, non_blocking=True)
-        b = real.shape[0]
+        real = to_model_range(images.to(dev, non_blocking=True)).to(memory_format=cl)
+        tokens = tokens.to(dev, non_blocking=True)
         with torch.no_grad(), amp():
             s = self.backbone.encode_text(tokens)[0]
         s = s.float()
-        z = torch.randn(b, self.cfg.model.z_dim, generator=self.noise).to(dev, non_blocking=True)
-        need_clip = tc.clip_sim_weight != 0
-
-        # ---- D step
+        z = torch.randn(real.shape[0], self.cfg.model.z_dim, generator=noise).to(dev, non_blocking=True)
+        need_clip = self.cfg.train.clip_sim_weight != 0
         set_trainable(self.D, True)
         set_trainable(self.head, True)
         with amp():
             x_real, _ = self.D.encode(real, with_pooled=False)
         x_real = x_real.detach().requires_grad_(True)
         s_real = s.detach().requires_grad_(True)
+        pooled_fake = None
         with amp():
             dmap_real = self.D(x_real)
             real_logits = self.head(dmap_real, s_real)
             mis_logits = self.head(dmap_real, mismatched(s))
-            fake = self.G(z, s)
-            x_fake, pooled_fake = self.D.encode(fake, with_pooled=need_clip)
-            if need_clip and pooled_fake is None:  # a CNN discriminator: the CLIP loss reads the frozen CLIP itself
-                pooled_fake = self.backbone.encode_image(fake)
+            with nullcontext() if fake_graph else torch.no_grad():
+                fake = self.G(z, s)
+                x_fake, pooled_fake = self.D.encode(fake, with_pooled=need_clip and fake_graph)
+                if need_clip and fake_graph and pooled_fake is None:  # a CNN D: the CLIP loss reads the frozen CLIP
+                    pooled_fake = self.backbone.encode_image(fake)
             fake_logits = self.head(self.D(x_fake.detach()), s)
+        return DPass(z, s, x_real, s_real, real_logits, mis_logits, x_fake, pooled_fake, fake_logits, need_clip)
+
+    def __call__(self, batch: dict[str, Any]) -> StepOutput:
+        if self.accumulate > 1:
+            return accumulated_step(self, batch)
+        if self.release_fp16:
+            return release_fp16_step(self, batch)
+        tc = self.cfg.train
+        f = self.d_pass(batch["image"], batch["tokens"], self.noise)
+        s, x_real, s_real, real_logits, mis_logits = f.s, f.x_real, f.s_real, f.real_logits, f.mis_logits
+        x_fake, pooled_fake, fake_logits, need_clip = f.x_fake, f.pooled_fake, f.fake_logits, f.need_clip
         fp16 = self.scaler.is_enabled()
         on_device = self.device_skip and not fp16
         gp = ma_gp(real_logits, x_real, s_real, tc.ma_gp_weight, tc.ma_gp_power,
@@ -274,7 +302,6 @@ def accumulated_step(step: RatlipStep, batch: dict[str, Any]) -> StepOutput:
     """
     tc, dev, k = step.cfg.train, step.device, step.accumulate
     amp = lambda: autocast(dev, step.precision)  # noqa: E731
-    cl = torch.channels_last if step.channels_last else torch.contiguous_format
     images, all_tokens = batch["image"], batch["tokens"]
     if images.shape[0] % k:
         raise ValueError(f"a batch of {images.shape[0]} does not split into {k} micro-batches")
@@ -285,30 +312,14 @@ def accumulated_step(step: RatlipStep, batch: dict[str, Any]) -> StepOutput:
     g_buffers = _float_buffers(step.backbone, step.G, floating=False)
     start = _snapshot(step.all_buffers)
 
-    # ---- D pass, micro-batch by micro-batch
-    set_trainable(step.D, True)
-    set_trainable(step.head, True)
+    # ---- D pass, micro-batch by micro-batch (d_pass makes D and head trainable)
     step.opt_d.zero_grad(set_to_none=True)
     micro, after_d, d_vecs = [], [], []
     for i in range(k):
         _load(step.all_buffers, start)
-        real = to_model_range(images[i * b:(i + 1) * b].to(dev, non_blocking=True)).to(memory_format=cl)
-        tokens = all_tokens[i * b:(i + 1) * b].to(dev, non_blocking=True)
-        with torch.no_grad(), amp():
-            s = step.backbone.encode_text(tokens)[0]
-        s = s.float()
-        z = torch.randn(b, step.cfg.model.z_dim, generator=_noise_for(step, i)).to(dev, non_blocking=True)
-        with amp():
-            x_real, _ = step.D.encode(real, with_pooled=False)
-        x_real = x_real.detach().requires_grad_(True)
-        s_real = s.detach().requires_grad_(True)
-        with amp():
-            dmap_real = step.D(x_real)
-            real_logits = step.head(dmap_real, s_real)
-            mis_logits = step.head(dmap_real, mismatched(s))
-            with torch.no_grad():
-                x_fake, _ = step.D.encode(step.G(z, s), with_pooled=False)
-            fake_logits = step.head(step.D(x_fake), s)
+        f = step.d_pass(images[i * b:(i + 1) * b], all_tokens[i * b:(i + 1) * b], _noise_for(step, i), fake_graph=False)
+        z, s, x_real, s_real, real_logits = f.z, f.s, f.x_real, f.s_real, f.real_logits
+        mis_logits, fake_logits = f.mis_logits, f.fake_logits
         gp = ma_gp(real_logits, x_real, s_real, tc.ma_gp_weight, tc.ma_gp_power,
                    scale=step.scaler.get_scale() if fp16 else None)
         dl = d_hinge_loss(real_logits, fake_logits, mis_logits, gp)
@@ -392,31 +403,9 @@ def release_fp16_step(step: RatlipStep, batch: dict[str, Any]) -> StepOutput:
     GradScaler does). A step where both updates were skipped is an overflow (nothing changed)."""
     tc, dev = step.cfg.train, step.device
     amp = lambda: autocast(dev, step.precision)  # noqa: E731
-    cl = torch.channels_last if step.channels_last else torch.contiguous_format
-    real = to_model_range(batch["image"].to(dev, non_blocking=True)).to(memory_format=cl)
-    tokens = batch["tokens"].to(dev, non_blocking=True)
-    b = real.shape[0]
-    with torch.no_grad(), amp():
-        s = step.backbone.encode_text(tokens)[0]
-    s = s.float()
-    z = torch.randn(b, step.cfg.model.z_dim, generator=step.noise).to(dev, non_blocking=True)
-    need_clip = tc.clip_sim_weight != 0
-
-    set_trainable(step.D, True)
-    set_trainable(step.head, True)
-    with amp():
-        x_real, _ = step.D.encode(real, with_pooled=False)
-    x_real = x_real.detach().requires_grad_(True)
-    s_real = s.detach().requires_grad_(True)
-    with amp():
-        dmap_real = step.D(x_real)
-        real_logits = step.head(dmap_real, s_real)
-        mis_logits = step.head(dmap_real, mismatched(s))
-        fake = step.G(z, s)
-        x_fake, pooled_fake = step.D.encode(fake, with_pooled=need_clip)
-        if need_clip and pooled_fake is None:
-            pooled_fake = step.backbone.encode_image(fake)
-        fake_logits = step.head(step.D(x_fake.detach()), s)
+    f = step.d_pass(batch["image"], batch["tokens"], step.noise)
+    s, x_real, s_real, real_logits, mis_logits = f.s, f.x_real, f.s_real, f.real_logits, f.mis_logits
+    x_fake, pooled_fake, fake_logits, need_clip = f.x_fake, f.pooled_fake, f.fake_logits, f.need_clip
     gp = ma_gp(real_logits, x_real, s_real, tc.ma_gp_weight, tc.ma_gp_power, scale=step.scaler_d.get_scale())
     dl = d_hinge_loss(real_logits, fake_logits, mis_logits, gp)
     step.opt_d.zero_grad(set_to_none=True)
