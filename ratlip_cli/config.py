@@ -236,6 +236,10 @@ class TrainConfig:
     clip_sim_weight: float = 4.0
     precision: str = "fp32"
     channels_last: bool = True
+    # torch.compile inside the training step (ratlip/galip): none, generator (D and MA-GP's double
+    # backward stay eager), or auto (the generator with CUDA, where it measured faster; eager on CPU,
+    # where it did not). Where torch cannot compile, eager with the reason printed (train/compiling.py).
+    compile: str = "none"
     # CPU threads of a training process (torch.set_num_threads); 0: torch's default (OMP_NUM_THREADS or
     # the cores). On a CPU shared with other jobs 1 is often faster (docs/benchmarks.md).
     threads: int = 0
@@ -307,6 +311,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.d_backbone": ("clip", "cnn"),
     "data.format": ("auto", "prepared", "shards"),
     "train.precision": ("fp32", "amp_bf16", "amp_fp16"),
+    "train.compile": ("none", "generator", "auto"),
     "eval.generator": ("ema", "raw"),
     "clip.input_mapping": ("correct", "authors"),
     "eval.fid_mode": ("clean", "legacy_pytorch", "legacy_tensorflow"),

@@ -34,6 +34,7 @@ from ratlip_cli.models.family import Networks, StepOutput, TrainingStep
 from ratlip_cli.optim import BufferGuard, adam, all_finite, skips_on_device, step_unless
 from ratlip_cli.models.params import load_trainable_state_dict, set_trainable, trainable_parameters, trainable_state_dict
 from ratlip_cli.precision import autocast
+from ratlip_cli.train.compiling import compile_decision, generator_runner
 from ratlip_cli.train.run import metrics_columns
 
 D_COLUMNS = ("d_loss", "d_real", "d_fake", "d_mis", "ma_gp")
@@ -91,6 +92,9 @@ class RatlipStep(TrainingStep):
         self.scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "amp_fp16")
         # Skip non-finite steps on the device (no host sync) where both optimisers can (fused Adam).
         self.device_skip = all(skips_on_device(o) for o in (self.opt_g, self.opt_d))
+        # train.compile: G(z, s) through torch.compile where it pays (the module itself stays eager).
+        self.compiled, self.compile_reason = compile_decision(tc.compile, device)
+        self.run_g = generator_runner(self.G, self.compiled)
 
     @property
     def ema_source(self) -> nn.Module:
@@ -150,7 +154,7 @@ class RatlipStep(TrainingStep):
             dmap_real = self.D(x_real)
             real_logits = self.head(dmap_real, s_real)
             mis_logits = self.head(dmap_real, mismatched(s))
-            fake = self.G(z, s)
+            fake = self.run_g(z, s)
             x_fake, pooled_fake = self.D.encode(fake, with_pooled=need_clip)
             if need_clip and pooled_fake is None:  # a CNN discriminator: the CLIP loss reads the frozen CLIP itself
                 pooled_fake = self.backbone.encode_image(fake)
