@@ -4,7 +4,7 @@
     pip download --no-deps fightingcv-attention==1.0.0 && tar xzf fightingcv_attention-1.0.0.tar.gz
     python benchmarks/vs_authors.py --authors /tmp/ratlip-ref --fightingcv fightingcv_attention-1.0.0
     python benchmarks/vs_authors.py --authors /tmp/galip-ref --family galip     # tobran/GALIP
-    python benchmarks/vs_authors.py ... --device cuda --batch 64 --image-size 256   # on a GPU
+    python benchmarks/vs_authors.py ... --device cuda --batch 64 --ngf 64 --image-size 224 --clip-arch ViT-B-32-quickgelu  # a GPU
 
 The authors' code is loaded at run time from the checkout, as tools/make_reference_fixtures.py does
 (nothing of theirs is in this project): `code/models/RATLIP.py` (or `GALIP.py`) with its hard-coded
@@ -15,7 +15,7 @@ with MA-GP, G step), run on a one-batch "data loader". In `modules.py` one expre
 `torch.ones_like(out)`; their progress bar is silenced; the training-only imports (`lib.utils`,
 `models.inception`, OpenAI's `clip` package) are stubs, `lib/datasets.py` is theirs.
 
-Both sides get the same frozen CLIP (a random `ratlip-ref-tiny`: width 16, 12 blocks, 28 px input;
+Both sides get the same frozen CLIP (default a random `ratlip-ref-tiny`: width 16, 12 blocks, 28 px input;
 their CLIP wrappers read it through an OpenAI-clip-shaped shim), the same weights (theirs, copied
 into ratlip's networks by the release importer: the generators' fp32 outputs are compared and the
 difference printed), the same noise, sentence embeddings, images and tokens, in one process.
@@ -40,6 +40,7 @@ import copy
 import functools
 import importlib.util
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -54,7 +55,7 @@ import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
-CLIP_ARCH = "ratlip-ref-tiny"
+CLIP_ARCH = "ratlip-ref-tiny"  # the default frozen CLIP; --clip-arch ViT-B-32-quickgelu is the paper's
 CAPTION = "a small bird with a red head and a short beak"
 
 
@@ -168,6 +169,8 @@ def load_authors(checkout: Path, family: str, clip_model: nn.Module, dims: dict[
     if not model_file.is_file():
         raise SystemExit(f"vs_authors: {model_file} not found: pass a checkout of OxygenLu/RATLIP or tobran/GALIP")
     width, embed = clip_model.visual.transformer.width, clip_model.visual.output_dim
+    # Their NetG(imsize) takes the power of two above the output size (the paper: 256 -> 224 px) and
+    # hard-codes the last block's size (224), replaced by ours.
     ref = tool.load_reference(model_file, width, embed, dims["hidden"] or 64, small=True, name=f"authors_{family}",
                               imsize=dims["image_size"], bridge=(dims["code_ch"], dims["mid_ch"]),
                               clip_size=clip_model.visual.image_size[0] if isinstance(clip_model.visual.image_size, tuple)
@@ -180,7 +183,7 @@ def load_authors(checkout: Path, family: str, clip_model: nn.Module, dims: dict[
     modules.tqdm = functools.partial(tqdm, disable=True)
     shim = shim_clip(tool, clip_model).to(device)
     torch.manual_seed(seed)
-    nz, ngf, size = dims["z_dim"], dims["ngf"], dims["image_size"]
+    nz, ngf, size = dims["z_dim"], dims["ngf"], 2 ** math.ceil(math.log2(dims["image_size"]))
     netG = ref.NetG(ngf, nz, embed, size, 3, mixed_precision, shim).to(device)
     netD = ref.NetD(ngf, size, 3, mixed_precision).to(device)
     netC = ref.NetC(ngf, embed, mixed_precision).to(device)
@@ -221,7 +224,7 @@ def build_ours(family: str, dims: dict[str, int], device: torch.device, precisio
     from ratlip_cli.models.registry import get_family
 
     sets = [
-        f"model.family={family}", f"clip.arch={CLIP_ARCH}", "clip.weights=random", f"model.z_dim={dims['z_dim']}",
+        f"model.family={family}", f"clip.arch={dims['clip_arch']}", "clip.weights=random", f"model.z_dim={dims['z_dim']}",
         f"model.ngf={dims['ngf']}", f"model.image_size={dims['image_size']}", f"data.crop_size={dims['image_size']}",
         f"model.bridge_channels={dims['code_ch']}", f"model.bridge_mid_channels={dims['mid_ch']}",
         "model.bridge_blocks=4", "model.prompt_blocks=[1,2,3,4,5,6,7,8]", "model.d_feature_blocks=[1,4,8]",
@@ -296,6 +299,7 @@ def row(what: str, precision: str, batch: int, times: dict[str, list[float]], me
         "time_ratio_range": [round(min(ratios), 3), round(max(ratios), 3)],
         "ratlip_peak_mb": round(mems["ratlip"], 1), "authors_peak_mb": round(mems["authors"], 1),
         "rounds": len(ratios),
+        "ratlip_s": [round(x, 4) for x in ours], "authors_s": [round(x, 4) for x in theirs],
     }
 
 
@@ -307,7 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch", type=int, default=8, help="images per call, both phases")
     p.add_argument("--ngf", type=int, default=32, help="generator/discriminator width (the paper: 64)")
-    p.add_argument("--image-size", type=int, default=64, help="generated image size, a power of two (the paper's 256 -> 224)")
+    p.add_argument("--image-size", type=int, default=64, help="generated image size (the paper: 224; their NetG "
+                                                                  "gets the power of two above it, 256)")
+    p.add_argument("--clip-arch", default=CLIP_ARCH, help="the frozen CLIP (random weights) of both sides")
     p.add_argument("--hidden", type=int, default=64, help="RAT hidden size (RATLIP)")
     p.add_argument("--rounds", type=int, default=5, help="alternating timed rounds per phase")
     p.add_argument("--warmup", type=int, default=1)
@@ -339,9 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     phases = [x for x in a.phases.split(",") if x]
     b = a.batch
     dims = {"z_dim": 100, "ngf": a.ngf, "image_size": a.image_size, "code_ch": 64, "mid_ch": 32, "hidden": a.hidden,
-            "lr_g": 1e-4, "lr_d": 4e-4, "sim_w": 4.0, "batch": b}
+            "lr_g": 1e-4, "lr_d": 4e-4, "sim_w": 4.0, "batch": b, "clip_arch": a.clip_arch}
     console.print(f"vs_authors: {a.family}, {device_name(device)}, torch {torch.__version__}, "
-                  f"{torch.get_num_threads()} threads, batch {b}, ngf {a.ngf}, {a.image_size} px, CLIP {CLIP_ARCH}")
+                  f"{torch.get_num_threads()} threads, batch {b}, ngf {a.ngf}, {a.image_size} px, CLIP {a.clip_arch}")
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for precision in precisions:
@@ -378,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
                 times = alternate(fns, device, a.warmup, a.rounds)
                 mems = {k: peak_mb(f, device) for k, f in fns.items()}
                 rows.append(row("generate", precision, b, times, mems))
-                console.print("  " + json.dumps(rows[-1]))
+                console.print("  " + json.dumps(rows[-1]), markup=False, highlight=False, soft_wrap=True)
                 G.train()
                 theirs.netG.train()
             if "train" in phases:
@@ -390,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
                 times = alternate(fns, device, max(0, a.warmup - 1), a.rounds)
                 mems = {k: peak_mb(f, device) for k, f in fns.items()}
                 rows.append(row("train step", precision, b, times, mems))
-                console.print("  " + json.dumps(rows[-1]))
+                console.print("  " + json.dumps(rows[-1]), markup=False, highlight=False, soft_wrap=True)
             del nets, step, theirs
             if device.type == "cuda":
                 torch.cuda.empty_cache()
