@@ -28,8 +28,9 @@ Their fp16 recipe cannot run on a CPU (`torch.cuda.amp` autocast and GradScaler)
 fp32 pair runs. Their generator at inference runs with `eval=True` (no autocast, as their sampler);
 the fp16 generator row uses `eval=False` (their training forward) under `torch.no_grad`.
 
-Peak memory: CUDA max allocated during one extra call, or on CPU the resident-set rise during it
-(sampled every 2 ms, `ratlip_cli.bench.MemoryMeter`).
+Peak memory: what one extra call needs on top of what is resident (both sides' weights and
+optimiser states): CUDA max allocated, or on CPU the resident set (sampled every 2 ms,
+`ratlip_cli.bench.MemoryMeter`), minus its value before the call.
 """
 
 from __future__ import annotations
@@ -280,12 +281,13 @@ def alternate(fns: dict[str, Callable[[], Any]], device: torch.device, warmup: i
 
 
 def peak_mb(fn: Callable[[], Any], device: torch.device) -> float:
-    """Memory one call of fn needs: CUDA max allocated, or the CPU resident-set rise."""
+    """Memory one call of fn needs on top of what is resident (both sides' weights and optimiser
+    states): CUDA max allocated, or the CPU resident set, minus its value before the call."""
     from ratlip_cli.bench import MemoryMeter
 
     with MemoryMeter(device) as mem:
         fn()
-    return mem.peak_mb if device.type == "cuda" else mem.delta_mb
+    return mem.delta_mb
 
 
 def row(what: str, precision: str, batch: int, times: dict[str, list[float]], mems: dict[str, float]) -> dict[str, Any]:
