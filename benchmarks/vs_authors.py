@@ -155,12 +155,13 @@ class Authors:
     text_encoder: nn.Module
     optimizerG: torch.optim.Optimizer
     optimizerD: torch.optim.Optimizer
-    scalers: tuple[Any, Any]
+    scaler_g: Any  # torch.cuda.amp.GradScaler with their fp16 recipe, else None
+    scaler_d: Any
     train: Callable
     args: Namespace
 
 
-def load_authors(checkout: Path, family: str, clip_model: nn.Module, dims: dict[str, int], device: torch.device,
+def load_authors(checkout: Path, family: str, clip_model: nn.Module, dims: dict[str, Any], device: torch.device,
                  mixed_precision: bool, seed: int) -> Authors:
     """Their NetG/NetD/NetC (random init, seeded), CLIP wrappers, Adam optimisers and `train` as in src/train.py."""
     tool = _tool()
@@ -192,18 +193,19 @@ def load_authors(checkout: Path, family: str, clip_model: nn.Module, dims: dict[
     text_encoder = ref.CLIP_TXT_ENCODER(shim).to(device).eval()
     opt_d = torch.optim.Adam(list(netD.parameters()) + list(netC.parameters()), lr=dims["lr_d"], betas=(0.0, 0.9))
     opt_g = torch.optim.Adam(netG.parameters(), lr=dims["lr_g"], betas=(0.0, 0.9))
-    scalers = (None, None)
-    if mixed_precision:
-        scalers = (torch.cuda.amp.GradScaler(growth_interval=2000), torch.cuda.amp.GradScaler(growth_interval=2000))
+    scaler_g = scaler_d = None
+    if mixed_precision:  # src/train.py: growth_interval from cfg/birds.yml
+        scaler_g = torch.cuda.amp.GradScaler(growth_interval=2000)
+        scaler_d = torch.cuda.amp.GradScaler(growth_interval=2000)
     args = Namespace(batch_size=dims["batch"], device=device, current_epoch=0, max_epoch=1, z_dim=nz, multi_gpus=False,
                      mixed_precision=mixed_precision, sim_w=dims["sim_w"], scaler_min=64)
-    return Authors(netG, netD, netC, image_encoder, text_encoder, opt_g, opt_d, scalers, modules.train, args)
+    return Authors(netG, netD, netC, image_encoder, text_encoder, opt_g, opt_d, scaler_g, scaler_d, modules.train, args)
 
 
 def authors_step(a: Authors, data: tuple) -> None:
     """One iteration of their `train()`: D step with MA-GP, then G step."""
     a.train([data], a.netG, a.netD, a.netC, a.text_encoder, a.image_encoder, a.optimizerG, a.optimizerD,
-            a.scalers[1], a.scalers[0], a.args)
+            a.scaler_g, a.scaler_d, a.args)
 
 
 def release_file(a: Authors, where: Path) -> Path:
@@ -218,7 +220,7 @@ def release_file(a: Authors, where: Path) -> Path:
 # --------------------------------------------------------------------------------- ratlip
 
 
-def build_ours(family: str, dims: dict[str, int], device: torch.device, precision: str, clip_state: dict | None):
+def build_ours(family: str, dims: dict[str, Any], device: torch.device, precision: str):
     """ratlip's networks and training step at the same sizes (config overrides), and its CLIP model."""
     from ratlip_cli.config import resolve_config
     from ratlip_cli.models.family import RunFiles
@@ -238,8 +240,6 @@ def build_ours(family: str, dims: dict[str, int], device: torch.device, precisio
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         text = fam.text_encoder(cfg, RunFiles(None, seed=0), device)
-    if clip_state is not None:
-        text.clip_model.load_state_dict(clip_state)
     nets = fam.build(cfg, text).to(device)
     step = fam.training_step(cfg, nets, device, torch.Generator().manual_seed(5))
     step.train()
@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for precision in precisions:
             ours_precision = "fp32" if precision == "fp32" else "amp_bf16"
-            cfg, nets, step, clip_model = build_ours(a.family, dims, device, ours_precision, None)
+            cfg, nets, step, clip_model = build_ours(a.family, dims, device, ours_precision)
             theirs = load_authors(a.authors, a.family, copy.deepcopy(clip_model).requires_grad_(False), dims, device,
                                   mixed_precision=precision == "mixed", seed=1)
             copy_weights(nets, release_file(theirs, Path(tmp)))
