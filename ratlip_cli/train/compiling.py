@@ -1,8 +1,9 @@
 """`train.compile`: whether the training step runs its generator under `torch.compile`, and why.
 
 Measured (docs/benchmarks.md): on an H200 `torch.compile` made the bf16 generator 1.67x faster and
-halved its memory; on the project's CPUs it gave no gain (fp32 3.69 against 3.73 images/s eager,
-bf16 slower) and the first compile takes minutes there. So ``auto`` compiles on CUDA only. Only the
+halved its memory; on the project's CPUs the generator alone gained nothing (fp32 3.69 against 3.73
+images/s eager, bf16 slower) and inside the tiny step 5-9% after a first compile of 304 s (33 s with
+a warm inductor cache), which a 15-minute CPU run does not earn back. So ``auto`` compiles on CUDA only. Only the
 generator is compiled: MA-GP's double backward through D does not compile (AOTAutograd has no
 double backward), so D, the head and MA-GP stay eager.
 """
