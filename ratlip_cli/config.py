@@ -263,6 +263,10 @@ class TrainConfig:
     # 64, and a D step skipped on an overflow while G still steps).
     fp16_recipe: str = "ratlip"
     channels_last: bool = True
+    # torch.compile inside the training step (ratlip/galip): none, generator (D and MA-GP's double
+    # backward stay eager), or auto (the generator with CUDA, where it measured faster; eager on CPU,
+    # where it did not). Where torch cannot compile, eager with the reason printed (ratlip_cli/compiling.py).
+    compile: str = "none"
     # CPU threads of a training process (torch.set_num_threads); 0: torch's default (OMP_NUM_THREADS or
     # the cores). On a CPU shared with other jobs 1 is often faster (docs/benchmarks.md).
     threads: int = 0
@@ -350,6 +354,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.precision": ("fp32", "amp_bf16", "amp_fp16"),
     "train.fp16_recipe": ("ratlip", "release"),
     "dmgan.loss_formulas": ("code", "paper"),
+    "train.compile": ("none", "generator", "auto"),
     "eval.generator": ("ema", "raw"),
     "eval.protocol": ("clean-fid", "galip"),
     "clip.input_mapping": ("correct", "authors"),

@@ -85,7 +85,7 @@ RULES: dict[str, list[Rule]] = {
 # The config keys each command reads (a key or a section prefix ending in "."); other keys given
 # with --set (or, where noted, --config) are refused. train reads every key.
 _STEP_KEYS = ("train.lr_g", "train.lr_d", "train.betas", "train.ma_gp_weight", "train.ma_gp_power",
-              "train.clip_sim_weight", "train.channels_last")
+              "train.clip_sim_weight", "train.channels_last", "train.compile")
 CONFIG_KEYS: dict[str, dict[str, tuple[tuple[str, ...], str]]] = {
     "info": {"": (("clip.", "eval."), "info shows where the CLIP and Inception weights come from")},
     "eval": {

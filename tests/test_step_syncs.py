@@ -110,8 +110,9 @@ def _run(step, seeds) -> list:
     return [step(_batch(step, s)) for s in seeds]
 
 
-def test_ratlip_step_has_no_host_sync():
-    step = _step()
+@pytest.mark.parametrize("family_name, precision", [("ratlip", "fp32"), ("galip", "fp32"), ("ratlip", "amp_bf16")])
+def test_ratlip_step_has_no_host_sync(family_name, precision):
+    step = _step(family_name, f"train.precision={precision}")
     step(_batch(step, 0))  # the first step also builds Adam's state
     with counted_syncs() as calls:
         outs = _run(step, (1, 2, 3))

@@ -51,9 +51,19 @@ NGF = {"galip": 8, "ratlip": 16}
 SWEEP = (4, 8, 16, 32, 64, 128)
 
 
-def load_reference(path: Path, width: int, embed: int, hidden: int, small: bool, name: str) -> types.ModuleType:
-    """Import a reference model file with its hard-coded sizes replaced (see step 2 of the module docstring)."""
+def load_reference(path: Path, width: int, embed: int, hidden: int, small: bool, name: str,
+                   imsize: int = IMSIZE, bridge: tuple[int, int] = (CODE_CH, MID_CH),
+                   clip_size: int = 224) -> types.ModuleType:
+    """Import a reference model file with its hard-coded sizes replaced (see step 2 of the module docstring).
+
+    ``imsize`` and ``bridge`` (code_ch, mid_ch) default to the fixtures' small sizes;
+    benchmarks/vs_authors.py passes larger ones, and ``clip_size``, the input size of its CLIP image
+    encoder (``CLIP_IMG_ENCODER`` resizes to 224 px, which the fixtures do not run)."""
     text = path.read_text(encoding="utf-8")
+    if clip_size != 224:
+        found = text.count("size=(224, 224)")
+        assert found == 1, f"{path}: expected 1 'size=(224, 224)', found {found}"
+        text = text.replace("size=(224, 224)", f"size=({clip_size}, {clip_size})")
     is_ratlip = "Affine_rnn" in text
     if is_ratlip:
         count = text.count("hidden_size=64")
@@ -68,8 +78,8 @@ def load_reference(path: Path, width: int, embed: int, hidden: int, small: bool,
         assert text.count(code_line) == 1, f"{path}: the bridge width line changed"
         text = text.replace("D_Block(768, 512,", f"D_Block(768, {embed},")
         text = text.replace("768", str(width)).replace("512+512", f"{embed}+{embed}")
-        text = text.replace("imsize = 224", f"imsize = {IMSIZE}")
-        text = text.replace(code_line, f"self.code_sz, self.code_ch, self.mid_ch = 7, {CODE_CH}, {MID_CH}")
+        text = text.replace("imsize = 224", f"imsize = {imsize}")
+        text = text.replace(code_line, f"self.code_sz, self.code_ch, self.mid_ch = 7, {bridge[0]}, {bridge[1]}")
     module = types.ModuleType(name)
     module.__file__ = str(path)
     exec(compile(text, str(path), "exec"), module.__dict__)

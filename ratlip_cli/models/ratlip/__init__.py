@@ -41,9 +41,14 @@ class RatlipFamily(Family):
         return Networks(text.around(models.backbone), models.generator, trainable, cfg.model.z_dim)
 
     def training_step(self, cfg: Config, nets: Networks, device: torch.device, noise: torch.Generator) -> TrainingStep:
+        from ratlip_cli import dist
+        from ratlip_cli.console import notice
         from ratlip_cli.models.ratlip.step import RatlipStep
 
-        return RatlipStep(cfg, nets, device, noise)
+        step = RatlipStep(cfg, nets, device, noise)
+        if cfg.train.compile != "none" and dist.is_main():
+            notice(step.compile_reason)
+        return step
 
     def build_generator(self, cfg: Config, text: TextEncoder) -> nn.Module:
         from ratlip_cli.models.ratlip.generator import Generator

@@ -37,6 +37,7 @@ from ratlip_cli.optim import BufferGuard, adam, all_finite, skips_on_device, ste
 from ratlip_cli.models.trainable import load_trainable_state_dict, set_trainable, trainable_parameters, trainable_state_dict
 from ratlip_cli.precision import autocast
 from ratlip_cli.run_columns import metrics_columns
+from ratlip_cli.compiling import compile_decision, generator_runner
 
 # The release's fp16 recipe (code/cfg/*.yml: growth_interval 2000, scaler_min 64; modules.py resets to 16384).
 RELEASE_GROWTH_INTERVAL = 2000
@@ -122,6 +123,9 @@ class RatlipStep(TrainingStep):
             self.scaler_g = torch.amp.GradScaler(device.type, growth_interval=RELEASE_GROWTH_INTERVAL)
         # Skip non-finite steps on the device (no host sync) where both optimisers can (fused Adam).
         self.device_skip = all(skips_on_device(o) for o in (self.opt_g, self.opt_d))
+        # train.compile: G(z, s) through torch.compile where it pays (the module itself stays eager).
+        self.compiled, self.compile_reason = compile_decision(tc.compile, device)
+        self.run_g = generator_runner(self.G, self.compiled)
 
     @property
     def ema_source(self) -> nn.Module:
@@ -189,7 +193,7 @@ class RatlipStep(TrainingStep):
             real_logits = self.head(dmap_real, s_real)
             mis_logits = self.head(dmap_real, mismatched(s))
             with nullcontext() if fake_graph else torch.no_grad():
-                fake = self.G(z, s)
+                fake = self.run_g(z, s)
                 x_fake, pooled_fake = self.D.encode(fake, with_pooled=need_clip and fake_graph)
                 if need_clip and fake_graph and pooled_fake is None:  # a CNN D: the CLIP loss reads the frozen CLIP
                     pooled_fake = self.backbone.encode_image(fake)
