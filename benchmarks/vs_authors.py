@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
                 mems = {k: peak_mb(f, device) for k, f in fns.items()}
                 rows.append(row("train step", precision, b, times, mems))
                 console.print("  " + json.dumps(rows[-1]), markup=False, highlight=False, soft_wrap=True)
-            del nets, step, theirs
+            nets = step = theirs = None  # free this precision's models before the next
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     show(rows)
