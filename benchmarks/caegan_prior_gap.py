@@ -5,7 +5,7 @@ image's (the frozen DAMSM image encoder's); at text-only sampling a query prior 
 the sentence (distilled by MSE). This script takes a trained caegan run on `shapes` and, for every
 test image and its first caption, draws the same noise twice: once from the prior (what `ratlip
 sample` and `ratlip eval` do) and once from that test image's own regions. It prints the shapes
-checker's rates, FID against the test images (offline Inception, clean-fid mode) for both, and the
+checker's rates (all three = colour, shape and background), FID against the test images (offline Inception, clean-fid mode) for both, and the
 distillation fit on the held-out test captions in eval mode (relative error of the prior's f_c).
 
     python benchmarks/caegan_prior_gap.py --run RUN [--which ema|raw] [--seeds 0,1]
@@ -48,40 +48,46 @@ def _uint8(images: torch.Tensor) -> list[np.ndarray]:
 
 
 @torch.no_grad()
-def measure(run: Path, which: str, seed: int, batch: int = 64) -> dict[str, dict[str, float]]:
-    """Rates, FID and the prior's f_c error for one noise seed."""
+def measure(run: Path, which: str, seeds: list[int], batch: int = 64, console: Console | None = None
+            ) -> list[dict[str, dict[str, float]]]:
+    """Rates, FID and the prior's f_c error, one result per noise seed (the run and the test split loaded once)."""
     loaded = load_generator(run, which=which)
     cfg, wrapper = loaded.cfg, loaded.generator
     inner, encoders = wrapper.generator, loaded.text.encoders
     reals, captions = _test_split(Path(cfg.data.root), cfg.data.crop_size)
-    gen = torch.Generator().manual_seed(seed)
-    out: dict[str, list] = {"prior": [], "regions": []}
-    err_num = err_den = 0.0
-    for lo in range(0, len(captions), batch):
-        caps, real = captions[lo:lo + batch], reals[lo:lo + batch]
-        tokens = encoders.vocab(caps)
-        words, sentence = encoders.text(tokens, caption_lengths(tokens))
-        mask = tokens[:, : words.shape[2]] == 0
-        region, _ = encoders.image(real)
-        regions = region.float().flatten(2).transpose(1, 2)
-        z = torch.randn(len(caps), inner.z_dim, generator=gen)
-        eps = torch.randn(len(caps), inner.c_dim, generator=gen)
-        for name, reg in (("prior", None), ("regions", regions)):
-            out[name].append(inner(z, sentence, words, mask, eps=eps, image_regions=reg)[0][-1])
-        target = inner.condition(sentence, words, mask, regions)
-        predicted = inner.condition(sentence, words, mask, None)
-        err_num += float((predicted - target).pow(2).sum())
-        err_den += float(target.pow(2).sum())
     extractor = build_feature_extractor("inception", "clean")
     real_feats = extractor(_uint8(reals))
-    result = {}
-    for name, parts in out.items():
-        fakes = torch.cat(parts)
-        rates = score_shapes(fakes, captions)
-        result[name] = {**{k: rates[k] for k in ("colour", "shape", "background", "size", "all")},
-                        "fid": fid_from_features(extractor(_uint8(fakes)), real_feats)}
-    result["fit"] = {"relative_error": err_num / err_den, "n": len(captions)}
-    return result
+    results = []
+    for seed in seeds:
+        gen = torch.Generator().manual_seed(seed)
+        out: dict[str, list] = {"prior": [], "regions": []}
+        err_num = err_den = 0.0
+        for lo in range(0, len(captions), batch):
+            caps, real = captions[lo:lo + batch], reals[lo:lo + batch]
+            tokens = encoders.vocab(caps)
+            words, sentence = encoders.text(tokens, caption_lengths(tokens))
+            mask = tokens[:, : words.shape[2]] == 0
+            region, _ = encoders.image(real)
+            regions = region.float().flatten(2).transpose(1, 2)
+            z = torch.randn(len(caps), inner.z_dim, generator=gen)
+            eps = torch.randn(len(caps), inner.c_dim, generator=gen)
+            for name, reg in (("prior", None), ("regions", regions)):
+                out[name].append(inner(z, sentence, words, mask, eps=eps, image_regions=reg)[0][-1])
+            target = inner.condition(sentence, words, mask, regions)
+            predicted = inner.condition(sentence, words, mask, None)
+            err_num += float((predicted - target).pow(2).sum())
+            err_den += float(target.pow(2).sum())
+        result: dict[str, dict[str, float]] = {}
+        for name, parts in out.items():
+            fakes = torch.cat(parts)
+            rates = score_shapes(fakes, captions)
+            result[name] = {**{k: rates[k] for k in ("colour", "shape", "background", "size", "all")},
+                            "fid": fid_from_features(extractor(_uint8(fakes)), real_feats)}
+        result["fit"] = {"relative_error": err_num / err_den, "n": len(captions)}
+        if console is not None:
+            console.print(f"seed {seed}: {result}", highlight=False, soft_wrap=True)
+        results.append(result)
+    return results
 
 
 def main() -> None:
@@ -91,10 +97,11 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2", help="noise seeds (comma-separated)")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    rows = [measure(args.run, args.which, s) for s in seeds]
+    console = Console()
+    rows = measure(args.run, args.which, seeds, console=console)
     table = Table(title=f"CAE-GAN prior gap: {args.run.name} ({args.which}), {rows[0]['fit']['n']} test images, "
                         f"seeds {args.seeds}")
-    for col in ("f_c from", "colour", "shape", "background", "size", "all three+size", "FID"):
+    for col in ("f_c from", "colour", "shape", "background", "size", "all three", "FID"):
         table.add_column(col, justify="right")
     for name in ("prior", "regions"):
         vals = {k: np.array([r[name][k] for r in rows]) for k in rows[0][name]}
@@ -102,7 +109,6 @@ def main() -> None:
         table.add_row("query prior (text only)" if name == "prior" else "real test-image regions",
                       cell("colour"), cell("shape"), cell("background"), cell("size"), cell("all"),
                       cell("fid", "{:.1f}"))
-    console = Console()
     console.print(table)
     console.print(f"prior's f_c on held-out test captions (eval mode): relative squared error "
                   f"{np.mean([r['fit']['relative_error'] for r in rows]):.4f}")
