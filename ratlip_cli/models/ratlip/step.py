@@ -251,6 +251,12 @@ class RatlipStep(TrainingStep):
         g_vec = dist.average_gradients(self.g_params, g_vec)
         set_trainable(self.D, True)
         set_trainable(self.head, True)
+        return self.finish_g(d_vec, g_vec, ok_d, guard)
+
+    def finish_g(self, d_vec: torch.Tensor, g_vec: torch.Tensor, ok_d: torch.Tensor | None = None,
+                 guard: BufferGuard | None = None) -> StepOutput:
+        """The G update from its averaged gradients: on the device (``ok_d``, ``guard`` given: skip where D or
+        G was not finite, put back the statistics of a skipped D) or on the host; BatchNorm statistics averaged."""
         if ok_d is not None and guard is not None:
             ok = ok_d & all_finite(g_vec)
             step_unless(self.opt_g, ~ok)
@@ -371,22 +377,7 @@ def accumulated_step(step: RatlipStep, batch: dict[str, Any]) -> StepOutput:
     _load_mean(step.all_buffers, after_g)
     set_trainable(step.D, True)
     set_trainable(step.head, True)
-    if on_device:
-        ok = ok_d & all_finite(g_vec)
-        step_unless(step.opt_g, ~ok)
-        dist.average_buffers(step.buffers)
-        guard.restore_unless(ok_d)
-        return StepOutput(torch.cat([d_vec, g_vec]), skipped=~ok)
-    g_vec = g_vec.cpu()
-    if not torch.isfinite(g_vec).all():
-        step.opt_g.zero_grad(set_to_none=True)
-        step.scaler.update()
-        dist.average_buffers(step.buffers)
-        return StepOutput(None, False)
-    step.scaler.step(step.opt_g)
-    step.scaler.update()
-    dist.average_buffers(step.buffers)
-    return StepOutput(torch.cat([d_vec, g_vec]))
+    return step.finish_g(d_vec, g_vec, ok_d, guard) if on_device else step.finish_g(d_vec, g_vec)
 
 
 def _release_update(scaler: torch.amp.GradScaler) -> bool:
