@@ -680,10 +680,6 @@ def eval_(
         raise RatlipError("--generator is for run mode (--run runs/NAME); folder mode scores given images")
     if checkpoints != "export" and run is None:
         raise RatlipError("--checkpoints is for run mode (--run runs/NAME); folder mode scores given images")
-    from ratlip_cli.eval_checkpoints import CHOICES
-
-    if checkpoints not in CHOICES:
-        raise RatlipError(f"--checkpoints must be one of {', '.join(CHOICES)}, got {checkpoints!r}")
     settings.update({k: v for k, v in explicit.items() if v is not None})
     opts = EvalOptions(
         dataset=str(dataset) if dataset else None,

@@ -710,6 +710,9 @@ def validate(cfg: Config) -> None:
         raise RatlipError(
             f"config key 'model.prompt_blocks' must be increasing block indices, got {cfg.model.prompt_blocks}"
         )
+    if cfg.train.fp16_recipe == "release" and cfg.train.precision != "amp_fp16":
+        raise RatlipError(f"train.fp16_recipe=release is a recipe for train.precision=amp_fp16 (it is "
+                          f"{cfg.train.precision}); add --precision amp_fp16 or drop train.fp16_recipe")
     if cfg.train.global_batch < 0:
         raise RatlipError(f"config key 'train.global_batch' must be >= 0 (0: off), got {cfg.train.global_batch}")
     if cfg.train.threads < 0:

@@ -71,3 +71,15 @@ def test_release_recipe_skips_d_on_overflow_while_g_steps(tmp_path, data_root):
     assert all(torch.equal(a, p.detach()) for a, p in zip(d_before, step.d_params))  # D skipped
     assert any(not torch.equal(a, p.detach()) for a, p in zip(g_before, step.g_params))  # G stepped
     assert step.scaler_d.get_scale() == scale_d / 2 and out.losses is not None
+
+
+def test_release_recipe_is_refused_where_it_would_be_ignored(tmp_path, data_root):
+    from ratlip_cli.errors import RatlipError
+
+    with pytest.raises(RatlipError, match="precision=amp_fp16"):
+        resolve_config("tiny", overrides=["train.fp16_recipe=release"])  # fp32: no scaler to follow a recipe
+    cfg = resolve_config("tiny", overrides=[f"train.runs_dir={tmp_path / 'runs'}", f"data.root={data_root}",
+                                            "train.name=acc", "train.precision=amp_fp16",
+                                            "train.fp16_recipe=release", "train.accumulate=2"])
+    with pytest.raises(RatlipError, match="one-batch step"):
+        Trainer(cfg).setup()

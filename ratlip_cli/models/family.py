@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from ratlip_cli.config import Config
+from ratlip_cli.config import Config, accumulation
 from ratlip_cli.errors import RatlipError
 
 
@@ -176,6 +176,13 @@ class Family(ABC):
     has_rat: bool = True
     #: whether its training step implements `train.accumulate` (micro-batches per optimiser step)
     accumulates: bool = False
+
+    def refuse_accumulation(self, cfg: Config, world_size: int) -> None:
+        """A one-line error where `train.accumulate` / `train.global_batch` asks a family that cannot for micro-batches."""
+        if not self.accumulates and accumulation(cfg.train, world_size) > 1:
+            raise RatlipError(f"train.accumulate (or train.global_batch) is implemented for the ratlip and galip "
+                              f"families only; model.family={self.name} needs train.accumulate=1 and "
+                              f"train.global_batch=0")
 
     @abstractmethod
     def text_encoder(self, cfg: Config, files: RunFiles, device: torch.device | str = "cpu") -> TextEncoder:

@@ -216,11 +216,8 @@ class Trainer:
         self.distributed = dist.init_from_env(self.device.type)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.main = dist.is_main()
+        self.family.refuse_accumulation(cfg, self.world)
         self.accumulate = accumulation(tc, self.world)
-        if self.accumulate > 1 and not self.family.accumulates:
-            raise RatlipError(f"train.accumulate (or train.global_batch) is implemented for the ratlip and galip "
-                              f"families only; model.family={self.family.name} needs train.accumulate=1 and "
-                              f"train.global_batch=0")
         if self.device.type == "cpu":
             self.cpu_settings = apply_cpu_settings(tc.threads)
         if tc.precision == "amp_fp16" and self.device.type == "cpu" and self.main:

@@ -19,7 +19,7 @@ from ratlip_cli.models.family import Family, Networks, RunFiles, TextEncoder, Tr
 
 # train.* keys only the ratlip/galip step reads (announced when a dmgan step is built).
 RATLIP_ONLY_KEYS = ("train.lr_g", "train.lr_d", "train.betas", "train.ma_gp_weight", "train.ma_gp_power",
-                    "train.clip_sim_weight", "train.channels_last", "train.compile")
+                    "train.clip_sim_weight", "train.channels_last", "train.compile", "train.fp16_recipe")
 
 
 def dmgan_generator(cfg: Config, nef: int, base_size: int) -> nn.Module:

@@ -28,8 +28,7 @@ from torch import nn
 
 from ratlip_cli import dist
 from ratlip_cli.data.dataset import to_model_range
-from ratlip_cli.config import Config, accumulation
-from ratlip_cli.errors import RatlipError
+from ratlip_cli.config import Config
 from ratlip_cli.models.dmgan.damsm_losses import same_caption_mask, sent_loss, words_loss
 from ratlip_cli.models.dmgan.losses import discriminator_loss, generator_adv_loss, kl_loss
 from ratlip_cli.models.dmgan.vocab import caption_lengths
@@ -47,10 +46,9 @@ class DmganStep(TrainingStep):
     loss_columns = (*D_COLUMNS, *G_COLUMNS)
 
     def __init__(self, cfg: Config, nets: Networks, device: torch.device, noise: torch.Generator) -> None:
-        if accumulation(cfg.train, dist.get_world_size()) != 1:
-            raise RatlipError(f"train.accumulate (or train.global_batch) is implemented for the ratlip and galip "
-                              f"families only; model.family={cfg.model.family} needs train.accumulate=1 and "
-                              f"train.global_batch=0")
+        from ratlip_cli.models.registry import get_family  # this step serves the dmgan, ecagan and caegan families
+
+        get_family(cfg).refuse_accumulation(cfg, dist.get_world_size())
         dm = cfg.dmgan
         self.cfg, self.nets, self.device, self.noise = cfg, nets, device, noise
         self.precision = cfg.train.precision

@@ -31,6 +31,7 @@ from torch import nn
 from ratlip_cli import dist
 from ratlip_cli.data.dataset import to_model_range
 from ratlip_cli.config import Config, accumulation
+from ratlip_cli.errors import RatlipError
 from ratlip_cli.models.ratlip.losses import d_hinge_loss, g_loss, ma_gp, mismatched
 from ratlip_cli.models.family import Networks, StepOutput, TrainingStep
 from ratlip_cli.optim import BufferGuard, adam, all_finite, skips_on_device, step_unless
@@ -118,6 +119,10 @@ class RatlipStep(TrainingStep):
         self.scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "amp_fp16")
         # The release's fp16 recipe: one scaler per optimiser (code/src/train.py, lib/modules.py `train`).
         self.release_fp16 = tc.precision == "amp_fp16" and tc.fp16_recipe == "release"
+        if self.release_fp16 and self.accumulate > 1:
+            raise RatlipError(f"train.fp16_recipe=release is the release's one-batch step; with {self.accumulate} "
+                              "micro-batches per step (train.accumulate / train.global_batch) use "
+                              "train.fp16_recipe=ratlip, or train.global_batch=0 and train.accumulate=1")
         if self.release_fp16:
             self.scaler_d = torch.amp.GradScaler(device.type, growth_interval=RELEASE_GROWTH_INTERVAL)
             self.scaler_g = torch.amp.GradScaler(device.type, growth_interval=RELEASE_GROWTH_INTERVAL)
@@ -363,7 +368,7 @@ def accumulated_step(step: RatlipStep, batch: dict[str, Any]) -> StepOutput:
         _load(step.all_buffers, after_d[i])
         g_state = _snapshot(g_buffers)
         with amp():
-            fake = step.G(z, s)
+            fake = step.run_g(z, s)
             x_fake, pooled = step.D.encode(fake, with_pooled=need_clip)
             if need_clip and pooled is None:
                 pooled = step.backbone.encode_image(fake)
